@@ -1,0 +1,82 @@
+"""Cross-store consistency of one tenant: what the Dagster asset checks and `alien check` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from alien.pipeline import CHUNKS
+from resources.catalog import EntryStatus
+from resources.stores import TenantStores
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def chunk_counts_agree(stores: TenantStores) -> CheckResult:
+    """Chunks = vectors = keyword documents, per entry and in total."""
+    entries = set(stores.catalog.entry_hashes())
+    expected = {
+        eid: int(rec.meta.get("chunks", 0))
+        for eid, rec in stores.catalog.manifest(CHUNKS).items()
+        if rec.ok and eid in entries
+    }
+    vectors = stores.vectors.counts_by_entry()
+    keywords = stores.keywords.counts_by_entry()
+    mismatched = sorted(
+        eid
+        for eid in set(expected) | set(vectors) | set(keywords)
+        if not (expected.get(eid, 0) == vectors.get(eid, 0) == keywords.get(eid, 0))
+    )
+    meta = {
+        "tenant": str(stores.tenant),
+        "chunks": sum(expected.values()),
+        "vectors": sum(vectors.values()),
+        "keyword_documents": sum(keywords.values()),
+        "mismatched_entries": len(mismatched),
+        "examples": mismatched[:5],
+    }
+    return CheckResult(
+        "chunk_counts_agree", not mismatched, "chunks, vectors and keyword documents agree", meta
+    )
+
+
+def vectors_match_model(stores: TenantStores) -> CheckResult:
+    """Every vector was made by the configured model, with its dimension."""
+    models = stores.vectors.models()
+    wanted = (stores.embedder.model_name, stores.embedder.dimension)
+    other = {f"{m}/{d}": c for (m, d), c in models.items() if (m, d) != wanted}
+    return CheckResult(
+        "vectors_match_model",
+        not other,
+        "vector model and dimension = configured model",
+        {"model": wanted[0], "dimension": wanted[1], "other_models": other},
+    )
+
+
+def indexed_entries_have_text(stores: TenantStores) -> CheckResult:
+    """No indexed entry without chunks."""
+    bad = [
+        e.id
+        for e in stores.catalog.entries(status=EntryStatus.INDEXED)
+        if not e.chunks or stores.keywords.count(e.id) == 0
+    ]
+    return CheckResult(
+        "indexed_entries_have_text",
+        not bad,
+        "every indexed entry has non-empty chunks",
+        {"entries_without_text": len(bad), "examples": bad[:5]},
+    )
+
+
+def run_checks(stores: TenantStores) -> list[CheckResult]:
+    return [
+        chunk_counts_agree(stores),
+        vectors_match_model(stores),
+        indexed_entries_have_text(stores),
+    ]

@@ -1,0 +1,216 @@
+"""Registering documents as entries and removing them from every store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from resources.catalog import Entry, EntryStatus
+from resources.extract import detect_media_type
+from resources.stores import TenantStores
+
+Outcome = Literal["new", "unchanged", "updated"]
+DERIVED_PREFIXES = ("derived/text", "derived/chunks", "derived/embeddings")
+_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Registration:
+    entry: Entry
+    outcome: Outcome
+
+
+def raw_key(entry_id: str) -> str:
+    return f"raw/{entry_id}"
+
+
+def _hash_stream(open_stream: Callable[[], BinaryIO]) -> tuple[str, bytes, int]:
+    digest = hashlib.sha256()
+    head = b""
+    size = 0
+    with open_stream() as stream:
+        while block := stream.read(_BLOCK):
+            if not head:
+                head = block[:1024]
+            size += len(block)
+            digest.update(block)
+    return digest.hexdigest(), head, size
+
+
+def register_source(
+    stores: TenantStores,
+    *,
+    dataset: str,
+    source_uri: str,
+    source_name: str,
+    open_stream: Callable[[], BinaryIO],
+    size: int,
+    mtime_ns: int | None = None,
+) -> Registration:
+    """Make ``source_uri`` an entry of ``dataset`` holding the stream's bytes.
+
+    Unchanged content (same size and mtime, or same sha256) does nothing; changed content
+    replaces the stored original and sets the entry back to ``pending``.
+    """
+    catalog = stores.catalog
+    existing = catalog.find_entry(dataset, source_uri)
+    if (
+        existing is not None
+        and mtime_ns is not None
+        and existing.size == size
+        and existing.source_mtime_ns == mtime_ns
+    ):
+        return Registration(existing, "unchanged")
+    limit = stores.settings.max_file_bytes
+    if size > limit:
+        return _register_refused(
+            stores,
+            existing,
+            dataset,
+            source_uri,
+            source_name,
+            size,
+            mtime_ns,
+            f"file too large ({size} bytes; the limit is {limit})",
+        )
+    sha256, head, size = _hash_stream(open_stream)
+    if existing is not None and existing.sha256 == sha256:
+        if existing.source_mtime_ns != mtime_ns:
+            catalog.update_entry(
+                existing.id, source_mtime_ns=mtime_ns, updated_at=existing.updated_at
+            )
+        return Registration(existing, "unchanged")
+    media_type = detect_media_type(source_name, head)
+    if existing is None:
+        import uuid
+
+        entry_id = str(uuid.uuid4())
+        with open_stream() as stream:
+            stores.objects.put_stream(raw_key(entry_id), stream)
+        entry = catalog.add_entry(
+            entry_id=entry_id,
+            dataset=dataset,
+            source_uri=source_uri,
+            source_name=source_name,
+            media_type=media_type,
+            size=size,
+            sha256=sha256,
+            source_mtime_ns=mtime_ns,
+            object_key=raw_key(entry_id),
+        )
+        return Registration(entry, "new")
+    with open_stream() as stream:
+        stores.objects.put_stream(raw_key(existing.id), stream)
+    catalog.update_entry(
+        existing.id,
+        media_type=media_type,
+        size=size,
+        sha256=sha256,
+        source_mtime_ns=mtime_ns,
+        object_key=raw_key(existing.id),
+        status=EntryStatus.PENDING,
+        reason=None,
+        pages=None,
+        chunks=None,
+    )
+    updated = catalog.get_entry(existing.id)
+    assert updated is not None
+    return Registration(updated, "updated")
+
+
+def _register_refused(
+    stores: TenantStores,
+    existing: Entry | None,
+    dataset: str,
+    source_uri: str,
+    source_name: str,
+    size: int,
+    mtime_ns: int | None,
+    reason: str,
+) -> Registration:
+    """Record a file that is refused before storage as a failed entry (nothing is stored)."""
+    catalog = stores.catalog
+    if existing is None:
+        entry = catalog.add_entry(
+            dataset=dataset,
+            source_uri=source_uri,
+            source_name=source_name,
+            media_type=detect_media_type(source_name, b""),
+            size=size,
+            sha256="",
+            source_mtime_ns=mtime_ns,
+            object_key="",
+        )
+        catalog.set_status([entry.id], EntryStatus.FAILED, reason)
+        outcome: Outcome = "new"
+    else:
+        remove_derived(stores, existing.id)
+        catalog.update_entry(
+            existing.id,
+            size=size,
+            sha256="",
+            source_mtime_ns=mtime_ns,
+            status=EntryStatus.FAILED,
+            reason=reason,
+            pages=None,
+            chunks=None,
+        )
+        entry = existing
+        outcome = "updated"
+    refreshed = catalog.get_entry(entry.id)
+    assert refreshed is not None
+    return Registration(refreshed, outcome)
+
+
+def register_path(
+    stores: TenantStores, path: Path, *, dataset: str, source_name: str | None = None
+) -> Registration:
+    """Register a local file; its absolute path identifies it within the dataset."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return register_source(
+        stores,
+        dataset=dataset,
+        source_uri=f"file://{path}",
+        source_name=source_name or path.name,
+        open_stream=lambda: path.open("rb"),
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def register_bytes(
+    stores: TenantStores, data: bytes, *, dataset: str, source_uri: str, source_name: str
+) -> Registration:
+    return register_source(
+        stores,
+        dataset=dataset,
+        source_uri=source_uri,
+        source_name=source_name,
+        open_stream=lambda: io.BytesIO(data),
+        size=len(data),
+    )
+
+
+def remove_derived(stores: TenantStores, entry_id: str) -> None:
+    """Remove everything the pipeline derived from an entry, from every store."""
+    stores.vectors.delete_entries([entry_id])
+    stores.keywords.delete_entries([entry_id])
+    for prefix in DERIVED_PREFIXES:
+        for suffix in (".json", ".npy"):
+            stores.objects.delete(f"{prefix}/{entry_id}{suffix}")
+
+
+def delete_entry(stores: TenantStores, entry_id: str) -> bool:
+    """Remove an entry from indexes, object store and catalog (in that order, retry-safe)."""
+    entry = stores.catalog.get_entry(entry_id)
+    if entry is None:
+        return False
+    remove_derived(stores, entry_id)
+    if entry.object_key:
+        stores.objects.delete(entry.object_key)
+    return stores.catalog.delete_entry(entry_id)

@@ -1,0 +1,550 @@
+"""The pipeline's steps as plain functions: raw documents -> text -> chunks -> embeddings ->
+vector index and keyword index, for one tenant.
+
+Every step is incremental in the same way. Its upstream is a map entry id -> hash of what the
+previous step produced; its manifest says which input hash each of its outputs came from. An
+entry whose input hash changed is processed, an entry that vanished upstream (deleted, or
+failed earlier) has its output removed, everything else is left alone. A failure is recorded
+in the manifest with its input hash, so a broken document is not retried until it changes,
+and it never stops the other entries. Outputs are written before the manifest row, and every
+index write replaces an entry's points in one transaction, so a step killed at any moment is
+simply finished by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from alien.documents import raw_key, register_source, remove_derived
+from resources.catalog import DEFAULT_DATASET, EntryStatus, ManifestRecord
+from resources.chunking import Chunk, chunk_pages
+from resources.extract import ExtractionError, PageText, extract_pages
+from resources.keywords import KeywordDoc
+from resources.stores import TenantStores
+from resources.vectors import VectorPoint
+
+log = logging.getLogger(__name__)
+
+RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS = (
+    "raw_documents",
+    "ocr_output",
+    "chunks",
+    "embeddings",
+    "vector_index",
+    "keyword_index",
+)
+STEPS = (RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS)
+INBOX = "inbox/"
+# Bump a step's version when its output format or logic changes: every entry is redone.
+_VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 1}
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class StepReport:
+    step: str
+    processed: int = 0
+    failed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    pages: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        out = {
+            "processed": self.processed,
+            "failed": self.failed,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "pages": self.pages,
+            "chunks": self.chunks,
+            "seconds": round(self.seconds, 3),
+        }
+        out.update(self.details)
+        return out
+
+
+def text_key(entry_id: str) -> str:
+    return f"derived/text/{entry_id}.json"
+
+
+def chunks_key(entry_id: str) -> str:
+    return f"derived/chunks/{entry_id}.json"
+
+
+def embeddings_key(entry_id: str) -> str:
+    return f"derived/embeddings/{entry_id}.npy"
+
+
+def _input_hash(step: str, upstream_hash: str, config: str = "") -> str:
+    return hashlib.sha256(f"{step}:{_VERSIONS[step]}:{config}:{upstream_hash}".encode()).hexdigest()
+
+
+def _ok(manifest: dict[str, ManifestRecord]) -> dict[str, ManifestRecord]:
+    return {eid: rec for eid, rec in manifest.items() if rec.ok}
+
+
+@dataclass
+class _Plan:
+    todo: list[tuple[str, str, str]]  # entry id, input hash, source sha256
+    remove: list[str]
+    unchanged: int
+
+
+def _plan(
+    stores: TenantStores,
+    step: str,
+    upstream: dict[str, tuple[str, str]],  # entry id -> (upstream hash, source sha256)
+    config: str,
+    full_refresh: bool,
+) -> _Plan:
+    mine = stores.catalog.manifest(step)
+    todo = []
+    for eid, (up_hash, source_sha) in upstream.items():
+        wanted = _input_hash(step, up_hash, config)
+        rec = mine.get(eid)
+        if full_refresh or rec is None or rec.input_hash != wanted:
+            todo.append((eid, wanted, source_sha))
+    remove = [eid for eid in mine if eid not in upstream]
+    return _Plan(todo=todo, remove=remove, unchanged=len(upstream) - len(todo))
+
+
+def _upstream_of(stores: TenantStores, step: str) -> dict[str, tuple[str, str]]:
+    return {
+        eid: (rec.input_hash, rec.source_sha256)
+        for eid, rec in _ok(stores.catalog.manifest(step)).items()
+    }
+
+
+def _fail(
+    stores: TenantStores, step: str, eid: str, input_hash: str, sha: str, reason: str
+) -> None:
+    stores.catalog.record_manifest(
+        step, [ManifestRecord(eid, input_hash, sha, output_key=None, error=reason)]
+    )
+    stores.catalog.set_status([eid], EntryStatus.FAILED, reason)
+
+
+def _unexpected(err: BaseException) -> str:
+    log.error("unexpected error: %s", "".join(traceback.format_exception(err)))
+    return f"internal error: {type(err).__name__}: {err}"
+
+
+# -- raw_documents --------------------------------------------------------------------------
+def drain_inbox(stores: TenantStores, dataset: str = DEFAULT_DATASET) -> dict[str, int]:
+    """Register every file in the tenant's inbox folder, then remove it from the inbox."""
+    counts = {"new": 0, "updated": 0, "unchanged": 0}
+    stores.catalog.ensure_dataset(dataset)
+    for info in list(stores.objects.list(INBOX)):
+        name = info.key[len(INBOX) :]
+        with stores.objects.local_path(info.key) as path:
+            reg = register_source(
+                stores,
+                dataset=dataset,
+                source_uri=f"inbox:{name}",
+                source_name=name.rsplit("/", 1)[-1],
+                open_stream=lambda p=path: p.open("rb"),
+                size=info.size,
+            )
+        counts[reg.outcome] += 1
+        stores.objects.delete(info.key)
+    return counts
+
+
+def run_raw_documents(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(RAW)
+    with stores.lock(RAW):
+        inbox = drain_inbox(stores)
+        report.details["inbox_registered"] = inbox["new"] + inbox["updated"]
+        entries = {e.id: e for e in stores.catalog.entries()}
+        upstream = {eid: (e.sha256, e.sha256) for eid, e in entries.items() if e.sha256}
+        plan = _plan(stores, RAW, upstream, "", full_refresh)
+        records = []
+        for eid, input_hash, sha in plan.todo:
+            entry = entries[eid]
+            if not stores.objects.exists(entry.object_key or raw_key(eid)):
+                _fail(stores, RAW, eid, input_hash, sha, "original file missing from object store")
+                report.failed += 1
+                continue
+            records.append(ManifestRecord(eid, input_hash, sha, output_key=entry.object_key))
+        stores.catalog.record_manifest(RAW, records)
+        report.processed = len(records)
+        stores.catalog.forget_manifest(RAW, plan.remove)
+        report.removed = len(plan.remove)
+        report.unchanged = plan.unchanged
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- ocr_output (text extraction, OCR for scanned pages) ------------------------------------
+def read_pages(stores: TenantStores, entry_id: str) -> list[PageText]:
+    data = json.loads(stores.objects.get_bytes(text_key(entry_id)))
+    return [PageText(p["page"], p["text"], p["method"]) for p in data["pages"]]
+
+
+def run_ocr_output(
+    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(TEXT)
+    settings = stores.settings
+    config = f"ocr={stores.ocr.name}:{settings.ocr_languages}:{settings.ocr_dpi}"
+    with stores.lock(TEXT):
+        plan = _plan(stores, TEXT, _upstream_of(stores, RAW), config, full_refresh)
+        stores.catalog.set_status([eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING)
+        ocr_pages = 0
+        for n, (eid, input_hash, sha) in enumerate(plan.todo, 1):
+            entry = stores.catalog.get_entry(eid)
+            if entry is None:
+                continue
+            try:
+                with stores.objects.local_path(entry.object_key) as path:
+                    pages = list(
+                        extract_pages(
+                            path,
+                            entry.media_type,
+                            ocr=stores.ocr,
+                            ocr_dpi=settings.ocr_dpi,
+                            max_text_bytes=settings.max_text_bytes,
+                        )
+                    )
+            except ExtractionError as err:
+                _fail(stores, TEXT, eid, input_hash, sha, str(err))
+                report.failed += 1
+                continue
+            except Exception as err:  # a bug must not block the other entries
+                _fail(stores, TEXT, eid, input_hash, sha, _unexpected(err))
+                report.failed += 1
+                continue
+            body = {
+                "entry_id": eid,
+                "pages": [{"page": p.page, "text": p.text, "method": p.method} for p in pages],
+            }
+            stores.objects.put_bytes(text_key(eid), json.dumps(body).encode())
+            page_ocr = sum(p.method == "ocr" for p in pages)
+            ocr_pages += page_ocr
+            stores.catalog.record_manifest(
+                TEXT,
+                [
+                    ManifestRecord(
+                        eid,
+                        input_hash,
+                        sha,
+                        output_key=text_key(eid),
+                        meta={"pages": len(pages), "ocr_pages": page_ocr},
+                    )
+                ],
+            )
+            stores.catalog.update_entry(eid, pages=len(pages))
+            report.processed += 1
+            report.pages += len(pages)
+            if progress:
+                progress(TEXT, n, len(plan.todo))
+        for eid in plan.remove:
+            stores.objects.delete(text_key(eid))
+        stores.catalog.forget_manifest(TEXT, plan.remove)
+        report.removed = len(plan.remove)
+        report.unchanged = plan.unchanged
+        report.details["ocr_pages"] = ocr_pages
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- chunks ---------------------------------------------------------------------------------
+def read_chunks(stores: TenantStores, entry_id: str) -> list[Chunk]:
+    data = json.loads(stores.objects.get_bytes(chunks_key(entry_id)))
+    return [Chunk(**c) for c in data["chunks"]]
+
+
+def run_chunks(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(CHUNKS)
+    embedder = stores.embedder
+    max_tokens = embedder.max_content_tokens
+    config = f"{embedder.model_name}:{max_tokens}"
+    with stores.lock(CHUNKS):
+        plan = _plan(stores, CHUNKS, _upstream_of(stores, TEXT), config, full_refresh)
+        for eid, input_hash, sha in plan.todo:
+            try:
+                pages = read_pages(stores, eid)
+                chunks = chunk_pages(eid, pages, embedder.tokenizer, max_tokens)
+            except Exception as err:
+                _fail(stores, CHUNKS, eid, input_hash, sha, _unexpected(err))
+                report.failed += 1
+                continue
+            if not chunks:
+                reason = f"no text found in {len(pages)} page(s)"
+                if any(p.method == "empty" for p in pages):
+                    reason += " (pages without a text layer or readable image)"
+                _fail(stores, CHUNKS, eid, input_hash, sha, reason)
+                report.failed += 1
+                continue
+            body = {"entry_id": eid, "chunks": [c.__dict__ for c in chunks]}
+            stores.objects.put_bytes(chunks_key(eid), json.dumps(body).encode())
+            stores.catalog.record_manifest(
+                CHUNKS,
+                [
+                    ManifestRecord(
+                        eid, input_hash, sha, chunks_key(eid), meta={"chunks": len(chunks)}
+                    )
+                ],
+            )
+            stores.catalog.update_entry(eid, chunks=len(chunks))
+            report.processed += 1
+            report.chunks += len(chunks)
+        for eid in plan.remove:
+            stores.objects.delete(chunks_key(eid))
+        stores.catalog.forget_manifest(CHUNKS, plan.remove)
+        report.removed = len(plan.remove)
+        report.unchanged = plan.unchanged
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- embeddings -----------------------------------------------------------------------------
+def run_embeddings(
+    stores: TenantStores,
+    full_refresh: bool = False,
+    progress: Progress | None = None,
+    group_chunks: int = 512,
+) -> StepReport:
+    """Embed new chunks. Several entries share one model call so batches stay full."""
+    started = time.perf_counter()
+    report = StepReport(EMBEDDINGS)
+    embedder = stores.embedder
+    config = f"{embedder.model_name}:{embedder.dimension}"
+    model_seconds = 0.0
+    with stores.lock(EMBEDDINGS):
+        plan = _plan(stores, EMBEDDINGS, _upstream_of(stores, CHUNKS), config, full_refresh)
+        total = sum(
+            rec.meta.get("chunks", 0)
+            for eid, rec in stores.catalog.manifest(CHUNKS).items()
+            if eid in {t[0] for t in plan.todo}
+        )
+        done = 0
+        group: list[tuple[str, str, str, list[Chunk]]] = []
+        pending = 0
+
+        def flush() -> None:
+            nonlocal group, pending, done, model_seconds
+            if not group:
+                return
+            texts = [c.text for *_, chunks in group for c in chunks]
+            t0 = time.perf_counter()
+            vectors = embedder.embed(texts)
+            model_seconds += time.perf_counter() - t0
+            offset = 0
+            records = []
+            for eid, input_hash, sha, chunks in group:
+                block = vectors[offset : offset + len(chunks)]
+                offset += len(chunks)
+                buf = _npy_bytes(block)
+                stores.objects.put_bytes(embeddings_key(eid), buf)
+                records.append(
+                    ManifestRecord(
+                        eid,
+                        input_hash,
+                        sha,
+                        embeddings_key(eid),
+                        meta={
+                            "chunks": len(chunks),
+                            "model": embedder.model_name,
+                            "dim": int(block.shape[1]),
+                        },
+                    )
+                )
+            stores.catalog.record_manifest(EMBEDDINGS, records)
+            report.processed += len(group)
+            report.chunks += len(texts)
+            done += len(texts)
+            if progress:
+                progress(EMBEDDINGS, done, total)
+            group, pending = [], 0
+
+        for eid, input_hash, sha in plan.todo:
+            try:
+                chunks = read_chunks(stores, eid)
+            except Exception as err:
+                _fail(stores, EMBEDDINGS, eid, input_hash, sha, _unexpected(err))
+                report.failed += 1
+                continue
+            group.append((eid, input_hash, sha, chunks))
+            pending += len(chunks)
+            if pending >= group_chunks:
+                flush()
+        flush()
+        for eid in plan.remove:
+            stores.objects.delete(embeddings_key(eid))
+        stores.catalog.forget_manifest(EMBEDDINGS, plan.remove)
+        report.removed = len(plan.remove)
+        report.unchanged = plan.unchanged
+    report.seconds = time.perf_counter() - started
+    report.details.update(
+        model=embedder.model_name,
+        dimension=embedder.dimension,
+        model_seconds=round(model_seconds, 3),
+        chunks_per_second=round(report.chunks / model_seconds, 2) if model_seconds else 0.0,
+    )
+    return report
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_embeddings(stores: TenantStores, entry_id: str) -> np.ndarray:
+    import io
+
+    return np.load(
+        io.BytesIO(stores.objects.get_bytes(embeddings_key(entry_id))), allow_pickle=False
+    )
+
+
+# -- indexes --------------------------------------------------------------------------------
+def _sweep_orphans(
+    stores: TenantStores, counts: dict[str, int], delete: Callable[[Iterable[str]], int]
+) -> int:
+    """Remove index rows of entries the catalog no longer has (a delete raced a write)."""
+    if not counts:
+        return 0
+    known = set(stores.catalog.entry_hashes())
+    orphans = [eid for eid in counts if eid not in known]
+    return delete(orphans) if orphans else 0
+
+
+def run_vector_index(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(VECTORS)
+    with stores.lock(VECTORS):
+        plan = _plan(stores, VECTORS, _upstream_of(stores, EMBEDDINGS), "", full_refresh)
+        for eid, input_hash, sha in plan.todo:
+            entry = stores.catalog.get_entry(eid)
+            if entry is None:
+                continue
+            try:
+                chunks = read_chunks(stores, eid)
+                vectors = read_embeddings(stores, eid)
+                if len(chunks) != len(vectors):
+                    raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+                points = [
+                    VectorPoint(c.id, v, eid, entry.dataset, c.index, c.page)
+                    for c, v in zip(chunks, vectors, strict=True)
+                ]
+                stores.vectors.replace_entry(eid, points)
+            except Exception as err:
+                _fail(stores, VECTORS, eid, input_hash, sha, _unexpected(err))
+                report.failed += 1
+                continue
+            stores.catalog.record_manifest(
+                VECTORS, [ManifestRecord(eid, input_hash, sha, None, meta={"points": len(points)})]
+            )
+            report.processed += 1
+            report.chunks += len(points)
+        stores.vectors.delete_entries(plan.remove)
+        stores.catalog.forget_manifest(VECTORS, plan.remove)
+        report.removed = len(plan.remove)
+        report.details["orphans_removed"] = _sweep_orphans(
+            stores, stores.vectors.counts_by_entry(), stores.vectors.delete_entries
+        )
+        report.unchanged = plan.unchanged
+        mark_indexed(stores, [t[0] for t in plan.todo])
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def run_keyword_index(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+    started = time.perf_counter()
+    report = StepReport(KEYWORDS)
+    with stores.lock(KEYWORDS):
+        plan = _plan(stores, KEYWORDS, _upstream_of(stores, CHUNKS), "", full_refresh)
+        for eid, input_hash, sha in plan.todo:
+            entry = stores.catalog.get_entry(eid)
+            if entry is None:
+                continue
+            try:
+                docs = [
+                    KeywordDoc(c.id, eid, entry.dataset, c.index, c.page, c.start, c.end, c.text)
+                    for c in read_chunks(stores, eid)
+                ]
+                stores.keywords.replace_entry(eid, docs)
+            except Exception as err:
+                _fail(stores, KEYWORDS, eid, input_hash, sha, _unexpected(err))
+                report.failed += 1
+                continue
+            stores.catalog.record_manifest(
+                KEYWORDS,
+                [ManifestRecord(eid, input_hash, sha, None, meta={"documents": len(docs)})],
+            )
+            report.processed += 1
+            report.chunks += len(docs)
+        stores.keywords.delete_entries(plan.remove)
+        stores.catalog.forget_manifest(KEYWORDS, plan.remove)
+        report.removed = len(plan.remove)
+        report.details["orphans_removed"] = _sweep_orphans(
+            stores, stores.keywords.counts_by_entry(), stores.keywords.delete_entries
+        )
+        report.unchanged = plan.unchanged
+        mark_indexed(stores, [t[0] for t in plan.todo])
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def mark_indexed(stores: TenantStores, entry_ids: Sequence[str]) -> int:
+    """Mark entries ``indexed`` once both indexes hold their current content."""
+    if not entry_ids:
+        return 0
+    vectors = _ok(stores.catalog.manifest(VECTORS))
+    keywords = _ok(stores.catalog.manifest(KEYWORDS))
+    done = []
+    for entry in stores.catalog.entries(ids=list(entry_ids)):
+        v, k = vectors.get(entry.id), keywords.get(entry.id)
+        if (
+            entry.status != EntryStatus.FAILED
+            and v is not None
+            and k is not None
+            and v.source_sha256 == k.source_sha256 == entry.sha256
+        ):
+            done.append(entry.id)
+    stores.catalog.set_status(done, EntryStatus.INDEXED)
+    return len(done)
+
+
+def run_all(
+    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+) -> list[StepReport]:
+    """Every step in order, in this process (the Dagster job runs the same functions)."""
+    return [
+        run_raw_documents(stores, full_refresh),
+        run_ocr_output(stores, full_refresh, progress),
+        run_chunks(stores, full_refresh),
+        run_embeddings(stores, full_refresh, progress),
+        run_vector_index(stores, full_refresh),
+        run_keyword_index(stores, full_refresh),
+    ]
+
+
+__all__ = [
+    "STEPS",
+    "StepReport",
+    "read_chunks",
+    "read_pages",
+    "remove_derived",
+    "run_all",
+]

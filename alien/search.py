@@ -1,0 +1,123 @@
+"""Search over one tenant: keyword (BM25), vector (cosine) and their fusion (hybrid)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from resources.stores import TenantStores
+
+Mode = Literal["hybrid", "vector", "keyword"]
+MODES: tuple[Mode, ...] = ("hybrid", "vector", "keyword")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    entry_id: str
+    source_name: str
+    chunk_id: str
+    page: int | None
+    score: float
+    text: str
+    dataset: str
+    chunk_index: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RankedChunk:
+    chunk_id: str
+    score: float
+    entry_id: str
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[RankedChunk]], k: int = 60
+) -> list[RankedChunk]:
+    """Fuse rankings: each item scores sum(1 / (k + rank)) over the rankings it appears in."""
+    scores: dict[str, float] = {}
+    entries: dict[str, str] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, 1):
+            scores[item.chunk_id] = scores.get(item.chunk_id, 0.0) + 1.0 / (k + rank)
+            entries[item.chunk_id] = item.entry_id
+    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [RankedChunk(cid, score, entries[cid]) for cid, score in fused]
+
+
+def rank_chunks(
+    stores: TenantStores,
+    query: str,
+    *,
+    mode: Mode = "hybrid",
+    top_k: int = 10,
+    dataset: str | None = None,
+    query_vector: np.ndarray | None = None,
+) -> list[RankedChunk]:
+    """Chunk ids and scores, best first (no text: see ``search`` for full results)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+    settings = stores.settings
+    depth = top_k if mode != "hybrid" else max(top_k, settings.fusion_depth)
+    keyword: list[RankedChunk] = []
+    vector: list[RankedChunk] = []
+    if mode in ("hybrid", "keyword"):
+        keyword = [
+            RankedChunk(h.id, h.score, h.entry_id)
+            for h in stores.keywords.search(query, depth, dataset=dataset)
+        ]
+    if mode in ("hybrid", "vector"):
+        if query_vector is None:
+            query_vector = stores.embedder.embed([query])[0]
+        vector = [
+            RankedChunk(h.id, h.score, h.entry_id)
+            for h in stores.vectors.search(query_vector, depth, dataset=dataset)
+        ]
+    if mode == "keyword":
+        return keyword[:top_k]
+    if mode == "vector":
+        return vector[:top_k]
+    return reciprocal_rank_fusion([keyword, vector], k=settings.fusion_k)[:top_k]
+
+
+def search(
+    stores: TenantStores,
+    query: str,
+    *,
+    mode: Mode = "hybrid",
+    top_k: int = 10,
+    dataset: str | None = None,
+    query_vector: np.ndarray | None = None,
+) -> list[SearchResult]:
+    """Ranked chunks of the tenant's entries matching ``query``, with text and provenance."""
+    ranked = rank_chunks(
+        stores, query, mode=mode, top_k=top_k, dataset=dataset, query_vector=query_vector
+    )
+    docs = stores.keywords.get_docs([r.chunk_id for r in ranked])
+    names = {
+        e.id: e.source_name
+        for e in stores.catalog.entries(ids=sorted({r.entry_id for r in ranked}))
+    }
+    results = []
+    for r in ranked:
+        doc = docs.get(r.chunk_id)
+        if doc is None or r.entry_id not in names:
+            continue  # removed between ranking and hydration
+        results.append(
+            SearchResult(
+                entry_id=r.entry_id,
+                source_name=names[r.entry_id],
+                chunk_id=r.chunk_id,
+                page=doc.page,
+                score=round(r.score, 6),
+                text=doc.text,
+                dataset=doc.dataset,
+                chunk_index=doc.chunk_index,
+            )
+        )
+    return results

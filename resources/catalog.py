@@ -1,0 +1,397 @@
+"""The catalog: datasets, entries and per-asset manifests of one tenant (SQLAlchemy 2).
+
+Embedded, each tenant has its own SQLite file in WAL mode, so the Data API and a pipeline run
+(different processes) read and write it at the same time; writers wait (``busy_timeout``)
+rather than fail.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from resources.tenancy import TenantId, validate_dataset
+
+DEFAULT_DATASET = "default"
+
+
+class EntryStatus:
+    PENDING = "pending"
+    PROCESSING = "processing"
+    INDEXED = "indexed"
+    FAILED = "failed"
+    ALL = (PENDING, PROCESSING, INDEXED, FAILED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TenantRow(Base):
+    __tablename__ = "tenant"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EntryRow(Base):
+    __tablename__ = "entries"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name"), index=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    source_name: Mapped[str] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source_mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    object_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("dataset", "source_uri", name="uq_entry_source"),)
+
+
+class ManifestRow(Base):
+    """What one asset produced for one entry, from which input."""
+
+    __tablename__ = "manifests"
+    asset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    input_hash: Mapped[str] = mapped_column(String(64))
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    output_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (Index("ix_manifest_entry", "entry_id"),)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    dataset: str
+    source_uri: str
+    source_name: str
+    media_type: str
+    size: int
+    sha256: str
+    source_mtime_ns: int | None
+    object_key: str
+    status: str
+    reason: str | None
+    pages: int | None
+    chunks: int | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: EntryRow) -> Entry:
+        return cls(
+            id=row.id,
+            dataset=row.dataset,
+            source_uri=row.source_uri,
+            source_name=row.source_name,
+            media_type=row.media_type,
+            size=row.size,
+            sha256=row.sha256,
+            source_mtime_ns=row.source_mtime_ns,
+            object_key=row.object_key,
+            status=row.status,
+            reason=row.reason,
+            pages=row.pages,
+            chunks=row.chunks,
+            metadata=dict(row.metadata_ or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """Metadata only, JSON-ready (no content)."""
+        return {
+            "entry_id": self.id,
+            "dataset": self.dataset,
+            "source_name": self.source_name,
+            "media_type": self.media_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "status": self.status,
+            "reason": self.reason,
+            "pages": self.pages,
+            "chunks": self.chunks,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    entry_id: str
+    input_hash: str
+    source_sha256: str
+    output_key: str | None = None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def sqlite_engine(path: Path) -> Engine:
+    """An engine on a SQLite file with WAL and a busy timeout (shared by embedded stores)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        f"sqlite:///{path}",
+        connect_args={"check_same_thread": False, "timeout": 30},
+        json_serializer=lambda obj: json.dumps(obj, separators=(",", ":")),
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Catalog:
+    """Catalog of one tenant. Every method is scoped to that tenant by construction."""
+
+    def __init__(self, tenant: TenantId, engine: Engine) -> None:
+        self.tenant = TenantId(tenant)
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def embedded(cls, tenant: TenantId, path: Path) -> Catalog:
+        return cls(tenant, sqlite_engine(path))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def create(self) -> None:
+        """Create tables and the tenant row (idempotent)."""
+        Base.metadata.create_all(self.engine)
+        with self._session.begin() as s:
+            if s.get(TenantRow, str(self.tenant)) is None:
+                s.add(TenantRow(id=str(self.tenant)))
+        self.ensure_dataset(DEFAULT_DATASET)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- datasets ------------------------------------------------------------------------
+    def ensure_dataset(self, name: str, config: dict[str, Any] | None = None) -> None:
+        validate_dataset(name)
+        with self._session.begin() as s:
+            if s.get(DatasetRow, name) is None:
+                s.add(DatasetRow(name=name, config=config or {}))
+
+    def datasets(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(DatasetRow.name).order_by(DatasetRow.name)))
+
+    # -- entries -------------------------------------------------------------------------
+    def add_entry(
+        self,
+        *,
+        dataset: str,
+        source_uri: str,
+        source_name: str,
+        media_type: str,
+        size: int,
+        sha256: str,
+        object_key: str,
+        source_mtime_ns: int | None = None,
+        entry_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Entry:
+        now = utcnow()
+        row = EntryRow(
+            id=entry_id or str(uuid.uuid4()),
+            dataset=dataset,
+            source_uri=source_uri,
+            source_name=source_name,
+            media_type=media_type,
+            size=size,
+            sha256=sha256,
+            source_mtime_ns=source_mtime_ns,
+            object_key=object_key,
+            status=EntryStatus.PENDING,
+            metadata_=metadata or {},
+            created_at=now,
+            updated_at=now,
+        )
+        with self._session.begin() as s:
+            s.add(row)
+        return Entry.from_row(row)
+
+    def update_entry(self, entry_id: str, **fields: Any) -> None:
+        if "metadata" in fields:
+            fields["metadata_"] = fields.pop("metadata")
+        fields.setdefault("updated_at", utcnow())
+        with self._session.begin() as s:
+            s.execute(update(EntryRow).where(EntryRow.id == entry_id).values(**fields))
+
+    def set_status(self, entry_ids: Iterable[str], status: str, reason: str | None = None) -> None:
+        ids = list(entry_ids)
+        if not ids:
+            return
+        with self._session.begin() as s:
+            for batch in _batches(ids, 500):
+                s.execute(
+                    update(EntryRow)
+                    .where(EntryRow.id.in_(batch))
+                    .values(status=status, reason=reason, updated_at=utcnow())
+                )
+
+    def get_entry(self, entry_id: str) -> Entry | None:
+        with self._session() as s:
+            row = s.get(EntryRow, entry_id)
+            return Entry.from_row(row) if row else None
+
+    def find_entry(self, dataset: str, source_uri: str) -> Entry | None:
+        with self._session() as s:
+            row = s.scalar(
+                select(EntryRow).where(
+                    EntryRow.dataset == dataset, EntryRow.source_uri == source_uri
+                )
+            )
+            return Entry.from_row(row) if row else None
+
+    def entries(
+        self,
+        *,
+        dataset: str | None = None,
+        status: str | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Entry]:
+        query = select(EntryRow).order_by(EntryRow.created_at, EntryRow.id)
+        if dataset is not None:
+            query = query.where(EntryRow.dataset == dataset)
+        if status is not None:
+            query = query.where(EntryRow.status == status)
+        if ids is not None:
+            query = query.where(EntryRow.id.in_(list(ids)))
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
+        with self._session() as s:
+            return [Entry.from_row(r) for r in s.scalars(query)]
+
+    def entry_hashes(self) -> dict[str, str]:
+        """entry id -> sha256 of its current content, for every entry."""
+        with self._session() as s:
+            return {eid: sha for eid, sha in s.execute(select(EntryRow.id, EntryRow.sha256))}
+
+    def status_counts(self) -> dict[str, int]:
+        with self._session() as s:
+            rows = s.execute(select(EntryRow.status, func.count()).group_by(EntryRow.status))
+            return {status: count for status, count in rows}
+
+    def pending_marker(self) -> str | None:
+        """A cheap fingerprint of entries waiting for the pipeline (None when none wait)."""
+        with self._session() as s:
+            count, latest = s.execute(
+                select(func.count(), func.max(EntryRow.updated_at)).where(
+                    EntryRow.status == EntryStatus.PENDING
+                )
+            ).one()
+        return f"{count}@{latest}" if count else None
+
+    def delete_entry(self, entry_id: str) -> bool:
+        with self._session.begin() as s:
+            s.execute(delete(ManifestRow).where(ManifestRow.entry_id == entry_id))
+            return s.execute(delete(EntryRow).where(EntryRow.id == entry_id)).rowcount > 0
+
+    # -- manifests -----------------------------------------------------------------------
+    def manifest(self, asset: str) -> dict[str, ManifestRecord]:
+        with self._session() as s:
+            rows = s.scalars(select(ManifestRow).where(ManifestRow.asset == asset))
+            return {
+                r.entry_id: ManifestRecord(
+                    entry_id=r.entry_id,
+                    input_hash=r.input_hash,
+                    source_sha256=r.source_sha256,
+                    output_key=r.output_key,
+                    error=r.error,
+                    meta=dict(r.meta or {}),
+                )
+                for r in rows
+            }
+
+    def record_manifest(self, asset: str, records: Iterable[ManifestRecord]) -> None:
+        now = utcnow()
+        with self._session.begin() as s:
+            for rec in records:
+                s.merge(
+                    ManifestRow(
+                        asset=asset,
+                        entry_id=rec.entry_id,
+                        input_hash=rec.input_hash,
+                        source_sha256=rec.source_sha256,
+                        output_key=rec.output_key,
+                        error=rec.error,
+                        meta=rec.meta,
+                        updated_at=now,
+                    )
+                )
+
+    def forget_manifest(self, asset: str, entry_ids: Iterable[str]) -> None:
+        ids = list(entry_ids)
+        with self._session.begin() as s:
+            for batch in _batches(ids, 500):
+                s.execute(
+                    delete(ManifestRow).where(
+                        ManifestRow.asset == asset, ManifestRow.entry_id.in_(batch)
+                    )
+                )
+
+
+def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,257 @@
+"""Text extraction: PDF text layer (OCR for image-only pages), images, plain text, Markdown, HTML.
+
+PDFs are read page by page through pdfium, which reads the file lazily: a large PDF is never
+loaded whole into memory. Every failure is an ``ExtractionError`` whose message is the reason
+shown to the user.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from resources.ocr import OcrEngine, OcrError
+
+PDF = "application/pdf"
+TEXT = "text/plain"
+MARKDOWN = "text/markdown"
+HTML = "text/html"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff")
+SUPPORTED_TYPES = (PDF, TEXT, MARKDOWN, HTML, *IMAGE_TYPES)
+
+_EXTENSIONS = {
+    ".pdf": PDF,
+    ".txt": TEXT,
+    ".text": TEXT,
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".html": HTML,
+    ".htm": HTML,
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+# A page with less text than this and an image on it is treated as scanned.
+_MIN_TEXT_CHARS = 16
+
+
+class ExtractionError(Exception):
+    """The document cannot be turned into text; ``str(err)`` is the reason for the user."""
+
+
+@dataclass(frozen=True)
+class PageText:
+    page: int  # 1-based
+    text: str
+    method: str  # "text" (text layer or file), "ocr", or "empty"
+
+
+def detect_media_type(name: str, head: bytes) -> str:
+    """Media type from content magic, else from the file name's extension."""
+    if b"%PDF-" in head[:1024]:
+        return PDF
+    for magic, media_type in _MAGIC:
+        if head.startswith(magic):
+            return media_type
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]
+    guessed, _ = mimetypes.guess_type(name)
+    return guessed or "application/octet-stream"
+
+
+def extract_pages(
+    path: Path,
+    media_type: str,
+    *,
+    ocr: OcrEngine,
+    ocr_dpi: int = 300,
+    max_text_bytes: int = 32 * 1024 * 1024,
+) -> Iterator[PageText]:
+    """Pages of text of the file at ``path``; raises ``ExtractionError`` with a reason."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ExtractionError("empty file (0 bytes)")
+    if media_type == PDF:
+        yield from _pdf_pages(path, ocr, ocr_dpi)
+    elif media_type in IMAGE_TYPES:
+        yield _image_page(path, ocr)
+    elif media_type in (TEXT, MARKDOWN, HTML):
+        if size > max_text_bytes:
+            raise ExtractionError(
+                f"text file too large ({size} bytes; the limit is {max_text_bytes})"
+            )
+        text = _decode_text(path.read_bytes())
+        if media_type == HTML:
+            text = html_to_text(text)
+        yield PageText(page=1, text=text, method="text")
+    else:
+        raise ExtractionError(
+            f"unsupported media type {media_type!r}; supported: {', '.join(SUPPORTED_TYPES)}"
+        )
+
+
+def _decode_text(data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise ExtractionError("binary content where text was expected (NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _pdf_pages(path: Path, ocr: OcrEngine, ocr_dpi: int) -> Iterator[PageText]:
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    with path.open("rb") as fh:
+        head = fh.read(1024)
+    if b"%PDF-" not in head:
+        raise ExtractionError("not a PDF: the content has no %PDF- header")
+    try:
+        doc = pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as err:
+        message = str(err)
+        if "password" in message.lower():
+            raise ExtractionError("encrypted PDF: a password is required to open it") from None
+        raise ExtractionError(f"corrupt PDF: {message}") from None
+    workers = max(1, os.cpu_count() or 1)
+    try:
+        count = len(doc)
+        if count == 0:
+            raise ExtractionError("PDF has no pages")
+        # pdfium is not thread-safe: pages are read and rendered here, in order, while up to
+        # ``workers`` OCR subprocesses read earlier scanned pages in the background.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr") as pool:
+            window: deque[tuple[int, str | Future[str]]] = deque()
+            for index in range(count):
+                page = doc[index]
+                try:
+                    textpage = page.get_textpage()
+                    text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+                    textpage.close()
+                    item: str | Future[str] = text
+                    if len(text.strip()) < _MIN_TEXT_CHARS and any(
+                        obj.type == pdfium_c.FPDF_PAGEOBJ_IMAGE for obj in page.get_objects()
+                    ):
+                        image = page.render(scale=ocr_dpi / 72, grayscale=True).to_pil()
+                        item = pool.submit(ocr.read_image, image)
+                finally:
+                    page.close()
+                window.append((index + 1, item))
+                while window and (len(window) > 2 * workers or isinstance(window[0][1], str)):
+                    yield _resolve(*window.popleft())
+            while window:
+                yield _resolve(*window.popleft())
+    except pdfium.PdfiumError as err:
+        raise ExtractionError(f"corrupt PDF: {err}") from None
+    finally:
+        doc.close()
+
+
+def _resolve(page: int, item: str | Future[str]) -> PageText:
+    if isinstance(item, str):
+        return PageText(page=page, text=item, method="text" if item.strip() else "empty")
+    try:
+        text = item.result()
+    except OcrError as err:
+        raise ExtractionError(f"page {page}: {err}") from None
+    return PageText(page=page, text=text, method="ocr" if text.strip() else "empty")
+
+
+def _image_page(path: Path, ocr: OcrEngine) -> PageText:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            text = ocr.read_image(image.convert("L"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ExtractionError(f"unreadable image: {err}") from None
+    except OcrError as err:
+        raise ExtractionError(str(err)) from None
+    return PageText(page=1, text=text, method="ocr")
+
+
+_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "head"}
+_BLOCK_TAGS = {
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "tr",
+    "td",
+    "th",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "title",
+    "hr",
+}
+
+
+class _HtmlText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self._in_title = True
+        elif tag in _SKIP_TAGS:
+            self._skip += 1
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        elif tag in _SKIP_TAGS and self._skip:
+            self._skip -= 1
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title or not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML document, with the title and block-level line breaks."""
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()

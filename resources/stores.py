@@ -1,0 +1,148 @@
+"""One tenant's store handles, built together and only for that tenant."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+from resources.analysis import get_analyzer
+from resources.catalog import Catalog
+from resources.embedder import Embedder
+from resources.keywords import Fts5KeywordIndex
+from resources.objects import LocalObjectStore
+from resources.ocr import TesseractOcr
+from resources.settings import AlienSettings
+from resources.tenancy import TenantId, UnknownTenantError
+from resources.vectors import SqliteVectorIndex
+
+
+@lru_cache(maxsize=4)
+def shared_embedder(model: str, batch_size: int, device: str) -> Embedder:
+    """The process's embedder (the model is not tenant data, so tenants share it)."""
+    return Embedder(model=model, batch_size=batch_size, device=device)
+
+
+def get_embedder(settings: AlienSettings) -> Embedder:
+    return shared_embedder(
+        settings.embedding_model, settings.embedding_batch_size, settings.embedding_device
+    )
+
+
+@dataclass
+class TenantStores:
+    """Every store of one tenant. Built only by ``TenantRegistry.open``/``create``."""
+
+    tenant: TenantId
+    settings: AlienSettings
+    root: Path
+    catalog: Catalog
+    objects: LocalObjectStore
+    vectors: SqliteVectorIndex
+    keywords: Fts5KeywordIndex
+    embedder: Embedder
+    ocr: TesseractOcr
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock for ``name`` across threads and processes on this machine."""
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(exist_ok=True)
+        thread_lock = self._locks.setdefault(name, threading.Lock())
+        with thread_lock, path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.catalog.close()
+        self.vectors.close()
+        self.keywords.close()
+
+
+class TenantRegistry:
+    """Provisions, opens and retires tenants' embedded stores under ``ALIEN_HOME``."""
+
+    _open: ClassVar[dict[tuple[Path, str], TenantStores]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, settings: AlienSettings) -> None:
+        self.settings = settings
+        self.root = settings.tenants_dir
+
+    def tenant_dir(self, tenant: TenantId) -> Path:
+        return self.root / TenantId(tenant)
+
+    def exists(self, tenant: str) -> bool:
+        return (self.tenant_dir(TenantId(tenant)) / "catalog.db").is_file()
+
+    def list(self) -> list[TenantId]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for child in sorted(self.root.iterdir()):
+            if (child / "catalog.db").is_file():
+                with contextlib.suppress(ValueError):
+                    out.append(TenantId(child.name))
+        return out
+
+    def create(self, tenant: str) -> TenantStores:
+        """Provision the tenant's stores (idempotent) and open them."""
+        tenant = TenantId(tenant)
+        stores = self._build(tenant)
+        stores.catalog.create()
+        return stores
+
+    def open(self, tenant: str) -> TenantStores:
+        tenant = TenantId(tenant)
+        if not self.exists(tenant):
+            raise UnknownTenantError(f"unknown tenant {tenant!r}")
+        return self._build(tenant)
+
+    def _build(self, tenant: TenantId) -> TenantStores:
+        key = (self.root, str(tenant))
+        with self._guard:
+            cached = self._open.get(key)
+            if cached is not None:
+                return cached
+            root = self.tenant_dir(tenant)
+            root.mkdir(parents=True, exist_ok=True)
+            embedder = get_embedder(self.settings)
+            stores = TenantStores(
+                tenant=tenant,
+                settings=self.settings,
+                root=root,
+                catalog=Catalog.embedded(tenant, root / "catalog.db"),
+                objects=LocalObjectStore(root / "objects"),
+                vectors=SqliteVectorIndex(
+                    root / "vectors.db", model=embedder.model_name, dim=embedder.dimension
+                ),
+                keywords=Fts5KeywordIndex(
+                    root / "keywords.db", analyzer=get_analyzer(self.settings.stemmer_language)
+                ),
+                embedder=embedder,
+                ocr=TesseractOcr(self.settings.ocr_languages),
+            )
+            self._open[key] = stores
+            return stores
+
+    def drop(self, tenant: str) -> bool:
+        """Retire the tenant: close handles and remove every store (idempotent)."""
+        tenant = TenantId(tenant)
+        with self._guard:
+            stores = self._open.pop((self.root, str(tenant)), None)
+        if stores is not None:
+            stores.close()
+        path = self.tenant_dir(tenant)
+        existed = path.exists()
+        shutil.rmtree(path, ignore_errors=True)
+        return existed

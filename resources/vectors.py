@@ -1,0 +1,311 @@
+"""Vector index: one collection per tenant, deterministic point ids, exact cosine search.
+
+``SqliteVectorIndex`` is the embedded backend. Points live in a SQLite file (WAL), so the Data
+API and a pipeline run in other processes use the same collection at once; each process keeps
+the vectors in a NumPy matrix and catches up incrementally through a change sequence (upserts
+and tombstones newer than what it has), so a search after a write reads only what changed.
+Exact search over 100,000 x 384 float32 is one matrix-vector product (a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+_TOMBSTONE_KEEP = 50_000
+
+
+@dataclass(frozen=True)
+class VectorPoint:
+    id: str
+    vector: np.ndarray
+    entry_id: str
+    dataset: str
+    chunk_index: int
+    page: int | None
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    id: str
+    score: float
+    entry_id: str
+    dataset: str
+    chunk_index: int
+    page: int | None
+
+
+class VectorDimensionError(ValueError):
+    """A vector whose dimension differs from the collection's model dimension."""
+
+
+class VectorIndex(Protocol):
+    """A tenant's vector collection (embedded here; a Qdrant collection in cluster mode)."""
+
+    model: str
+    dim: int
+
+    def replace_entry(self, entry_id: str, points: Sequence[VectorPoint]) -> None: ...
+    def delete_entries(self, entry_ids: Iterable[str]) -> int: ...
+    def search(
+        self, vector: np.ndarray, top_k: int, dataset: str | None = None
+    ) -> list[VectorHit]: ...
+    def count(self, entry_id: str | None = None) -> int: ...
+    def counts_by_entry(self) -> dict[str, int]: ...
+    def models(self) -> dict[tuple[str, int], int]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    entry_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    page INTEGER,
+    model TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_points_entry ON points(entry_id);
+CREATE INDEX IF NOT EXISTS ix_points_seq ON points(seq);
+CREATE TABLE IF NOT EXISTS tombstones (id TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_tombstones_seq ON tombstones(seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('seq', 0), ('tombstone_floor', 0);
+"""
+
+
+class _Cache:
+    """This process's copy of the collection's vectors for one model."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.seq = -1
+        self.size = 0
+        self.matrix = np.zeros((1024, dim), dtype=np.float32)
+        self.valid = np.zeros(1024, dtype=bool)
+        self.dataset_codes = np.zeros(1024, dtype=np.int32)
+        self.rows: list[tuple[str, str, str, int, int | None]] = []  # id, entry, dataset, ...
+        self.position: dict[str, int] = {}
+        self.datasets: dict[str, int] = {}
+
+    def _grow(self, need: int) -> None:
+        cap = self.matrix.shape[0]
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        self.matrix = np.resize(self.matrix, (new_cap, self.dim))
+        valid = np.zeros(new_cap, dtype=bool)
+        valid[:cap] = self.valid
+        self.valid = valid
+        codes = np.zeros(new_cap, dtype=np.int32)
+        codes[:cap] = self.dataset_codes
+        self.dataset_codes = codes
+
+    def upsert(self, row: tuple[str, str, str, int, int | None], vector: np.ndarray) -> None:
+        pid = row[0]
+        pos = self.position.get(pid)
+        if pos is None:
+            self._grow(self.size + 1)
+            pos = self.size
+            self.size += 1
+            self.rows.append(row)
+            self.position[pid] = pos
+        else:
+            self.rows[pos] = row
+        self.matrix[pos] = vector
+        self.valid[pos] = True
+        self.dataset_codes[pos] = self.datasets.setdefault(row[2], len(self.datasets))
+
+    def remove(self, pid: str) -> None:
+        pos = self.position.pop(pid, None)
+        if pos is not None:
+            self.valid[pos] = False
+
+
+class SqliteVectorIndex:
+    """Embedded vector collection of one tenant."""
+
+    def __init__(self, path: Path, model: str, dim: int) -> None:
+        self.path = Path(path)
+        self.model = model
+        self.dim = dim
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._cache = _Cache(dim)
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    # -- writes --------------------------------------------------------------------------
+    def _next_seq(self, conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq'")
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+
+    def replace_entry(self, entry_id: str, points: Sequence[VectorPoint]) -> None:
+        """Make the entry's points exactly ``points`` in one transaction (idempotent)."""
+        rows = []
+        for p in points:
+            vec = np.asarray(p.vector, dtype=np.float32).reshape(-1)
+            if vec.shape[0] != self.dim:
+                raise VectorDimensionError(
+                    f"point {p.id} has dimension {vec.shape[0]}, collection expects {self.dim}"
+                )
+            rows.append((p.id, p.entry_id, p.dataset, p.chunk_index, p.page, vec.tobytes()))
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self._next_seq(conn)
+            existing = {
+                r[0] for r in conn.execute("SELECT id FROM points WHERE entry_id=?", (entry_id,))
+            }
+            stale = existing - {r[0] for r in rows}
+            self._delete_ids(conn, stale, seq)
+            conn.executemany(
+                "INSERT INTO points(id, seq, entry_id, dataset, chunk_index, page, model, dim,"
+                " vector) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq,"
+                " entry_id=excluded.entry_id, dataset=excluded.dataset,"
+                " chunk_index=excluded.chunk_index, page=excluded.page, model=excluded.model,"
+                " dim=excluded.dim, vector=excluded.vector",
+                [(r[0], seq, r[1], r[2], r[3], r[4], self.model, self.dim, r[5]) for r in rows],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _delete_ids(self, conn: sqlite3.Connection, ids: Iterable[str], seq: int) -> int:
+        ids = list(ids)
+        if not ids:
+            return 0
+        conn.executemany("DELETE FROM points WHERE id=?", [(i,) for i in ids])
+        conn.executemany("INSERT INTO tombstones(id, seq) VALUES (?, ?)", [(i, seq) for i in ids])
+        (count,) = conn.execute("SELECT count(*) FROM tombstones").fetchone()
+        if count > _TOMBSTONE_KEEP:
+            # Readers older than the floor reload everything instead of replaying tombstones.
+            conn.execute("DELETE FROM tombstones WHERE seq < ?", (seq,))
+            conn.execute("UPDATE meta SET value=? WHERE key='tombstone_floor'", (seq,))
+        return len(ids)
+
+    def delete_entries(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self._next_seq(conn)
+            doomed: list[str] = []
+            for eid in ids:
+                doomed += [
+                    r[0] for r in conn.execute("SELECT id FROM points WHERE entry_id=?", (eid,))
+                ]
+            removed = self._delete_ids(conn, doomed, seq)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return removed
+
+    # -- reads ---------------------------------------------------------------------------
+    def _refresh(self) -> _Cache:
+        conn = self._conn()
+        values = dict(conn.execute("SELECT key, value FROM meta"))
+        seq, floor = int(values["seq"]), int(values["tombstone_floor"])
+        cache = self._cache
+        if seq == cache.seq:
+            return cache
+        with self._lock:
+            cache = self._cache
+            if cache.seq > 0 and cache.seq < floor:
+                cache = _Cache(self.dim)
+            since = cache.seq
+            conn.execute("BEGIN")
+            try:
+                for (pid,) in conn.execute(
+                    "SELECT id FROM tombstones WHERE seq > ? ORDER BY seq", (since,)
+                ):
+                    cache.remove(pid)
+                for pid, eid, ds, idx, page, vec in conn.execute(
+                    "SELECT id, entry_id, dataset, chunk_index, page, vector FROM points"
+                    " WHERE seq > ? AND model = ? AND dim = ?",
+                    (since, self.model, self.dim),
+                ):
+                    cache.upsert((pid, eid, ds, idx, page), np.frombuffer(vec, dtype=np.float32))
+                cache.seq = int(
+                    conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
+                )
+            finally:
+                conn.execute("COMMIT")
+            self._cache = cache
+        return cache
+
+    def search(self, vector: np.ndarray, top_k: int, dataset: str | None = None) -> list[VectorHit]:
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise VectorDimensionError(f"query has dimension {query.shape[0]}, expected {self.dim}")
+        cache = self._refresh()
+        n = cache.size
+        if n == 0 or top_k <= 0:
+            return []
+        scores = cache.matrix[:n] @ query
+        mask = cache.valid[:n]
+        if dataset is not None:
+            code = cache.datasets.get(dataset)
+            if code is None:
+                return []
+            mask = mask & (cache.dataset_codes[:n] == code)
+        scores = np.where(mask, scores, -np.inf)
+        k = min(top_k, int(mask.sum()))
+        if k == 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        hits = []
+        for pos in top:
+            pid, eid, ds, idx, page = cache.rows[pos]
+            hits.append(VectorHit(pid, float(scores[pos]), eid, ds, idx, page))
+        return hits
+
+    def count(self, entry_id: str | None = None) -> int:
+        conn = self._conn()
+        if entry_id is None:
+            return int(conn.execute("SELECT count(*) FROM points").fetchone()[0])
+        return int(
+            conn.execute("SELECT count(*) FROM points WHERE entry_id=?", (entry_id,)).fetchone()[0]
+        )
+
+    def counts_by_entry(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT entry_id, count(*) FROM points GROUP BY entry_id")
+        return {eid: int(c) for eid, c in rows}
+
+    def point_ids(self, entry_id: str) -> set[str]:
+        rows = self._conn().execute("SELECT id FROM points WHERE entry_id=?", (entry_id,))
+        return {r[0] for r in rows}
+
+    def models(self) -> dict[tuple[str, int], int]:
+        rows = self._conn().execute("SELECT model, dim, count(*) FROM points GROUP BY model, dim")
+        return {(m, int(d)): int(c) for m, d, c in rows}
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
