@@ -13,12 +13,13 @@ simply finished by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,31 @@ INBOX = "inbox/"
 _VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 1}
 
 Progress = Callable[[str, int, int], None]
+
+# Set by a caller that runs the Dagster job in its own process (the CLI), to see progress and
+# the steps' reports; a run launched by the Dagster daemon has no observer.
+_observer: tuple[Progress | None, list[StepReport]] | None = None
+
+
+@contextlib.contextmanager
+def observe(listener: Progress | None = None) -> Iterator[list[StepReport]]:
+    """Collect the reports (and progress) of steps run in this process meanwhile."""
+    global _observer
+    reports: list[StepReport] = []
+    previous, _observer = _observer, (listener, reports)
+    try:
+        yield reports
+    finally:
+        _observer = previous
+
+
+def progress_listener() -> Progress | None:
+    return _observer[0] if _observer else None
+
+
+def record_report(report: StepReport) -> None:
+    if _observer is not None:
+        _observer[1].append(report)
 
 
 @dataclass

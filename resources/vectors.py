@@ -180,8 +180,9 @@ class SqliteVectorIndex:
             self._delete_ids(conn, stale, seq)
             conn.executemany(
                 "INSERT INTO points(id, seq, entry_id, dataset, chunk_index, page, model, dim,"
-                " vector) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq,"
-                " entry_id=excluded.entry_id, dataset=excluded.dataset,"
+                " vector) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, entry_id=excluded.entry_id,"
+                " dataset=excluded.dataset,"
                 " chunk_index=excluded.chunk_index, page=excluded.page, model=excluded.model,"
                 " dim=excluded.dim, vector=excluded.vector",
                 [(r[0], seq, r[1], r[2], r[3], r[4], self.model, self.dim, r[5]) for r in rows],

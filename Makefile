@@ -1,0 +1,62 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export ALIEN_HOME ?= $(CURDIR)/.alien
+export DAGSTER_HOME ?= $(ALIEN_HOME)/dagster
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install system-deps demo test test-fast lint format dev bench eval clean
+
+# Debian's tesseract reads scanned pages; installed once if missing (root, as on CI).
+system-deps:
+	@command -v tesseract >/dev/null 2>&1 || { \
+	  echo "installing tesseract-ocr (Debian)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null; }
+
+# torch first, pinned to the CPU build: an unpinned torch pulls a multi-GB CUDA wheel.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: system-deps $(STAMP)
+
+demo: install
+	$(BIN)/alien demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow and not dagster_dev"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Dagster UI and daemon (sensors) on http://127.0.0.1:3000
+dev: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install
+	$(BIN)/python bench/ingest_throughput.py
+
+eval: install
+	$(BIN)/alien eval ../shared/data/cranfield
+
+clean:
+	rm -rf .alien .pytest_cache .ruff_cache

@@ -1,0 +1,410 @@
+"""The ``alien`` command line: ingest, search, inspect, delete, evaluate, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from resources.catalog import DEFAULT_DATASET, EntryStatus
+from resources.settings import AlienSettings
+from resources.stores import TenantRegistry, TenantStores
+from resources.tenancy import InvalidTenantError, TenantId, UnknownTenantError, validate_dataset
+
+out = Console()
+err = Console(stderr=True)
+SHARED_PDFS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pdfs"
+
+
+class Ctx:
+    def __init__(self) -> None:
+        self.settings = AlienSettings()
+        self.registry = TenantRegistry(self.settings)
+
+    def open(self, tenant: str) -> TenantStores:
+        try:
+            return self.registry.open(tenant)
+        except (InvalidTenantError, UnknownTenantError) as exc:
+            raise click.UsageError(str(exc)) from None
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _tenant_option(func: Any) -> Any:
+    return click.option("--tenant", "-t", required=True, help="Tenant id ([a-z0-9-]{3,40}).")(func)
+
+
+def _tenant(value: str) -> str:
+    try:
+        return TenantId(value)
+    except InvalidTenantError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Alien data cluster: per-tenant documents in, hybrid search out."""
+    ctx.obj = Ctx()
+
+
+# -- ingest ---------------------------------------------------------------------------------
+def _iter_files(paths: tuple[Path, ...]) -> Iterator[tuple[Path, str]]:
+    for root in paths:
+        if root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                rel = path.relative_to(root)
+                if not any(part.startswith(".") for part in rel.parts):
+                    yield path, rel.as_posix()
+        elif root.is_file():
+            yield root, root.name
+        else:
+            raise click.BadParameter(f"no such file or directory: {root}", param_hint="PATH")
+
+
+def ingest_paths(
+    ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, show_progress: bool
+) -> dict[str, Any]:
+    from alien.documents import register_path
+    from alien.runner import run_ingest
+
+    started = time.perf_counter()
+    stores = ctx.registry.create(tenant)
+    stores.catalog.ensure_dataset(dataset)
+    files = list(_iter_files(paths))
+    counts = {"new": 0, "unchanged": 0, "updated": 0, "failed": 0}
+    entry_ids = []
+    with _progress(show_progress) as bar:
+        task = bar.add_task("register", total=len(files))
+        for path, name in files:
+            reg = register_path(stores, path, dataset=dataset, source_name=name)
+            counts[reg.outcome] += 1
+            entry_ids.append(reg.entry.id)
+            bar.advance(task)
+        waiting = stores.catalog.status_counts()
+        needs_run = (
+            counts["new"] + counts["updated"] > 0
+            or waiting.get(EntryStatus.PENDING, 0) + waiting.get(EntryStatus.PROCESSING, 0) > 0
+        )
+        run = None
+        if needs_run:
+            tasks: dict[str, Any] = {}
+
+            def listener(step: str, done: int, total: int) -> None:
+                if step not in tasks:
+                    tasks[step] = bar.add_task(step, total=total)
+                bar.update(tasks[step], completed=done, total=total)
+
+            run = run_ingest(ctx.settings, tenant, listener=listener)
+    entries = stores.catalog.entries(ids=entry_ids)
+    failed = [e for e in entries if e.status == EntryStatus.FAILED]
+    counts["failed"] = len(failed)
+    text = run.report("ocr_output") if run else None
+    chunked = run.report("chunks") if run else None
+    embedded = run.report("embeddings") if run else None
+    return {
+        "tenant": tenant,
+        "dataset": dataset,
+        "entries": counts,
+        "pages": text.pages if text else 0,
+        "ocr_pages": text.details.get("ocr_pages", 0) if text else 0,
+        "chunks": chunked.chunks if chunked else 0,
+        "embedded_chunks": embedded.chunks if embedded else 0,
+        "seconds": round(time.perf_counter() - started, 3),
+        "run_id": run.run_id if run else None,
+        "run_success": run.success if run else True,
+        "run_error": run.error if run else None,
+        "failures": [
+            {"entry_id": e.id, "source_name": e.source_name, "reason": e.reason} for e in failed
+        ],
+    }
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_tenant_option
+@click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def ingest(ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, as_json: bool) -> None:
+    """Register files (directories recursively) and run the pipeline to completion."""
+    tenant = _tenant(tenant)
+    try:
+        validate_dataset(dataset)
+    except InvalidTenantError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dataset") from None
+    summary = ingest_paths(
+        ctx, paths, tenant, dataset, show_progress=not as_json and err.is_terminal
+    )
+    if as_json:
+        _emit(summary)
+    else:
+        e = summary["entries"]
+        out.print(
+            f"[bold]{tenant}[/]: {e['new']} new, {e['updated']} updated,"
+            f" {e['unchanged']} unchanged, {e['failed']} failed;"
+            f" {summary['pages']} pages, {summary['chunks']} chunks in {summary['seconds']:.1f} s"
+        )
+        for f in summary["failures"]:
+            out.print(f"  [red]failed[/] {f['source_name']}: {f['reason']}")
+    if not summary["run_success"]:
+        err.print(f"[red]{summary['run_error']}[/]")
+        sys.exit(1)
+
+
+# -- search ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("query")
+@_tenant_option
+@click.option("--dataset", "-d", default=None)
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid")
+@click.option("--top-k", "-k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def search(
+    ctx: Ctx, query: str, tenant: str, dataset: str | None, mode: str, top_k: int, as_json: bool
+) -> None:
+    """Search a tenant's entries (hybrid = BM25 and vectors fused by reciprocal rank)."""
+    from alien.search import search as run_search
+
+    stores = ctx.open(_tenant(tenant))
+    results = run_search(stores, query, mode=mode, top_k=top_k, dataset=dataset)  # type: ignore[arg-type]
+    if as_json:
+        keys = ("entry_id", "source_name", "chunk_id", "page", "score", "text")
+        _emit({"results": [{k: r.to_dict()[k] for k in keys} for r in results]})
+        return
+    if not results:
+        out.print("no results")
+    for rank, r in enumerate(results, 1):
+        snippet = " ".join(r.text.split())[:240]
+        out.print(
+            f"[bold]{rank}. {r.source_name}[/] p.{r.page}  [dim]{r.score:.4f}[/]\n   {snippet}"
+        )
+
+
+# -- entries, text, delete, check ------------------------------------------------------------
+@main.command()
+@_tenant_option
+@click.option("--dataset", "-d", default=None)
+@click.option("--status", type=click.Choice(EntryStatus.ALL), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def entries(ctx: Ctx, tenant: str, dataset: str | None, status: str | None, as_json: bool) -> None:
+    """List a tenant's entries (metadata only)."""
+    stores = ctx.open(_tenant(tenant))
+    rows = [e.public() for e in stores.catalog.entries(dataset=dataset, status=status)]
+    if as_json:
+        _emit({"entries": rows})
+        return
+    table = Table("entry_id", "source_name", "status", "pages", "chunks", "reason")
+    for r in rows:
+        table.add_row(
+            r["entry_id"],
+            r["source_name"],
+            r["status"],
+            str(r["pages"] or ""),
+            str(r["chunks"] or ""),
+            r["reason"] or "",
+        )
+    out.print(table)
+
+
+@main.command()
+@click.argument("entry_id")
+@_tenant_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def text(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
+    """Print an entry's extracted text, page by page."""
+    from alien.pipeline import read_pages
+    from resources.objects import ObjectNotFoundError
+
+    stores = ctx.open(_tenant(tenant))
+    entry = stores.catalog.get_entry(entry_id)
+    if entry is None:
+        raise click.ClickException(f"no entry {entry_id} in tenant {tenant}")
+    try:
+        pages = read_pages(stores, entry_id)
+    except ObjectNotFoundError:
+        raise click.ClickException(
+            f"entry {entry_id} has no extracted text (status {entry.status}"
+            + (f": {entry.reason})" if entry.reason else ")")
+        ) from None
+    if as_json:
+        _emit({"entry_id": entry_id, "pages": [p.__dict__ for p in pages]})
+        return
+    for p in pages:
+        click.echo(f"--- page {p.page} ({p.method}) ---")
+        click.echo(p.text.rstrip())
+
+
+@main.command()
+@click.argument("entry_id")
+@_tenant_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def delete(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
+    """Remove an entry from catalog, object store, vector and keyword index."""
+    from alien.documents import delete_entry
+
+    stores = ctx.open(_tenant(tenant))
+    removed = delete_entry(stores, entry_id)
+    if as_json:
+        _emit({"entry_id": entry_id, "deleted": removed})
+    elif removed:
+        out.print(f"deleted {entry_id}")
+    if not removed:
+        raise click.ClickException(f"no entry {entry_id} in tenant {tenant}")
+
+
+@main.command()
+@_tenant_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def check(ctx: Ctx, tenant: str, as_json: bool) -> None:
+    """Run the cross-store consistency checks (the same as the Dagster asset checks)."""
+    from alien.checks import run_checks
+
+    results = run_checks(ctx.open(_tenant(tenant)))
+    if as_json:
+        _emit({"checks": [r.__dict__ for r in results], "passed": all(r.passed for r in results)})
+    else:
+        for r in results:
+            mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+            out.print(f"{mark} {r.name}: {r.metadata}")
+    if not all(r.passed for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tenants(ctx: Ctx, as_json: bool) -> None:
+    """List provisioned tenants."""
+    names = [str(t) for t in ctx.registry.list()]
+    if as_json:
+        _emit({"tenants": names})
+    else:
+        for name in names:
+            out.print(name)
+
+
+# -- eval, demo ------------------------------------------------------------------------------
+@main.command(name="eval")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write TREC run files <run-dir>/<mode>.run.",
+)
+@click.option("--tenant", default=None, help="Scratch tenant (default: eval-<corpus hash>).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def eval_(
+    ctx: Ctx, directory: Path, run_dir: Path | None, tenant: str | None, as_json: bool
+) -> None:
+    """Evaluate every search mode on a BEIR collection: nDCG@10 and recall@100."""
+    from alien.evaluation import evaluate, ingest_collection, load_beir
+    from alien.runner import run_ingest
+
+    started = time.perf_counter()
+    collection = load_beir(directory)
+    stores, entry_to_doc = ingest_collection(ctx.registry, collection, tenant and _tenant(tenant))
+    show = not as_json and err.is_terminal
+    with _progress(show) as bar:
+        tasks: dict[str, Any] = {}
+
+        def listener(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=total)
+            bar.update(tasks[step], completed=done, total=total)
+
+        run = run_ingest(ctx.settings, stores.tenant, listener=listener)
+    if not run.success:
+        raise click.ClickException(run.error or "ingest failed")
+    results = evaluate(stores, collection, entry_to_doc, run_dir=run_dir)
+    summary = {
+        "collection": str(directory),
+        "tenant": str(stores.tenant),
+        "documents": len(collection.corpus),
+        "queries": len(collection.queries),
+        "modes": results,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if as_json:
+        _emit(summary)
+        return
+    table = Table(
+        "mode", "nDCG@10", "recall@100", title=f"{directory} ({len(collection.queries)} queries)"
+    )
+    for mode, scores in results.items():
+        table.add_row(mode, f"{scores['ndcg@10']:.4f}", f"{scores['recall@100']:.4f}")
+    out.print(table)
+
+
+DEMO_QUERIES = (
+    "how do I declare a forward reference to a struct",
+    "draw a contour plot with labelled lines",
+    "customizing the Debian installer",
+)
+
+
+@main.command()
+@click.option("--tenant", default="demo", show_default=True)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Documents to ingest (default: ../shared/data/pdfs).",
+)
+@click.pass_obj
+def demo(ctx: Ctx, tenant: str, source: Path | None) -> None:
+    """Ingest the sample PDFs into a demo tenant and show a few searches."""
+    from alien.search import search as run_search
+
+    source = source or SHARED_PDFS
+    if not source.exists():
+        raise click.ClickException(f"demo documents not found at {source}; pass --source")
+    tenant = _tenant(tenant)
+    summary = ingest_paths(ctx, (source,), tenant, DEFAULT_DATASET, show_progress=err.is_terminal)
+    e = summary["entries"]
+    out.print(
+        f"[bold]ingested[/] {e['new'] + e['updated']} changed, {e['unchanged']} unchanged,"
+        f" {e['failed']} failed: {summary['pages']} pages, {summary['chunks']} chunks"
+        f" in {summary['seconds']:.1f} s (Dagster run {summary['run_id']})"
+    )
+    stores = ctx.open(tenant)
+    for query in DEMO_QUERIES:
+        out.rule(f"[bold]{query}")
+        for rank, r in enumerate(run_search(stores, query, top_k=3), 1):
+            snippet = " ".join(r.text.split())[:200]
+            out.print(f"{rank}. [bold]{r.source_name}[/] p.{r.page} ({r.score:.4f})\n   {snippet}")
+    if not summary["run_success"]:
+        raise click.ClickException(summary["run_error"] or "ingest failed")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

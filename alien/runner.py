@@ -1,0 +1,101 @@
+"""Running the ingest job for one tenant through Dagster, in this process.
+
+The run is recorded in the Dagster instance under ``ALIEN_HOME/dagster`` (so it shows in the
+UI started by ``make dev``); the in-process executor keeps one embedding model for all steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from alien import pipeline
+from alien.pipeline import StepReport
+from resources.settings import AlienSettings
+
+# The embedded instance: SQLite storage under DAGSTER_HOME (Dagster's default), no telemetry.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+"""
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def use_home(settings: AlienSettings) -> None:
+    """Point Dagster and the code location's resources at this ``ALIEN_HOME``."""
+    home = settings.home.resolve()
+    os.environ["ALIEN_HOME"] = str(home)
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+
+
+def dagster_instance(settings: AlienSettings):  # -> dagster.DagsterInstance
+    from dagster import DagsterInstance
+
+    use_home(settings)
+    return DagsterInstance.get()
+
+
+def register_partition(settings: AlienSettings, tenant: str) -> None:
+    from alien_assets.partitions import TENANTS
+
+    instance = dagster_instance(settings)
+    if not instance.has_dynamic_partition(TENANTS, tenant):
+        instance.add_dynamic_partitions(TENANTS, [tenant])
+
+
+@dataclass
+class RunOutcome:
+    run_id: str | None
+    success: bool
+    seconds: float
+    reports: list[StepReport] = field(default_factory=list)
+    error: str | None = None
+
+    def report(self, step: str) -> StepReport | None:
+        return next((r for r in self.reports if r.step == step), None)
+
+
+def run_ingest(
+    settings: AlienSettings,
+    tenant: str,
+    *,
+    full_refresh: bool = False,
+    listener: pipeline.Progress | None = None,
+) -> RunOutcome:
+    """Materialize every pipeline asset for ``tenant`` and wait for the result."""
+    from alien_assets import defs
+    from alien_assets.assets import FULL_REFRESH_TAG
+
+    register_partition(settings, tenant)
+    instance = dagster_instance(settings)
+    job = defs.resolve_job_def("ingest")
+    tags = {"alien/trigger": "cli"}
+    if full_refresh:
+        tags[FULL_REFRESH_TAG] = "true"
+    started = time.perf_counter()
+    with pipeline.observe(listener) as reports:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=tenant,
+            tags=tags,
+            run_config=QUIET_LOGS,
+            raise_on_error=False,
+        )
+    error = None
+    if not result.success:
+        failures = [
+            ev.step_key or "" for ev in result.all_events if ev.event_type_value == "STEP_FAILURE"
+        ]
+        error = f"run {result.run_id} failed in step(s): {', '.join(failures) or 'unknown'}"
+    return RunOutcome(
+        run_id=result.run_id,
+        success=result.success,
+        seconds=time.perf_counter() - started,
+        reports=list(reports),
+        error=error,
+    )

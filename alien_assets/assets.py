@@ -1,0 +1,143 @@
+"""Software-defined assets of the document pipeline, partitioned by tenant.
+
+Each asset is a thin wrapper: it opens the partition's tenant stores and calls the step in
+``alien.pipeline``, which does the incremental work and keeps large outputs in the tenant's
+object store. Dagster's run storage gets only counts and timings.
+"""
+
+from collections.abc import Callable
+
+import dagster as dg
+
+from alien import pipeline
+from alien.pipeline import StepReport
+from alien_assets.partitions import tenant_partitions
+from resources.dagster_resources import AlienStoresResource
+from resources.stores import TenantStores
+
+FULL_REFRESH_TAG = "alien/full_refresh"
+GROUP = "documents"
+# Store writes can hit a busy SQLite file or a flaky server: retry with backoff.
+STORE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _full_refresh(context: dg.AssetExecutionContext) -> bool:
+    return context.run.tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
+
+
+def _progress(context: dg.AssetExecutionContext) -> pipeline.Progress:
+    last = {"logged": 0}
+
+    def report(step: str, done: int, total: int) -> None:
+        listener = pipeline.progress_listener()
+        if listener is not None:
+            listener(step, done, total)
+        if done == total or done - last["logged"] >= max(1, total // 10):
+            last["logged"] = done
+            context.log.info(f"{step}: {done}/{total}")
+
+    return report
+
+
+def _materialize(
+    context: dg.AssetExecutionContext,
+    stores: AlienStoresResource,
+    step: Callable[[TenantStores, dg.AssetExecutionContext], StepReport],
+) -> dg.MaterializeResult:
+    tenant_stores = stores.for_tenant(context.partition_key)
+    report = step(tenant_stores, context)
+    pipeline.record_report(report)
+    context.log.info(f"{report.step} for {context.partition_key}: {report.metadata()}")
+    return dg.MaterializeResult(metadata={"tenant": context.partition_key, **report.metadata()})
+
+
+_ASSET = dict(
+    partitions_def=tenant_partitions,
+    retry_policy=STORE_RETRY,
+    group_name=GROUP,
+)
+
+
+@dg.asset(
+    description="Originals of the tenant's entries (inbox drained into the catalog).", **_ASSET
+)
+def raw_documents(
+    context: dg.AssetExecutionContext, stores: AlienStoresResource
+) -> dg.MaterializeResult:
+    def step(s: TenantStores, ctx: dg.AssetExecutionContext) -> StepReport:
+        report = pipeline.run_raw_documents(s, _full_refresh(ctx))
+        if report.processed:
+            s.embedder.warm_up()  # load the model while text is extracted
+        return report
+
+    return _materialize(context, stores, step)
+
+
+@dg.asset(
+    deps=[raw_documents],
+    description="Page text of each entry: PDF text layer, OCR for scanned pages.",
+    kinds={"ocr"},
+    **_ASSET,
+)
+def ocr_output(
+    context: dg.AssetExecutionContext, stores: AlienStoresResource
+) -> dg.MaterializeResult:
+    return _materialize(
+        context,
+        stores,
+        lambda s, ctx: pipeline.run_ocr_output(s, _full_refresh(ctx), _progress(ctx)),
+    )
+
+
+@dg.asset(
+    deps=[ocr_output],
+    description="Token-bounded chunks with page and character offsets.",
+    **_ASSET,
+)
+def chunks(context: dg.AssetExecutionContext, stores: AlienStoresResource) -> dg.MaterializeResult:
+    return _materialize(context, stores, lambda s, ctx: pipeline.run_chunks(s, _full_refresh(ctx)))
+
+
+@dg.asset(
+    deps=[chunks],
+    description="One vector per chunk from the configured sentence-transformers model.",
+    kinds={"pytorch"},
+    **_ASSET,
+)
+def embeddings(
+    context: dg.AssetExecutionContext, stores: AlienStoresResource
+) -> dg.MaterializeResult:
+    return _materialize(
+        context,
+        stores,
+        lambda s, ctx: pipeline.run_embeddings(s, _full_refresh(ctx), _progress(ctx)),
+    )
+
+
+@dg.asset(
+    deps=[embeddings],
+    description="The tenant's vector collection (deterministic point ids).",
+    **_ASSET,
+)
+def vector_index(
+    context: dg.AssetExecutionContext, stores: AlienStoresResource
+) -> dg.MaterializeResult:
+    return _materialize(
+        context, stores, lambda s, ctx: pipeline.run_vector_index(s, _full_refresh(ctx))
+    )
+
+
+@dg.asset(
+    deps=[chunks],
+    description="The tenant's BM25 keyword index with typo tolerance.",
+    **_ASSET,
+)
+def keyword_index(
+    context: dg.AssetExecutionContext, stores: AlienStoresResource
+) -> dg.MaterializeResult:
+    return _materialize(
+        context, stores, lambda s, ctx: pipeline.run_keyword_index(s, _full_refresh(ctx))
+    )
+
+
+PIPELINE_ASSETS = [raw_documents, ocr_output, chunks, embeddings, vector_index, keyword_index]

@@ -1,0 +1,18 @@
+"""The Dagster code location: assets, checks, job, sensors and resources."""
+
+import dagster as dg
+
+from alien_assets.assets import PIPELINE_ASSETS
+from alien_assets.checks import PIPELINE_CHECKS
+from alien_assets.jobs import ingest_job
+from resources.dagster_resources import AlienStoresResource
+from sensors.ingestion import ingestion_sensor
+
+defs = dg.Definitions(
+    assets=PIPELINE_ASSETS,
+    asset_checks=PIPELINE_CHECKS,
+    jobs=[ingest_job],
+    sensors=[ingestion_sensor],
+    # Settings (ALIEN_HOME and the rest) are read from the environment when a run starts.
+    resources={"stores": AlienStoresResource()},
+)
