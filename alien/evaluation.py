@@ -44,10 +44,8 @@ def load_beir(directory: Path) -> Collection:
                 continue
             doc = json.loads(line)
             title, text = (doc.get("title") or "").strip(), (doc.get("text") or "").strip()
-            # BEIR concatenates title and text; skip the title where the text already opens with it.
-            corpus[str(doc["_id"])] = (
-                text if not title or text.startswith(title) else f"{title}\n\n{text}"
-            )
+            # BEIR's convention: a document is its title followed by its text.
+            corpus[str(doc["_id"])] = f"{title}\n\n{text}" if title else text
     queries = {}
     for line in (directory / "queries.jsonl").read_text().splitlines():
         if line.strip():

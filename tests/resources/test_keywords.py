@@ -1,0 +1,63 @@
+import pytest
+
+from resources.keywords import Fts5KeywordIndex, KeywordDoc, max_typos
+
+
+def _doc(entry, i, text, dataset="default"):
+    return KeywordDoc(f"{entry}-{i}", entry, dataset, i, i + 1, 0, len(text), text)
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = Fts5KeywordIndex(tmp_path / "keywords.db")
+    idx.replace_entry(
+        "e1",
+        [
+            _doc("e1", 0, "The boundary layer separates on the swept wing at high incidence."),
+            _doc("e1", 1, "Heat transfer in hypersonic flow over blunt bodies."),
+        ],
+    )
+    idx.replace_entry(
+        "e2", [_doc("e2", 0, "Café crème: a recipe with coffee and cream.", dataset="food")]
+    )
+    return idx
+
+
+def test_bm25_ranks_the_matching_chunk_first(index):
+    hits = index.search("boundary layer separation", 5)
+    assert hits[0].id == "e1-0"  # "separation" matches "separates" through stemming
+    assert hits[0].score > 0
+
+
+def test_diacritics_fold(index):
+    assert index.search("cafe creme", 5)[0].entry_id == "e2"
+
+
+def test_typo_tolerance(index):
+    assert index.search("hypresonic", 5)[0].id == "e1-1"  # transposition = one edit
+    assert index.search("boundery", 5)[0].id == "e1-0"
+    assert index.search("zzzzqqqq", 5) == []
+    assert max_typos("wing") == 0 and max_typos("wings") == 1 and max_typos("hypersonic") == 2
+
+
+def test_dataset_filter_and_delete(index):
+    assert [h.entry_id for h in index.search("coffee", 5, dataset="default")] == []
+    assert [h.entry_id for h in index.search("coffee", 5, dataset="food")] == ["e2"]
+    assert index.delete_entries(["e2"]) == 1
+    assert index.search("coffee", 5) == []
+    assert index.counts_by_entry() == {"e1": 2}
+
+
+def test_replace_entry_is_idempotent(index):
+    docs = index.entry_docs("e1")
+    index.replace_entry("e1", docs)
+    index.replace_entry("e1", docs)
+    assert index.count("e1") == 2
+    assert index.get_docs(["e1-1"])["e1-1"].text.startswith("Heat transfer")
+
+
+def test_other_handles_see_new_vocabulary(tmp_path, index):
+    reader = Fts5KeywordIndex(tmp_path / "keywords.db")
+    assert reader.search("aeroelastic", 5) == []
+    index.replace_entry("e3", [_doc("e3", 0, "Aeroelastic models of heated aircraft.")])
+    assert reader.search("aeroelastik", 5)[0].entry_id == "e3"

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from resources.vectors import SqliteVectorIndex, VectorDimensionError, VectorPoint
+
+DIM = 8
+
+
+def _unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _points(entry: str, seeds, dataset="default"):
+    return [
+        VectorPoint(f"{entry}-{i}", _unit(s), entry, dataset, i, i + 1) for i, s in enumerate(seeds)
+    ]
+
+
+@pytest.fixture
+def index(tmp_path):
+    return SqliteVectorIndex(tmp_path / "vectors.db", model="m", dim=DIM)
+
+
+def test_search_returns_nearest_with_payload(index):
+    index.replace_entry("e1", _points("e1", [1, 2, 3]))
+    index.replace_entry("e2", _points("e2", [4, 5]))
+    hits = index.search(_unit(2), top_k=2)
+    assert hits[0].id == "e1-1"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert (hits[0].entry_id, hits[0].chunk_index, hits[0].page) == ("e1", 1, 2)
+    assert hits[0].score >= hits[1].score
+
+
+def test_replace_is_idempotent_and_drops_stale_points(index):
+    index.replace_entry("e1", _points("e1", [1, 2, 3]))
+    index.replace_entry("e1", _points("e1", [1, 2, 3]))
+    assert index.count() == 3
+    index.replace_entry("e1", _points("e1", [7]))
+    assert index.count("e1") == 1
+    assert {h.id for h in index.search(_unit(3), top_k=10)} == {"e1-0"}
+
+
+def test_delete_and_dataset_filter(index):
+    index.replace_entry("e1", _points("e1", [1, 2], dataset="a"))
+    index.replace_entry("e2", _points("e2", [3, 4], dataset="b"))
+    assert {h.entry_id for h in index.search(_unit(1), 10, dataset="b")} == {"e2"}
+    assert index.search(_unit(1), 10, dataset="missing") == []
+    assert index.delete_entries(["e2"]) == 2
+    assert {h.entry_id for h in index.search(_unit(3), 10)} == {"e1"}
+    assert index.counts_by_entry() == {"e1": 2}
+
+
+def test_other_handles_catch_up_incrementally(tmp_path):
+    """A second handle (another process in production) sees upserts and deletes."""
+    writer = SqliteVectorIndex(tmp_path / "v.db", model="m", dim=DIM)
+    reader = SqliteVectorIndex(tmp_path / "v.db", model="m", dim=DIM)
+    writer.replace_entry("e1", _points("e1", [1, 2]))
+    assert {h.id for h in reader.search(_unit(1), 10)} == {"e1-0", "e1-1"}
+    writer.replace_entry("e2", _points("e2", [3]))
+    writer.delete_entries(["e1"])
+    assert {h.id for h in reader.search(_unit(1), 10)} == {"e2-0"}
+    writer.replace_entry("e1", _points("e1", [1]))
+    assert {h.id for h in reader.search(_unit(1), 10)} == {"e1-0", "e2-0"}
+
+
+def test_dimension_and_model_are_enforced(tmp_path, index):
+    with pytest.raises(VectorDimensionError):
+        index.replace_entry("e1", [VectorPoint("p", np.ones(3), "e1", "d", 0, 1)])
+    with pytest.raises(VectorDimensionError):
+        index.search(np.ones(3), 5)
+    index.replace_entry("e1", _points("e1", [1]))
+    other = SqliteVectorIndex(tmp_path / "vectors.db", model="other-model", dim=DIM)
+    other.replace_entry("e2", _points("e2", [2]))
+    assert index.models() == {("m", DIM): 1, ("other-model", DIM): 1}
+    # A handle searches only vectors of its own model.
+    assert {h.entry_id for h in index.search(_unit(2), 10)} == {"e1"}

@@ -1,0 +1,124 @@
+"""The Dagster code location: definitions, a partitioned run through the job, the sensor."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from alien.documents import delete_entry, register_bytes
+from alien.runner import dagster_instance, run_ingest
+from alien_assets import defs
+from alien_assets.partitions import TENANTS
+from resources.catalog import EntryStatus
+from resources.dagster_resources import AlienStoresResource
+from sensors.ingestion import ingestion_sensor
+
+ASSETS = ["raw_documents", "ocr_output", "chunks", "embeddings", "vector_index", "keyword_index"]
+
+
+def test_definitions_load_with_the_lineage_graph():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(ASSETS) <= keys
+    parents = {
+        name: {p.to_user_string() for p in graph.get(dg.AssetKey(name)).parent_keys}
+        for name in ASSETS
+    }
+    assert parents == {
+        "raw_documents": set(),
+        "ocr_output": {"raw_documents"},
+        "chunks": {"ocr_output"},
+        "embeddings": {"chunks"},
+        "vector_index": {"embeddings"},
+        "keyword_index": {"chunks"},
+    }
+    job = defs.resolve_job_def("ingest")
+    assert job.partitions_def.name == TENANTS
+    assert all(graph.get(dg.AssetKey(a)).partitions_def.name == TENANTS for a in ASSETS)
+    assert {c.name for c in graph.asset_check_keys} == {
+        "chunk_counts_agree",
+        "vectors_match_model",
+        "indexed_entries_have_text",
+    }
+
+
+def _check_results(instance, run_id):
+    records = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    return {
+        r.dagster_event.event_specific_data.check_name: r.dagster_event.event_specific_data.passed
+        for r in records
+    }
+
+
+def test_job_run_materializes_every_asset_and_checks_pass(settings, tenant):
+    register_bytes(
+        tenant,
+        b"Panel flutter at supersonic speeds.",
+        dataset="default",
+        source_uri="mem:a",
+        source_name="a.txt",
+    )
+    outcome = run_ingest(settings, tenant.tenant)
+    assert outcome.success, outcome.error
+    assert sorted(r.step for r in outcome.reports) == sorted(ASSETS)
+    instance = dagster_instance(settings)
+    run = instance.get_run_by_id(outcome.run_id)
+    assert run.tags["dagster/partition"] == "tenant-a"
+    for name in ASSETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        assert event.asset_materialization.partition == "tenant-a"
+        assert "seconds" in event.asset_materialization.metadata
+    assert _check_results(instance, outcome.run_id) == {
+        "chunk_counts_agree": True,
+        "vectors_match_model": True,
+        "indexed_entries_have_text": True,
+    }
+    # After a delete, the checks still pass on the next run.
+    (entry,) = tenant.catalog.entries()
+    assert entry.status == EntryStatus.INDEXED
+    delete_entry(tenant, entry.id)
+    again = run_ingest(settings, tenant.tenant)
+    assert all(_check_results(instance, again.run_id).values())
+
+
+def _evaluate(instance, settings, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"stores": AlienStoresResource(home=str(settings.home))},
+    )
+    return ingestion_sensor(context)
+
+
+def test_sensor_requests_one_run_per_tenant_with_work(settings, registry):
+    instance = dg.DagsterInstance.ephemeral()
+    busy = registry.create("busy-tenant")
+    registry.create("idle-tenant")
+    busy.objects.put_bytes("inbox/new.txt", b"dropped into the inbox")
+
+    result = _evaluate(instance, settings)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.run_requests
+    assert request.partition_key == "busy-tenant"
+    assert request.run_key.startswith("busy-tenant:")
+    (partitions,) = result.dynamic_partitions_requests
+    assert set(partitions.partition_keys) == {"busy-tenant", "idle-tenant"}
+    cursor = json.loads(result.cursor)
+    assert set(cursor) == {"busy-tenant"}
+
+    instance.add_dynamic_partitions(TENANTS, ["busy-tenant", "idle-tenant"])
+    # Same work on the next tick: nothing new is requested.
+    assert isinstance(_evaluate(instance, settings, result.cursor), dg.SkipReason)
+    # More work: a new run key.
+    busy.objects.put_bytes("inbox/second.txt", b"another file")
+    later = _evaluate(instance, settings, result.cursor)
+    (request2,) = later.run_requests
+    assert request2.run_key != request.run_key
+
+    # Entries registered as pending (the API's path) are work too.
+    register_bytes(
+        busy, b"pending entry", dataset="default", source_uri="mem:p", source_name="p.txt"
+    )
+    assert _evaluate(instance, settings, later.cursor).run_requests

@@ -1,0 +1,181 @@
+"""The pipeline steps on real stores and the real model: incremental, isolated, fail-safe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alien.checks import run_checks
+from alien.documents import delete_entry, register_bytes, register_path
+from alien.pipeline import CHUNKS, EMBEDDINGS, TEXT, chunks_key, read_chunks, run_all
+from alien.search import search
+from resources.catalog import EntryStatus
+from tests.conftest import PDFS, bad_documents
+
+DOCS = {
+    "wings.txt": "Swept wings delay the onset of compressibility drag at transonic speeds. "
+    "The boundary layer on a swept wing flows spanwise toward the tips.",
+    "heat.txt": "Aerodynamic heating of hypersonic vehicles requires ablative heat shields. "
+    "Stagnation point heat transfer scales with the square root of nose radius.",
+    "birds.md": "# Birds\n\nAlbatrosses glide for hours using dynamic soaring over the ocean waves.",
+}
+
+
+def _register_all(stores, docs=DOCS, dataset="default"):
+    return {
+        name: register_bytes(
+            stores, text.encode(), dataset=dataset, source_uri=f"mem:{name}", source_name=name
+        ).entry.id
+        for name, text in docs.items()
+    }
+
+
+def _processed(reports):
+    return {r.step: r.processed for r in reports}
+
+
+def _all_pass(stores):
+    results = run_checks(stores)
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+
+
+def test_everything_indexes_then_a_rerun_does_nothing(tenant):
+    ids = _register_all(tenant)
+    first = run_all(tenant)
+    assert _processed(first) == dict.fromkeys(
+        ["raw_documents", "ocr_output", "chunks", "embeddings", "vector_index", "keyword_index"], 3
+    )
+    assert {e.status for e in tenant.catalog.entries()} == {EntryStatus.INDEXED}
+    _all_pass(tenant)
+    second = run_all(tenant)
+    assert all(r.processed == 0 and r.removed == 0 for r in second)
+    assert all(r.unchanged == 3 for r in second)
+    hits = search(tenant, "hypersonic heat shield", top_k=1)
+    assert hits[0].entry_id == ids["heat.txt"]
+
+
+def test_a_changed_document_is_the_only_one_reprocessed(tenant):
+    ids = _register_all(tenant)
+    run_all(tenant)
+    old_chunk_ids = {c.id for c in read_chunks(tenant, ids["birds.md"])}
+    changed = dict(DOCS, **{"birds.md": "# Birds\n\nPenguins cannot fly but swim fast."})
+    regs = {
+        name: register_bytes(
+            tenant, text.encode(), dataset="default", source_uri=f"mem:{name}", source_name=name
+        )
+        for name, text in changed.items()
+    }
+    assert sorted(r.outcome for r in regs.values()) == ["unchanged", "unchanged", "updated"]
+    assert tenant.catalog.get_entry(ids["birds.md"]).status == EntryStatus.PENDING
+    reports = run_all(tenant)
+    assert all(r.processed == 1 for r in reports)
+    assert search(tenant, "albatross", mode="keyword", top_k=5) == []
+    assert search(tenant, "penguins", mode="keyword", top_k=1)[0].entry_id == ids["birds.md"]
+    new_ids = {c.id for c in read_chunks(tenant, ids["birds.md"])}
+    assert not (old_chunk_ids & new_ids)
+    assert tenant.vectors.point_ids(ids["birds.md"]) == new_ids
+    _all_pass(tenant)
+
+
+def test_bad_inputs_fail_with_reasons_and_the_rest_index(tenant, tmp_path):
+    expected = bad_documents(tmp_path / "bad")
+    good = register_path(tenant, PDFS / "camlidl-manual.pdf", dataset="default").entry.id
+    for name in expected:
+        register_path(tenant, tmp_path / "bad" / name, dataset="default")
+    run_all(tenant)
+    by_name = {e.source_name: e for e in tenant.catalog.entries()}
+    assert by_name["camlidl-manual.pdf"].status == EntryStatus.INDEXED
+    for name, reason in expected.items():
+        assert by_name[name].status == EntryStatus.FAILED, name
+        assert reason in by_name[name].reason
+    assert {h.entry_id for h in search(tenant, "camlidl interface", top_k=20)} == {good}
+    _all_pass(tenant)
+    # A failed document is not retried until it changes.
+    assert all(r.processed == 0 for r in run_all(tenant)[1:])
+
+
+def test_a_document_that_turns_bad_loses_its_old_chunks(tenant):
+    entry = register_bytes(
+        tenant,
+        b"Delta wings at supersonic speed.",
+        dataset="default",
+        source_uri="mem:x",
+        source_name="x.txt",
+    ).entry
+    run_all(tenant)
+    assert tenant.keywords.count(entry.id) == 1
+    register_bytes(
+        tenant, b"\x00\x00\x00", dataset="default", source_uri="mem:x", source_name="x.txt"
+    )
+    run_all(tenant)
+    got = tenant.catalog.get_entry(entry.id)
+    assert got.status == EntryStatus.FAILED and "binary" in got.reason
+    assert tenant.keywords.count(entry.id) == tenant.vectors.count(entry.id) == 0
+    assert not tenant.objects.exists(chunks_key(entry.id))
+    _all_pass(tenant)
+
+
+def test_delete_removes_the_entry_from_every_store(tenant):
+    ids = _register_all(tenant)
+    run_all(tenant)
+    victim = ids["wings.txt"]
+    assert delete_entry(tenant, victim)
+    assert tenant.catalog.get_entry(victim) is None
+    assert tenant.vectors.count(victim) == tenant.keywords.count(victim) == 0
+    assert not [i.key for i in tenant.objects.list() if victim in i.key]
+    assert all(victim not in tenant.catalog.manifest(step) for step in (TEXT, CHUNKS, EMBEDDINGS))
+    assert victim not in {h.entry_id for h in search(tenant, "swept wing boundary layer", top_k=10)}
+    assert not delete_entry(tenant, victim)
+    _all_pass(tenant)
+    assert all(r.processed == 0 for r in run_all(tenant))
+
+
+def test_files_dropped_into_the_inbox_are_registered(tenant):
+    tenant.objects.put_bytes("inbox/report.txt", b"Wind tunnel report on flutter of tail surfaces.")
+    reports = run_all(tenant)
+    assert reports[0].details["inbox_registered"] == 1
+    assert list(tenant.objects.list("inbox/")) == []
+    (entry,) = tenant.catalog.entries()
+    assert (entry.source_name, entry.status) == ("report.txt", EntryStatus.INDEXED)
+    assert search(tenant, "flutter", top_k=1)[0].entry_id == entry.id
+
+
+def test_tenants_never_see_each_other(registry):
+    a, b = registry.create("tenant-a"), registry.create("tenant-b")
+    _register_all(a)
+    _register_all(
+        b,
+        {
+            "ships.txt": "Container ships burn heavy fuel oil on long ocean voyages.",
+            "trains.txt": "High speed trains draw power from overhead catenary lines.",
+        },
+    )
+    run_all(a)
+    run_all(b)
+    a_ids = {e.id for e in a.catalog.entries()}
+    b_ids = {e.id for e in b.catalog.entries()}
+    queries = ["ocean", "heat", "trains power", "swept wings", "fuel", "birds soaring", "speed"]
+    for query in queries:
+        for mode in ("hybrid", "vector", "keyword"):
+            assert {h.entry_id for h in search(a, query, mode=mode, top_k=50)} <= a_ids
+            assert {h.entry_id for h in search(b, query, mode=mode, top_k=50)} <= b_ids
+    assert a.root != b.root and a.catalog.tenant == "tenant-a"
+
+
+def test_text_and_chunk_outputs_live_in_the_object_store(tenant):
+    ids = _register_all(tenant)
+    run_all(tenant)
+    body = json.loads(tenant.objects.get_bytes(chunks_key(ids["heat.txt"])))
+    assert body["chunks"][0]["text"].startswith("Aerodynamic heating")
+    assert body["chunks"][0]["page"] == 1
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+def test_dataset_filter(tenant, mode):
+    tenant.catalog.ensure_dataset("other")
+    _register_all(tenant)
+    _register_all(tenant, {"ships.txt": "Container ships cross the ocean."}, dataset="other")
+    run_all(tenant)
+    hits = search(tenant, "ocean ships", mode=mode, top_k=10, dataset="other")
+    assert hits and {h.dataset for h in hits} == {"other"}
