@@ -18,7 +18,7 @@ DOCS = {
     "The boundary layer on a swept wing flows spanwise toward the tips.",
     "heat.txt": "Aerodynamic heating of hypersonic vehicles requires ablative heat shields. "
     "Stagnation point heat transfer scales with the square root of nose radius.",
-    "birds.md": "# Birds\n\nAlbatrosses glide for hours using dynamic soaring over the ocean waves.",
+    "birds.md": "# Birds\n\nAlbatrosses glide for hours by dynamic soaring over ocean waves.",
 }
 
 
