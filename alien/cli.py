@@ -136,6 +136,7 @@ def ingest_paths(
         "run_id": run.run_id if run else None,
         "run_success": run.success if run else True,
         "run_error": run.error if run else None,
+        "steps": {r.step: r.metadata() for r in run.reports} if run else {},
         "failures": [
             {"entry_id": e.id, "source_name": e.source_name, "reason": e.reason} for e in failed
         ],

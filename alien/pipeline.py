@@ -407,10 +407,12 @@ def run_embeddings(
                 _fail(stores, EMBEDDINGS, eid, input_hash, sha, _unexpected(err))
                 report.failed += 1
                 continue
+            # Entries share a model call up to ``group_chunks`` chunks, so batches stay full
+            # and progress (and a restart after a kill) moves entry by entry.
+            if group and pending + len(chunks) > group_chunks:
+                flush()
             group.append((eid, input_hash, sha, chunks))
             pending += len(chunks)
-            if pending >= group_chunks:
-                flush()
         flush()
         for eid in plan.remove:
             stores.objects.delete(embeddings_key(eid))

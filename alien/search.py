@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from resources.settings import AlienSettings
 from resources.stores import TenantStores
 
 Mode = Literal["hybrid", "vector", "keyword"]
@@ -50,6 +51,40 @@ def reciprocal_rank_fusion(
     return [RankedChunk(cid, score, entries[cid]) for cid, score in fused]
 
 
+def convex_combination(
+    rankings: Sequence[Sequence[RankedChunk]], weights: Sequence[float]
+) -> list[RankedChunk]:
+    """Fuse scored rankings: the weighted sum of each ranking's min-max normalised scores.
+
+    An item missing from a ranking gets 0 from it. Unlike rank fusion this keeps how far
+    apart the scores are, which is why it usually ranks better (Bruch et al., "An Analysis
+    of Fusion Functions for Hybrid Retrieval", TOIS 2023).
+    """
+    scores: dict[str, float] = {}
+    entries: dict[str, str] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        values = [item.score for item in ranking]
+        low, high = min(values), max(values)
+        span = high - low
+        for item in ranking:
+            norm = (item.score - low) / span if span > 0 else 1.0
+            scores[item.chunk_id] = scores.get(item.chunk_id, 0.0) + weight * norm
+            entries[item.chunk_id] = item.entry_id
+    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [RankedChunk(cid, score, entries[cid]) for cid, score in fused]
+
+
+def fuse(
+    keyword: Sequence[RankedChunk], vector: Sequence[RankedChunk], settings: AlienSettings
+) -> list[RankedChunk]:
+    if settings.fusion == "rrf":
+        return reciprocal_rank_fusion([keyword, vector], k=settings.fusion_k)
+    weight = settings.fusion_keyword_weight
+    return convex_combination([keyword, vector], [weight, 1.0 - weight])
+
+
 def rank_chunks(
     stores: TenantStores,
     query: str,
@@ -82,7 +117,7 @@ def rank_chunks(
         return keyword[:top_k]
     if mode == "vector":
         return vector[:top_k]
-    return reciprocal_rank_fusion([keyword, vector], k=settings.fusion_k)[:top_k]
+    return fuse(keyword, vector, settings)[:top_k]
 
 
 def search(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,13 @@ class AlienSettings(BaseSettings):
     stemmer_language: str = Field(default="english", description="Snowball stemmer language")
     max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     max_text_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    fusion: Literal["convex", "rrf"] = Field(
+        default="convex",
+        description="Hybrid fusion: convex combination of normalised scores, or reciprocal rank",
+    )
+    fusion_keyword_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Keyword share of a convex combination"
+    )
     fusion_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant")
     fusion_depth: int = Field(default=100, ge=1, description="Candidates per mode before fusion")
 

@@ -1,0 +1,251 @@
+"""End to end through the `alien` command on the real documents, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from alien.cli import main
+from alien.pipeline import read_chunks
+from resources.catalog import EntryStatus
+from resources.settings import AlienSettings
+from resources.stores import TenantRegistry
+from tests.conftest import CRANFIELD, PDFS, bad_documents
+
+ALIEN = str(Path(sys.executable).with_name("alien"))
+
+
+def _env(home: Path) -> dict[str, str]:
+    return dict(os.environ, ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+
+
+def _alien(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [ALIEN, *args], env=_env(home), capture_output=True, text=True, timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"alien {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _json(home: Path, *args: str) -> dict:
+    return json.loads(_alien(home, *args, "--json").stdout)
+
+
+def _manifest_count(home: Path, tenant: str, asset: str) -> int:
+    db = home / "tenants" / tenant / "catalog.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            row = conn.execute("SELECT count(*) FROM manifests WHERE asset=?", (asset,)).fetchone()
+            return int(row[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def acme(tmp_path_factory):
+    """`alien ingest` of the shared PDFs, SIGKILLed during embedding, then run again."""
+    home = tmp_path_factory.mktemp("acme")
+    args = [ALIEN, "ingest", str(PDFS), "--tenant", "acme", "--json"]
+    killed = subprocess.Popen(args, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while _manifest_count(home, "acme", "embeddings") == 0:
+        assert killed.poll() is None, killed.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    embedded_before_kill = _manifest_count(home, "acme", "embeddings")
+    started = time.monotonic()
+    rerun = _json(home, "ingest", str(PDFS), "--tenant", "acme")
+    rerun_seconds = time.monotonic() - started
+    return {
+        "home": home,
+        "killed_returncode": killed.returncode,
+        "embedded_before_kill": embedded_before_kill,
+        "rerun": rerun,
+        "rerun_seconds": rerun_seconds,
+    }
+
+
+def _stores(home: Path, tenant: str):
+    return TenantRegistry(AlienSettings(home=home)).open(tenant)
+
+
+def test_interrupted_ingest_recovers_with_no_duplicate_or_missing_chunk(acme):
+    assert acme["killed_returncode"] == -signal.SIGKILL
+    rerun = acme["rerun"]
+    assert rerun["run_success"]
+    # The killed run had finished some entries; the rerun embedded only the rest.
+    assert 0 < acme["embedded_before_kill"] < 6
+    assert rerun["steps"]["embeddings"]["processed"] == 6 - acme["embedded_before_kill"]
+    check = _alien(acme["home"], "check", "--tenant", "acme", "--json")
+    assert json.loads(check.stdout)["passed"]
+    stores = _stores(acme["home"], "acme")
+    for entry in stores.catalog.entries():
+        expected = {c.id for c in read_chunks(stores, entry.id)}
+        assert len(expected) == entry.chunks
+        assert stores.vectors.point_ids(entry.id) == expected
+        assert {d.id for d in stores.keywords.entry_docs(entry.id)} == expected
+
+
+def test_every_file_is_indexed_and_the_scan_is_read_by_ocr(acme):
+    entries = _json(acme["home"], "entries", "--tenant", "acme")["entries"]
+    assert len(entries) == len([p for p in PDFS.iterdir() if p.is_file()])
+    assert {e["status"] for e in entries} == {EntryStatus.INDEXED}
+    scanned = next(e for e in entries if e["source_name"].endswith("scanned.pdf"))
+    assert scanned["pages"] == 3 and scanned["chunks"] > 0
+    text = _json(acme["home"], "text", scanned["entry_id"], "--tenant", "acme")
+    assert {p["method"] for p in text["pages"]} == {"ocr"}
+    words = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
+    truth = words((PDFS / "camlidl-manual.p8-10.groundtruth.txt").read_text())
+    seen = set(words(" ".join(p["text"] for p in text["pages"])))
+    assert sum(w in seen for w in truth) / len(truth) > 0.95
+
+
+def _phrase(text: str, words: int = 10) -> str | None:
+    tokens = text.split()
+    if len(tokens) < words * 3:
+        return None
+    middle = len(tokens) // 2
+    return " ".join(tokens[middle : middle + words])
+
+
+@pytest.mark.parametrize(
+    ("source", "pages"),
+    [("gri-manual.pdf", [20, 75, 150, 240]), ("camlidl-manual.pdf", [5, 12, 20])],
+)
+def test_a_phrase_from_a_page_returns_that_page(acme, source, pages):
+    stores = _stores(acme["home"], "acme")
+    entry = next(e for e in stores.catalog.entries() if e.source_name == source)
+    text = _json(acme["home"], "text", entry.id, "--tenant", "acme")["pages"]
+    for page in pages:
+        phrase = _phrase(text[page - 1]["text"])
+        assert phrase, f"page {page} of {source} has too little text for the test"
+        results = _json(acme["home"], "search", phrase, "--tenant", "acme", "--top-k", "3")
+        top = [(r["source_name"], r["page"]) for r in results["results"]]
+        assert (source, page) in top, (phrase, top)
+        assert set(results["results"][0]) == {
+            "entry_id",
+            "source_name",
+            "chunk_id",
+            "page",
+            "score",
+            "text",
+        }
+
+
+def test_a_second_identical_ingest_is_unchanged_and_fast(acme):
+    started = time.monotonic()
+    again = _json(acme["home"], "ingest", str(PDFS), "--tenant", "acme")
+    seconds = time.monotonic() - started
+    assert again["entries"] == {"new": 0, "unchanged": 6, "updated": 0, "failed": 0}
+    assert again["pages"] == again["chunks"] == 0
+    assert again["run_id"] is None
+    assert seconds < 0.1 * acme["rerun_seconds"], (seconds, acme["rerun_seconds"])
+
+
+def test_changing_one_file_reprocesses_only_that_file(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("ALIEN_HOME", str(home))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(PDFS / "camlidl-manual.pdf", docs)
+    (docs / "notes.md").write_text("# Notes\n\nThe wind tunnel runs on Tuesdays.")
+    runner = CliRunner()
+    first = json.loads(runner.invoke(main, ["ingest", str(docs), "-t", "beta", "--json"]).output)
+    assert first["entries"]["new"] == 2
+    (docs / "notes.md").write_text("# Notes\n\nThe wind tunnel now runs on Fridays.")
+    second = json.loads(runner.invoke(main, ["ingest", str(docs), "-t", "beta", "--json"]).output)
+    assert second["entries"] == {"new": 0, "unchanged": 1, "updated": 1, "failed": 0}
+    assert {s: m["processed"] for s, m in second["steps"].items()} == dict.fromkeys(
+        ["raw_documents", "ocr_output", "chunks", "embeddings", "vector_index", "keyword_index"], 1
+    )
+    hit = json.loads(
+        runner.invoke(
+            main, ["search", "Fridays", "-t", "beta", "--mode", "keyword", "--json"]
+        ).output
+    )["results"][0]
+    assert hit["source_name"] == "notes.md"
+
+
+def test_bad_input_fails_clearly_while_the_rest_index(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIEN_HOME", str(tmp_path / "home"))
+    docs = tmp_path / "docs"
+    expected = bad_documents(docs)
+    (docs / "good.txt").write_text("Laminar flow airfoils reduce skin friction drag.")
+    result = CliRunner().invoke(main, ["ingest", str(docs), "-t", "gamma", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["entries"]["new"] == len(expected) + 1
+    assert summary["entries"]["failed"] == len(expected)
+    reasons = {f["source_name"]: f["reason"] for f in summary["failures"]}
+    for name, fragment in expected.items():
+        assert fragment in reasons[name]
+    listed = json.loads(CliRunner().invoke(main, ["entries", "-t", "gamma", "--json"]).output)
+    good = next(e for e in listed["entries"] if e["source_name"] == "good.txt")
+    assert good["status"] == "indexed"
+
+
+def test_tenants_never_see_each_other_through_the_cli(acme, tmp_path):
+    home = acme["home"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ships.txt").write_text("Container ships cross the Atlantic with heavy fuel oil.")
+    _json(home, "ingest", str(other), "--tenant", "shipping")
+    for query in ["forward declarations of structs", "container ships", "gri contour", "debian"]:
+        shipping = _json(home, "search", query, "--tenant", "shipping", "--top-k", "50")
+        assert {r["source_name"] for r in shipping["results"]} <= {"ships.txt"}
+        acme_hits = _json(home, "search", query, "--tenant", "acme", "--top-k", "50")
+        assert "ships.txt" not in {r["source_name"] for r in acme_hits["results"]}
+
+
+def test_unknown_and_invalid_tenants_are_clear_errors(acme):
+    missing = _alien(acme["home"], "search", "x", "--tenant", "nobody", check=False)
+    assert missing.returncode == 2 and "unknown tenant 'nobody'" in missing.stderr
+    invalid = _alien(acme["home"], "search", "x", "--tenant", "Bad_Name", check=False)
+    assert invalid.returncode == 2 and "invalid tenant id" in invalid.stderr
+
+
+def test_delete_removes_an_entry_from_every_store(acme):
+    home = acme["home"]
+    stores = _stores(home, "acme")
+    victim = next(e for e in stores.catalog.entries() if e.source_name.endswith(".txt"))
+    assert stores.vectors.count(victim.id) > 0
+    out = _json(home, "delete", victim.id, "--tenant", "acme")
+    assert out == {"entry_id": victim.id, "deleted": True}
+    assert stores.catalog.get_entry(victim.id) is None
+    assert stores.vectors.count(victim.id) == stores.keywords.count(victim.id) == 0
+    assert not [o.key for o in stores.objects.list() if victim.id in o.key]
+    assert json.loads(_alien(home, "check", "--tenant", "acme", "--json").stdout)["passed"]
+    gone = _alien(home, "delete", victim.id, "--tenant", "acme", check=False)
+    assert gone.returncode == 1 and "no entry" in gone.stderr
+
+
+@pytest.mark.slow
+def test_eval_on_cranfield_hybrid_beats_both_single_modes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIEN_HOME", str(tmp_path / "home"))
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["eval", str(CRANFIELD), "--run-dir", str(runs), "--json"])
+    assert result.exit_code == 0, result.output
+    modes = json.loads(result.output)["modes"]
+    assert modes["hybrid"]["ndcg@10"] > modes["keyword"]["ndcg@10"]
+    assert modes["hybrid"]["ndcg@10"] > modes["vector"]["ndcg@10"]
+    assert modes["hybrid"]["ndcg@10"] > 0.5
+    lines = (runs / "hybrid.run").read_text().splitlines()
+    assert len(lines) == 225 * 100
+    _qid, q0, _doc, rank, _score, tag = lines[0].split()
+    assert (q0, rank, tag) == ("Q0", "1", "alien-hybrid")
