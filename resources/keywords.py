@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -215,11 +215,7 @@ class Fts5KeywordIndex:
                 expanded.setdefault(term, None)
         return list(expanded)
 
-    def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]:
-        terms = self.expand_query(query)
-        if not terms or top_k <= 0:
-            return []
-        match = " OR ".join(f'"{t}"' for t in terms)
+    def _match(self, match: str, top_k: int, dataset: str | None) -> list[KeywordHit]:
         sql = (
             "SELECT c.id, c.entry_id, c.dataset, c.chunk_index, c.page, bm25(fts) AS score "
             "FROM fts JOIN chunks c ON c.rowid = fts.rowid WHERE fts MATCH ?"
@@ -232,6 +228,27 @@ class Fts5KeywordIndex:
         params.append(int(top_k))
         rows = self._conn().execute(sql, params).fetchall()
         return [KeywordHit(r[0], -float(r[5]), r[1], r[2], r[3], r[4]) for r in rows]
+
+    def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]:
+        """BM25 over the query's terms; chunks holding the whole query as a phrase come first.
+
+        Ranking exact phrase matches above scattered ones is what a user pasting a sentence
+        expects (Meilisearch's proximity and exactness rules do the same).
+        """
+        terms = self.expand_query(query)
+        if not terms or top_k <= 0:
+            return []
+        hits = self._match(" OR ".join(f'"{t}"' for t in terms), top_k, dataset)
+        words = self.analyzer.terms(query)
+        if len(words) < 2 or not hits:
+            return hits
+        phrase = self._match('"' + " ".join(words) + '"', top_k, dataset)
+        if not phrase:
+            return hits
+        lift = max(h.score for h in hits)
+        lifted = [replace(h, score=h.score + lift) for h in phrase]
+        seen = {h.id for h in lifted}
+        return (lifted + [h for h in hits if h.id not in seen])[:top_k]
 
     def get_docs(self, ids: Sequence[str]) -> dict[str, KeywordDoc]:
         if not ids:

@@ -61,3 +61,16 @@ def test_other_handles_see_new_vocabulary(tmp_path, index):
     assert reader.search("aeroelastic", 5) == []
     index.replace_entry("e3", [_doc("e3", 0, "Aeroelastic models of heated aircraft.")])
     assert reader.search("aeroelastik", 5)[0].entry_id == "e3"
+
+
+def test_an_exact_phrase_ranks_above_scattered_words(tmp_path):
+    idx = Fts5KeywordIndex(tmp_path / "k.db")
+    idx.replace_entry(
+        "e1",
+        [
+            _doc("e1", 0, "type of interface components: the components of a type interface"),
+            _doc("e1", 1, "Each interface has a type. The type of COM components is abstract."),
+            _doc("e1", 2, "COM COM COM components components type type interface interface"),
+        ],
+    )
+    assert idx.search("the type of COM components", 3)[0].id == "e1-1"
