@@ -126,20 +126,19 @@ def _phrase(text: str, words: int = 10) -> str | None:
     return None
 
 
-@pytest.mark.parametrize(
-    ("source", "pages"),
-    [("gri-manual.pdf", [20, 75, 150, 240]), ("camlidl-manual.pdf", [5, 12, 20])],
-)
-def test_a_phrase_from_a_page_returns_that_page(acme, source, pages):
+@pytest.mark.parametrize(("source", "step"), [("gri-manual.pdf", 37), ("camlidl-manual.pdf", 6)])
+def test_a_phrase_from_a_page_returns_that_page(acme, source, step):
     stores = _stores(acme["home"], "acme")
     entry = next(e for e in stores.catalog.entries() if e.source_name == source)
-    text = _json(acme["home"], "text", entry.id, "--tenant", "acme")["pages"]
-    for page in pages:
-        phrase = _phrase(text[page - 1]["text"])
-        assert phrase, f"page {page} of {source} has too little text for the test"
+    pages = _json(acme["home"], "text", entry.id, "--tenant", "acme")["pages"]
+    checked = 0
+    for page in pages[step // 2 :: step]:
+        phrase = _phrase(page["text"])
+        if phrase is None:
+            continue  # a figure or a nearly empty page
         results = _json(acme["home"], "search", phrase, "--tenant", "acme", "--top-k", "3")
         top = [(r["source_name"], r["page"]) for r in results["results"]]
-        assert (source, page) in top, (phrase, top)
+        assert (source, page["page"]) in top, (phrase, top)
         assert set(results["results"][0]) == {
             "entry_id",
             "source_name",
@@ -148,6 +147,8 @@ def test_a_phrase_from_a_page_returns_that_page(acme, source, pages):
             "score",
             "text",
         }
+        checked += 1
+    assert checked >= 3
 
 
 def test_a_second_identical_ingest_is_unchanged_and_fast(acme):
