@@ -1,0 +1,123 @@
+"""Ingestion throughput: the whole `alien ingest` against the model alone, and the no-op re-run.
+
+    .venv/bin/python bench/ingest_throughput.py [--source DIR ...] [--json]
+
+By default it runs two corpora: every file of ../shared/data/pdfs (443 pages, 3 of them
+scanned and read by OCR), and the text-layer PDFs alone (the "manual density" case).
+
+1. cold: `alien ingest SOURCE` in a fresh ALIEN_HOME (a new process: imports, model load,
+   extraction, OCR, chunking, embedding, both indexes, Dagster run records), wall clock;
+2. model-only: the same chunk texts embedded by the same model, already loaded, same batch size;
+3. no-op: the same ingest again (nothing changed), and a forced Dagster run with nothing to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "pdfs"
+ALIEN = str(Path(sys.executable).with_name("alien"))
+TENANT = "bench"
+
+
+def ingest(home: Path, source: Path) -> tuple[dict, float]:
+    env = dict(os.environ, ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [ALIEN, "ingest", str(source), "--tenant", TENANT, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout), time.perf_counter() - started
+
+
+def measure(source: Path) -> dict:
+    with tempfile.TemporaryDirectory(prefix="alien-bench-") as tmp:
+        home = Path(tmp)
+        cold, cold_s = ingest(home, source)
+        noop, noop_s = ingest(home, source)
+
+        os.environ["ALIEN_HOME"] = str(home)
+        from alien.pipeline import read_chunks
+        from alien.runner import run_ingest
+        from resources.settings import AlienSettings
+        from resources.stores import TenantRegistry
+
+        settings = AlienSettings(home=home)
+        stores = TenantRegistry(settings).open(TENANT)
+        texts = [
+            c.text
+            for e in stores.catalog.entries(status="indexed")
+            for c in read_chunks(stores, e.id)
+        ]
+        stores.embedder.embed(texts[:64])  # load the model and warm up outside the timing
+        started = time.perf_counter()
+        stores.embedder.embed(texts)
+        model_s = time.perf_counter() - started
+        forced = run_ingest(settings, TENANT)
+        stores.close()
+
+    pages, chunks = cold["pages"], cold["chunks"]
+    pipeline_rate = chunks / cold_s
+    model_rate = len(texts) / model_s
+    return {
+        "source": str(source),
+        "entries": cold["entries"],
+        "pages": pages,
+        "ocr_pages": cold["ocr_pages"],
+        "chunks": chunks,
+        "cold_seconds": round(cold_s, 2),
+        "pages_per_second": round(pages / cold_s, 2),
+        "pipeline_chunks_per_second": round(pipeline_rate, 2),
+        "model_only_chunks_per_second": round(model_rate, 2),
+        "pipeline_to_model_ratio": round(pipeline_rate / model_rate, 3),
+        "noop_ingest_seconds": round(noop_s, 3),
+        "noop_ingest_fraction_of_cold": round(noop_s / cold_s, 4),
+        "noop_entries": noop["entries"],
+        "forced_noop_dagster_run_seconds": round(forced.seconds, 3),
+        "forced_noop_fraction_of_cold": round(forced.seconds / cold_s, 4),
+        "step_seconds": {s: m["seconds"] for s, m in cold["steps"].items()},
+    }
+
+
+def text_pdfs(tmp: Path) -> Path:
+    """A folder linking the PDFs of the default corpus that have a text layer."""
+    folder = tmp / "text-pdfs"
+    folder.mkdir()
+    for pdf in sorted(DEFAULT_SOURCE.glob("*.pdf")):
+        if "scanned" not in pdf.name:
+            (folder / pdf.name).symlink_to(pdf)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, action="append", default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="alien-bench-src-") as tmp:
+        sources = args.source or [DEFAULT_SOURCE, text_pdfs(Path(tmp))]
+        reports = [measure(source) for source in sources]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return
+    for report in reports:
+        width = max(map(len, report))
+        for key, value in report.items():
+            print(f"{key:<{width}}  {value}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
