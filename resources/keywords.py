@@ -1,30 +1,41 @@
 """Keyword index: BM25 full-text search with typo tolerance, one index per tenant.
 
-``Fts5KeywordIndex`` is the embedded backend: SQLite FTS5 (BM25 ranking built in) over terms
-produced by ``resources.analysis`` (diacritics folded, Snowball-stemmed), with the chunk rows
-in an ordinary table as the external content. It shares SQLite's guarantees with the other
-embedded stores: transactions, several processes at once, no separate server or lock file.
+``SqliteKeywordIndex`` is the embedded backend. Chunks (text, provenance, and their analyzed
+terms as a bag of term ids) are stored in a SQLite file, so the Data API and a pipeline run in
+other processes share one index with transactions. Each process keeps an inverted index in
+NumPy arrays, sorted by term, and catches up through the change log
+(``resources.changelog``); a query reads only the postings of its terms and scores them with
+BM25 in vectorised code, so its cost grows with those postings, not with a per-row callback.
 
-Typo tolerance: a query term that is not in the index vocabulary is replaced by the
+Terms come from ``resources.analysis`` (diacritics folded, Snowball-stemmed) for documents and
+queries alike. Typo tolerance: a query term missing from the vocabulary is replaced by the
 vocabulary terms within one edit (words of 5+ letters) or two edits (9+ letters), counting a
-transposition as one edit, the most frequent first, as Meilisearch does.
+transposition as one edit, most frequent first, as Meilisearch does. A chunk that holds the
+whole query as a phrase ranks above chunks that only hold its words.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 from resources.analysis import Analyzer, get_analyzer
+from resources.changelog import ChangeLoggedSqlite
 
+K1 = 1.2
+B = 0.75
 _MAX_CORRECTIONS = 3
+_PHRASE_CANDIDATES = 50
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,9 @@ class KeywordIndex(Protocol):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
-    rowid INTEGER PRIMARY KEY,
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
     entry_id TEXT NOT NULL,
     dataset TEXT NOT NULL,
     chunk_index INTEGER NOT NULL,
@@ -72,29 +84,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     start INTEGER NOT NULL,
     end INTEGER NOT NULL,
     text TEXT NOT NULL,
-    terms TEXT NOT NULL
+    length INTEGER NOT NULL,
+    term_ids BLOB NOT NULL,
+    term_freqs BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_chunks_entry ON chunks(entry_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    terms, content='chunks', content_rowid='rowid',
-    tokenize="unicode61 remove_diacritics 0 tokenchars '_'"
-);
-CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
-    INSERT INTO fts(rowid, terms) VALUES (new.rowid, new.terms);
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
-    INSERT INTO fts(fts, rowid, terms) VALUES ('delete', old.rowid, old.terms);
-END;
-CREATE VIRTUAL TABLE IF NOT EXISTS vocab USING fts5vocab(fts, 'row');
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('version', 0);
+CREATE INDEX IF NOT EXISTS ix_chunks_seq ON chunks(seq);
+CREATE TABLE IF NOT EXISTS terms (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
 """
 
 _COLUMNS = "id, entry_id, dataset, chunk_index, page, start, end, text"
-
-
-def _doc(row: tuple) -> KeywordDoc:
-    return KeywordDoc(*row)
 
 
 def max_typos(word: str) -> int:
@@ -106,128 +105,292 @@ def max_typos(word: str) -> int:
     return 0
 
 
-class Fts5KeywordIndex:
+class _Postings:
+    """An immutable inverted index over some document positions, sorted by term id."""
+
+    def __init__(
+        self, positions: Sequence[int], term_ids: Sequence[np.ndarray], freqs: Sequence[np.ndarray]
+    ) -> None:
+        if not positions:
+            self.starts = np.zeros(1, dtype=np.int64)
+            self.docs = np.zeros(0, dtype=np.int32)
+            self.freqs = np.zeros(0, dtype=np.float32)
+            return
+        counts = [len(t) for t in term_ids]
+        terms = np.concatenate(term_ids)
+        order = np.argsort(terms, kind="stable")
+        sorted_terms = terms[order]
+        self.docs = np.repeat(np.asarray(positions, dtype=np.int32), counts)[order]
+        self.freqs = np.concatenate(freqs).astype(np.float32)[order]
+        # starts[t] .. starts[t + 1] is term t's slice: a lookup is two array reads.
+        top = int(sorted_terms[-1]) + 2 if len(sorted_terms) else 1
+        self.starts = np.searchsorted(sorted_terms, np.arange(top, dtype=np.int32))
+
+    def get(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if term_id + 1 >= len(self.starts):
+            return self.docs[:0], self.freqs[:0]
+        lo, hi = int(self.starts[term_id]), int(self.starts[term_id + 1])
+        return self.docs[lo:hi], self.freqs[lo:hi]
+
+
+class _Cache:
+    """This process's inverted index: a large base segment plus a small recent delta."""
+
+    def __init__(self) -> None:
+        self.seq = -1
+        self.size = 0
+        self.base_size = 0
+        self.base = _Postings([], [], [])
+        self.delta_rows: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._delta: _Postings | None = None
+        self.lengths = np.zeros(1024, dtype=np.float32)
+        self.valid = np.zeros(1024, dtype=bool)
+        self.dataset_codes = np.zeros(1024, dtype=np.int32)
+        self.rows: list[tuple[str, str, str, int, int | None]] = []
+        self.position: dict[int, int] = {}  # SQLite rowid -> position
+        self.datasets: dict[str, int] = {}
+        self.removed = 0
+        self._stats: tuple[int, float] | None = None
+
+    def _grow(self, need: int) -> None:
+        cap = self.lengths.shape[0]
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        for name in ("lengths", "valid", "dataset_codes"):
+            old = getattr(self, name)
+            new = np.zeros(new_cap, dtype=old.dtype)
+            new[:cap] = old
+            setattr(self, name, new)
+
+    def add(self, rowid: int, row: tuple, length: int, tids: np.ndarray, tfs: np.ndarray) -> None:
+        self._grow(self.size + 1)
+        pos = self.size
+        self.size += 1
+        self.rows.append(row)
+        self.position[rowid] = pos
+        self.lengths[pos] = length
+        self.valid[pos] = True
+        self.dataset_codes[pos] = self.datasets.setdefault(row[2], len(self.datasets))
+        self.delta_rows.append((pos, tids, tfs))
+        self._delta = None
+        self._stats = None
+
+    def remove(self, rowid: int) -> None:
+        pos = self.position.pop(rowid, None)
+        if pos is not None:
+            self.valid[pos] = False
+            self.removed += 1
+            self._stats = None
+
+    def seal(self) -> None:
+        """Fold the delta into the base (used once, after a full load)."""
+        rows = self.delta_rows
+        self.base = _Postings([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        self.base_size = self.size
+        self.delta_rows = []
+        self._delta = None
+
+    def needs_reload(self) -> bool:
+        return len(self.delta_rows) > max(5000, self.base_size // 4) or self.removed > max(
+            5000, self.size // 4
+        )
+
+    def postings(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
+        docs, freqs = self.base.get(term_id)
+        if self.delta_rows:
+            if self._delta is None:
+                rows = self.delta_rows
+                self._delta = _Postings(
+                    [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+                )
+            d_docs, d_freqs = self._delta.get(term_id)
+            if len(d_docs):
+                docs, freqs = np.concatenate([docs, d_docs]), np.concatenate([freqs, d_freqs])
+        keep = self.valid[docs]
+        return docs[keep], freqs[keep]
+
+    def stats(self) -> tuple[int, float]:
+        """(live documents, their average length)."""
+        if self._stats is None:
+            live = self.valid[: self.size]
+            n = int(live.sum())
+            avgdl = float(self.lengths[: self.size][live].mean()) if n else 1.0
+            self._stats = (n, max(avgdl, 1.0))
+        return self._stats
+
+
+class SqliteKeywordIndex(ChangeLoggedSqlite):
     """Embedded keyword index of one tenant."""
 
-    def __init__(self, path: Path, analyzer: Analyzer | None = None) -> None:
-        self.path = Path(path)
-        self.analyzer = analyzer or get_analyzer()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._vocab_lock = threading.Lock()
-        self._vocab_version = -1
-        self._vocab_terms: list[str] = []
-        self._vocab_df: dict[str, int] = {}
-        self._conn().executescript(_SCHEMA)
+    schema = _SCHEMA
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+    def __init__(self, path: Path, analyzer: Analyzer | None = None) -> None:
+        self.analyzer = analyzer or get_analyzer()
+        self._lock = threading.Lock()
+        self._cache = _Cache()
+        self._term_ids: dict[str, int] = {}
+        self._terms: list[str] = []
+        self._max_term_id = 0
+        super().__init__(path)
 
     # -- writes --------------------------------------------------------------------------
+    def _ids_for(self, conn: sqlite3.Connection, terms: set[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        words = sorted(terms)
+        for start in range(0, len(words), 500):
+            batch = words[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            ids.update(conn.execute(f"SELECT term, id FROM terms WHERE term IN ({marks})", batch))
+        missing = [w for w in words if w not in ids]
+        if missing:
+            conn.executemany("INSERT INTO terms(term) VALUES (?)", [(w,) for w in missing])
+            for start in range(0, len(missing), 500):
+                batch = missing[start : start + 500]
+                marks = ",".join("?" * len(batch))
+                sql = f"SELECT term, id FROM terms WHERE term IN ({marks})"
+                ids.update(conn.execute(sql, batch))
+        return ids
+
     def replace_entry(self, entry_id: str, docs: Sequence[KeywordDoc]) -> None:
         """Make the entry's documents exactly ``docs`` in one transaction (idempotent)."""
-        rows = [
-            (
-                d.id,
-                d.entry_id,
-                d.dataset,
-                d.chunk_index,
-                d.page,
-                d.start,
-                d.end,
-                d.text,
-                " ".join(self.analyzer.terms(d.text)),
-            )
-            for d in docs
-        ]
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM chunks WHERE entry_id=?", (entry_id,))
+        bags = [Counter(self.analyzer.terms(d.text)) for d in docs]
+        with self._write() as (conn, seq):
+            self._delete_entry_rows(conn, [entry_id], seq)
+            ids = self._ids_for(conn, set().union(*bags) if bags else set())
+            rows = []
+            for doc, bag in zip(docs, bags, strict=True):
+                tids = np.fromiter((ids[t] for t in bag), dtype=np.int32, count=len(bag))
+                tfs = np.fromiter(bag.values(), dtype=np.uint16, count=len(bag))
+                rows.append(
+                    (
+                        doc.id,
+                        seq,
+                        doc.entry_id,
+                        doc.dataset,
+                        doc.chunk_index,
+                        doc.page,
+                        doc.start,
+                        doc.end,
+                        doc.text,
+                        sum(bag.values()),
+                        tids.tobytes(),
+                        tfs.tobytes(),
+                    )
+                )
             conn.executemany(
-                f"INSERT INTO chunks({_COLUMNS}, terms) VALUES (?,?,?,?,?,?,?,?,?)", rows
+                f"INSERT INTO chunks({_COLUMNS.replace('entry_id', 'seq, entry_id')}, length,"
+                " term_ids, term_freqs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
             )
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key='version'")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
-    def delete_entries(self, entry_ids: Iterable[str]) -> int:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            removed = 0
-            for eid in entry_ids:
-                removed += conn.execute("DELETE FROM chunks WHERE entry_id=?", (eid,)).rowcount
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key='version'")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def _delete_entry_rows(
+        self, conn: sqlite3.Connection, entry_ids: Iterable[str], seq: int
+    ) -> int:
+        removed = 0
+        for eid in entry_ids:
+            rowids = [
+                r for (r,) in conn.execute("SELECT rowid FROM chunks WHERE entry_id=?", (eid,))
+            ]
+            if rowids:
+                conn.execute("DELETE FROM chunks WHERE entry_id=?", (eid,))
+                self._tombstone(conn, rowids, seq)
+                removed += len(rowids)
         return removed
 
-    # -- reads ---------------------------------------------------------------------------
-    def _vocabulary(self) -> tuple[list[str], dict[str, int]]:
-        conn = self._conn()
-        (version,) = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if version != self._vocab_version:
-            with self._vocab_lock:
-                if version != self._vocab_version:
-                    df = {
-                        term: int(doc) for term, doc in conn.execute("SELECT term, doc FROM vocab")
-                    }
-                    self._vocab_terms = list(df)
-                    self._vocab_df = df
-                    self._vocab_version = version
-        return self._vocab_terms, self._vocab_df
+    def delete_entries(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        with self._write() as (conn, seq):
+            return self._delete_entry_rows(conn, ids, seq)
 
+    # -- the in-memory index -------------------------------------------------------------
+    def _refresh(self) -> _Cache:
+        seq, floor = self._versions()
+        if seq == self._cache.seq:
+            return self._cache
+        with self._lock:
+            cache = self._cache
+            if seq == cache.seq:
+                return cache
+            if (0 < cache.seq < floor) or cache.needs_reload():
+                cache = _Cache()
+            full = cache.seq < 0
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                for rowid in self._tombstones_since(conn, cache.seq):
+                    cache.remove(int(rowid))
+                for rowid, cid, eid, ds, idx, page, length, tids, tfs in conn.execute(
+                    "SELECT rowid, id, entry_id, dataset, chunk_index, page, length, term_ids,"
+                    " term_freqs FROM chunks WHERE seq > ? ORDER BY rowid",
+                    (cache.seq,),
+                ):
+                    cache.add(
+                        rowid,
+                        (cid, eid, ds, idx, page),
+                        length,
+                        np.frombuffer(tids, dtype=np.int32),
+                        np.frombuffer(tfs, dtype=np.uint16),
+                    )
+                for tid, term in conn.execute(
+                    "SELECT id, term FROM terms WHERE id > ? ORDER BY id", (self._max_term_id,)
+                ):
+                    self._term_ids[term] = tid
+                    self._terms.append(term)
+                    self._max_term_id = tid
+                cache.seq = int(
+                    conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
+                )
+            finally:
+                conn.execute("COMMIT")
+            if full:
+                cache.seal()
+            self._cache = cache
+        return cache
+
+    def _df(self, cache: _Cache, term: str) -> int:
+        tid = self._term_ids.get(term)
+        return 0 if tid is None else len(cache.postings(tid)[0])
+
+    # -- reads ---------------------------------------------------------------------------
     def expand_query(self, query: str) -> list[str]:
         """The index terms a query searches for, typo-corrected where a term is unknown."""
-        words = self.analyzer.words(query)
-        terms = self.analyzer.query_terms(query)
-        surface = {self.analyzer.stem(w): w for w in words}
-        vocab, df = self._vocabulary()
+        cache = self._refresh()
+        surface = {self.analyzer.stem(w): w for w in self.analyzer.words(query)}
         expanded: dict[str, None] = {}
-        for term in terms:
-            if term in df or not vocab:
-                expanded.setdefault(term, None)
-                continue
+        for term in self.analyzer.query_terms(query):
             typos = max_typos(surface.get(term, term))
-            if typos == 0:
+            if self._df(cache, term) or typos == 0 or not self._terms:
                 expanded.setdefault(term, None)
                 continue
             matches = process.extract(
-                term, vocab, scorer=OSA.distance, score_cutoff=typos, limit=20
+                term, self._terms, scorer=OSA.distance, score_cutoff=typos, limit=20
             )
-            # Fewest edits first, then the most frequent term.
-            matches.sort(key=lambda m: (m[1], -df[m[0]]))
-            for candidate, _dist, _idx in matches[:_MAX_CORRECTIONS]:
-                expanded.setdefault(candidate, None)
-            if not matches:
-                expanded.setdefault(term, None)
+            ranked = sorted(
+                ((cand, dist, self._df(cache, cand)) for cand, dist, _ in matches),
+                key=lambda m: (m[1], -m[2]),
+            )
+            corrections = [cand for cand, _dist, df in ranked if df][:_MAX_CORRECTIONS]
+            for cand in corrections or [term]:
+                expanded.setdefault(cand, None)
         return list(expanded)
 
-    def _match(self, match: str, top_k: int, dataset: str | None) -> list[KeywordHit]:
-        sql = (
-            "SELECT c.id, c.entry_id, c.dataset, c.chunk_index, c.page, bm25(fts) AS score "
-            "FROM fts JOIN chunks c ON c.rowid = fts.rowid WHERE fts MATCH ?"
-        )
-        params: list[object] = [match]
-        if dataset is not None:
-            sql += " AND c.dataset = ?"
-            params.append(dataset)
-        sql += " ORDER BY score LIMIT ?"
-        params.append(int(top_k))
-        rows = self._conn().execute(sql, params).fetchall()
-        return [KeywordHit(r[0], -float(r[5]), r[1], r[2], r[3], r[4]) for r in rows]
+    def _scores(self, cache: _Cache, terms: Sequence[str]) -> np.ndarray:
+        n, avgdl = cache.stats()
+        scores = np.zeros(cache.size, dtype=np.float32)
+        for term in terms:
+            tid = self._term_ids.get(term)
+            if tid is None:
+                continue
+            docs, tf = cache.postings(tid)
+            if not len(docs):
+                continue
+            idf = math.log(1.0 + (n - len(docs) + 0.5) / (len(docs) + 0.5))
+            norm = K1 * (1.0 - B + B * cache.lengths[docs] / avgdl)
+            scores[docs] += idf * tf * (K1 + 1.0) / (tf + norm)
+        return scores
 
     def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]:
         """BM25 over the query's terms; chunks holding the whole query as a phrase come first.
@@ -235,24 +398,425 @@ class Fts5KeywordIndex:
         Ranking exact phrase matches above scattered ones is what a user pasting a sentence
         expects (Meilisearch's proximity and exactness rules do the same).
         """
-        terms = self.expand_query(query)
-        if not terms or top_k <= 0:
+        if top_k <= 0:
             return []
-        hits = self._match(" OR ".join(f'"{t}"' for t in terms), top_k, dataset)
-        words = self.analyzer.terms(query)
+        terms = self.expand_query(query)
+        cache = self._cache
+        if not terms or cache.size == 0:
+            return []
+        scores = self._scores(cache, terms)
+        if dataset is not None:
+            code = cache.datasets.get(dataset)
+            if code is None:
+                return []
+            scores[cache.dataset_codes[: cache.size] != code] = 0.0
+        matched = int(np.count_nonzero(scores))
+        if matched == 0:
+            return []
+        k = min(max(top_k, _PHRASE_CANDIDATES), matched)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        hits = []
+        for pos in top:
+            cid, eid, ds, idx, page = cache.rows[pos]
+            hits.append(KeywordHit(cid, float(scores[pos]), eid, ds, idx, page))
+        return self._lift_phrases(query, hits)[:top_k]
+
+    def _lift_phrases(self, query: str, hits: list[KeywordHit]) -> list[KeywordHit]:
+        words = re.findall(r"\w+", query)
         if len(words) < 2 or not hits:
             return hits
-        phrase = self._match('"' + " ".join(words) + '"', top_k, dataset)
-        if not phrase:
+        # The words as typed, in order, separated only by spaces or punctuation.
+        pattern = re.compile(r"\b" + r"\W+".join(map(re.escape, words)) + r"\b", re.IGNORECASE)
+        texts = self.get_docs([h.id for h in hits[:_PHRASE_CANDIDATES]])
+        lift = hits[0].score
+        lifted, rest = [], []
+        for hit in hits:
+            doc = texts.get(hit.id)
+            if doc is not None and pattern.search(doc.text):
+                lifted.append(replace(hit, score=hit.score + lift))
+            else:
+                rest.append(hit)
+        return lifted + rest
+
+    def get_docs(self, ids: Sequence[str]) -> dict[str, KeywordDoc]: ...
+    def entry_docs(self, entry_id: str) -> list[KeywordDoc]: ...
+    def count(self, entry_id: str | None = None) -> int: ...
+    def counts_by_entry(self) -> dict[str, int]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    entry_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    page INTEGER,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    length INTEGER NOT NULL,
+    term_ids BLOB NOT NULL,
+    term_freqs BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_chunks_entry ON chunks(entry_id);
+CREATE INDEX IF NOT EXISTS ix_chunks_seq ON chunks(seq);
+CREATE TABLE IF NOT EXISTS terms (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
+"""
+
+_COLUMNS = "id, entry_id, dataset, chunk_index, page, start, end, text"
+
+
+def max_typos(word: str) -> int:
+    """Edits tolerated for a query word of this length (Meilisearch's defaults)."""
+    if len(word) >= 9:
+        return 2
+    if len(word) >= 5:
+        return 1
+    return 0
+
+
+class _Postings:
+    """An immutable inverted index over some document positions, sorted by term id."""
+
+    def __init__(
+        self, positions: Sequence[int], term_ids: Sequence[np.ndarray], freqs: Sequence[np.ndarray]
+    ) -> None:
+        if not positions:
+            self.starts = np.zeros(1, dtype=np.int64)
+            self.docs = np.zeros(0, dtype=np.int32)
+            self.freqs = np.zeros(0, dtype=np.float32)
+            return
+        counts = [len(t) for t in term_ids]
+        terms = np.concatenate(term_ids)
+        order = np.argsort(terms, kind="stable")
+        sorted_terms = terms[order]
+        self.docs = np.repeat(np.asarray(positions, dtype=np.int32), counts)[order]
+        self.freqs = np.concatenate(freqs).astype(np.float32)[order]
+        # starts[t] .. starts[t + 1] is term t's slice: a lookup is two array reads.
+        top = int(sorted_terms[-1]) + 2 if len(sorted_terms) else 1
+        self.starts = np.searchsorted(sorted_terms, np.arange(top, dtype=np.int32))
+
+    def get(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if term_id + 1 >= len(self.starts):
+            return self.docs[:0], self.freqs[:0]
+        lo, hi = int(self.starts[term_id]), int(self.starts[term_id + 1])
+        return self.docs[lo:hi], self.freqs[lo:hi]
+
+
+class _Cache:
+    """This process's inverted index: a large base segment plus a small recent delta."""
+
+    def __init__(self) -> None:
+        self.seq = -1
+        self.size = 0
+        self.base_size = 0
+        self.base = _Postings([], [], [])
+        self.delta_rows: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._delta: _Postings | None = None
+        self.lengths = np.zeros(1024, dtype=np.float32)
+        self.valid = np.zeros(1024, dtype=bool)
+        self.dataset_codes = np.zeros(1024, dtype=np.int32)
+        self.rows: list[tuple[str, str, str, int, int | None]] = []
+        self.position: dict[int, int] = {}  # SQLite rowid -> position
+        self.datasets: dict[str, int] = {}
+        self.removed = 0
+        self._stats: tuple[int, float] | None = None
+
+    def _grow(self, need: int) -> None:
+        cap = self.lengths.shape[0]
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        for name in ("lengths", "valid", "dataset_codes"):
+            old = getattr(self, name)
+            new = np.zeros(new_cap, dtype=old.dtype)
+            new[:cap] = old
+            setattr(self, name, new)
+
+    def add(self, rowid: int, row: tuple, length: int, tids: np.ndarray, tfs: np.ndarray) -> None:
+        self._grow(self.size + 1)
+        pos = self.size
+        self.size += 1
+        self.rows.append(row)
+        self.position[rowid] = pos
+        self.lengths[pos] = length
+        self.valid[pos] = True
+        self.dataset_codes[pos] = self.datasets.setdefault(row[2], len(self.datasets))
+        self.delta_rows.append((pos, tids, tfs))
+        self._delta = None
+        self._stats = None
+
+    def remove(self, rowid: int) -> None:
+        pos = self.position.pop(rowid, None)
+        if pos is not None:
+            self.valid[pos] = False
+            self.removed += 1
+            self._stats = None
+
+    def seal(self) -> None:
+        """Fold the delta into the base (used once, after a full load)."""
+        rows = self.delta_rows
+        self.base = _Postings([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        self.base_size = self.size
+        self.delta_rows = []
+        self._delta = None
+
+    def needs_reload(self) -> bool:
+        return len(self.delta_rows) > max(5000, self.base_size // 4) or self.removed > max(
+            5000, self.size // 4
+        )
+
+    def postings(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
+        docs, freqs = self.base.get(term_id)
+        if self.delta_rows:
+            if self._delta is None:
+                rows = self.delta_rows
+                self._delta = _Postings(
+                    [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+                )
+            d_docs, d_freqs = self._delta.get(term_id)
+            if len(d_docs):
+                docs, freqs = np.concatenate([docs, d_docs]), np.concatenate([freqs, d_freqs])
+        keep = self.valid[docs]
+        return docs[keep], freqs[keep]
+
+    def stats(self) -> tuple[int, float]:
+        """(live documents, their average length)."""
+        if self._stats is None:
+            live = self.valid[: self.size]
+            n = int(live.sum())
+            avgdl = float(self.lengths[: self.size][live].mean()) if n else 1.0
+            self._stats = (n, max(avgdl, 1.0))
+        return self._stats
+
+
+class SqliteKeywordIndex(ChangeLoggedSqlite):
+    """Embedded keyword index of one tenant."""
+
+    schema = _SCHEMA
+
+    def __init__(self, path: Path, analyzer: Analyzer | None = None) -> None:
+        self.analyzer = analyzer or get_analyzer()
+        self._lock = threading.Lock()
+        self._cache = _Cache()
+        self._term_ids: dict[str, int] = {}
+        self._terms: list[str] = []
+        self._max_term_id = 0
+        super().__init__(path)
+
+    # -- writes --------------------------------------------------------------------------
+    def _ids_for(self, conn: sqlite3.Connection, terms: set[str]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        words = sorted(terms)
+        for start in range(0, len(words), 500):
+            batch = words[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            ids.update(conn.execute(f"SELECT term, id FROM terms WHERE term IN ({marks})", batch))
+        missing = [w for w in words if w not in ids]
+        if missing:
+            conn.executemany("INSERT INTO terms(term) VALUES (?)", [(w,) for w in missing])
+            for start in range(0, len(missing), 500):
+                batch = missing[start : start + 500]
+                marks = ",".join("?" * len(batch))
+                sql = f"SELECT term, id FROM terms WHERE term IN ({marks})"
+                ids.update(conn.execute(sql, batch))
+        return ids
+
+    def replace_entry(self, entry_id: str, docs: Sequence[KeywordDoc]) -> None:
+        """Make the entry's documents exactly ``docs`` in one transaction (idempotent)."""
+        bags = [Counter(self.analyzer.terms(d.text)) for d in docs]
+        with self._write() as (conn, seq):
+            self._delete_entry_rows(conn, [entry_id], seq)
+            ids = self._ids_for(conn, set().union(*bags) if bags else set())
+            rows = []
+            for doc, bag in zip(docs, bags, strict=True):
+                tids = np.fromiter((ids[t] for t in bag), dtype=np.int32, count=len(bag))
+                tfs = np.fromiter(bag.values(), dtype=np.uint16, count=len(bag))
+                rows.append(
+                    (
+                        doc.id,
+                        seq,
+                        doc.entry_id,
+                        doc.dataset,
+                        doc.chunk_index,
+                        doc.page,
+                        doc.start,
+                        doc.end,
+                        doc.text,
+                        sum(bag.values()),
+                        tids.tobytes(),
+                        tfs.tobytes(),
+                    )
+                )
+            conn.executemany(
+                f"INSERT INTO chunks({_COLUMNS.replace('entry_id', 'seq, entry_id')}, length,"
+                " term_ids, term_freqs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    def _delete_entry_rows(
+        self, conn: sqlite3.Connection, entry_ids: Iterable[str], seq: int
+    ) -> int:
+        removed = 0
+        for eid in entry_ids:
+            rowids = [
+                r for (r,) in conn.execute("SELECT rowid FROM chunks WHERE entry_id=?", (eid,))
+            ]
+            if rowids:
+                conn.execute("DELETE FROM chunks WHERE entry_id=?", (eid,))
+                self._tombstone(conn, rowids, seq)
+                removed += len(rowids)
+        return removed
+
+    def delete_entries(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        with self._write() as (conn, seq):
+            return self._delete_entry_rows(conn, ids, seq)
+
+    # -- the in-memory index -------------------------------------------------------------
+    def _refresh(self) -> _Cache:
+        seq, floor = self._versions()
+        if seq == self._cache.seq:
+            return self._cache
+        with self._lock:
+            cache = self._cache
+            if seq == cache.seq:
+                return cache
+            if (0 < cache.seq < floor) or cache.needs_reload():
+                cache = _Cache()
+            full = cache.seq < 0
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                for rowid in self._tombstones_since(conn, cache.seq):
+                    cache.remove(int(rowid))
+                for rowid, cid, eid, ds, idx, page, length, tids, tfs in conn.execute(
+                    "SELECT rowid, id, entry_id, dataset, chunk_index, page, length, term_ids,"
+                    " term_freqs FROM chunks WHERE seq > ? ORDER BY rowid",
+                    (cache.seq,),
+                ):
+                    cache.add(
+                        rowid,
+                        (cid, eid, ds, idx, page),
+                        length,
+                        np.frombuffer(tids, dtype=np.int32),
+                        np.frombuffer(tfs, dtype=np.uint16),
+                    )
+                for tid, term in conn.execute(
+                    "SELECT id, term FROM terms WHERE id > ? ORDER BY id", (self._max_term_id,)
+                ):
+                    self._term_ids[term] = tid
+                    self._terms.append(term)
+                    self._max_term_id = tid
+                cache.seq = int(
+                    conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
+                )
+            finally:
+                conn.execute("COMMIT")
+            if full:
+                cache.seal()
+            self._cache = cache
+        return cache
+
+    def _df(self, cache: _Cache, term: str) -> int:
+        tid = self._term_ids.get(term)
+        return 0 if tid is None else len(cache.postings(tid)[0])
+
+    # -- reads ---------------------------------------------------------------------------
+    def expand_query(self, query: str) -> list[str]:
+        """The index terms a query searches for, typo-corrected where a term is unknown."""
+        cache = self._refresh()
+        surface = {self.analyzer.stem(w): w for w in self.analyzer.words(query)}
+        expanded: dict[str, None] = {}
+        for term in self.analyzer.query_terms(query):
+            typos = max_typos(surface.get(term, term))
+            if self._df(cache, term) or typos == 0 or not self._terms:
+                expanded.setdefault(term, None)
+                continue
+            matches = process.extract(
+                term, self._terms, scorer=OSA.distance, score_cutoff=typos, limit=20
+            )
+            ranked = sorted(
+                ((cand, dist, self._df(cache, cand)) for cand, dist, _ in matches),
+                key=lambda m: (m[1], -m[2]),
+            )
+            corrections = [cand for cand, _dist, df in ranked if df][:_MAX_CORRECTIONS]
+            for cand in corrections or [term]:
+                expanded.setdefault(cand, None)
+        return list(expanded)
+
+    def _scores(self, cache: _Cache, terms: Sequence[str]) -> np.ndarray:
+        n, avgdl = cache.stats()
+        scores = np.zeros(cache.size, dtype=np.float32)
+        for term in terms:
+            tid = self._term_ids.get(term)
+            if tid is None:
+                continue
+            docs, tf = cache.postings(tid)
+            if not len(docs):
+                continue
+            idf = math.log(1.0 + (n - len(docs) + 0.5) / (len(docs) + 0.5))
+            norm = K1 * (1.0 - B + B * cache.lengths[docs] / avgdl)
+            scores[docs] += idf * tf * (K1 + 1.0) / (tf + norm)
+        return scores
+
+    def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]:
+        """BM25 over the query's terms; chunks holding the whole query as a phrase come first.
+
+        Ranking exact phrase matches above scattered ones is what a user pasting a sentence
+        expects (Meilisearch's proximity and exactness rules do the same).
+        """
+        if top_k <= 0:
+            return []
+        terms = self.expand_query(query)
+        cache = self._cache
+        if not terms or cache.size == 0:
+            return []
+        scores = self._scores(cache, terms)
+        if dataset is not None:
+            code = cache.datasets.get(dataset)
+            if code is None:
+                return []
+            scores[cache.dataset_codes[: cache.size] != code] = 0.0
+        matched = int(np.count_nonzero(scores))
+        if matched == 0:
+            return []
+        k = min(max(top_k, _PHRASE_CANDIDATES), matched)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        hits = []
+        for pos in top:
+            cid, eid, ds, idx, page = cache.rows[pos]
+            hits.append(KeywordHit(cid, float(scores[pos]), eid, ds, idx, page))
+        return self._lift_phrases(query, hits)[:top_k]
+
+    def _lift_phrases(self, query: str, hits: list[KeywordHit]) -> list[KeywordHit]:
+        phrase = self.analyzer.terms(query)
+        if len(phrase) < 2 or not hits:
             return hits
-        lift = max(h.score for h in hits)
-        lifted = [replace(h, score=h.score + lift) for h in phrase]
-        seen = {h.id for h in lifted}
-        return (lifted + [h for h in hits if h.id not in seen])[:top_k]
+        texts = self.get_docs([h.id for h in hits[:_PHRASE_CANDIDATES]])
+        lift = hits[0].score
+        width = len(phrase)
+        lifted, rest = [], []
+        for hit in hits:
+            doc = texts.get(hit.id)
+            terms = self.analyzer.terms(doc.text) if doc else []
+            found = any(
+                terms[i : i + width] == phrase
+                for i in range(len(terms) - width + 1)
+                if terms[i] == phrase[0]
+            )
+            (lifted if found else rest).append(
+                replace(hit, score=hit.score + lift) if found else hit
+            )
+        return lifted + rest
 
     def get_docs(self, ids: Sequence[str]) -> dict[str, KeywordDoc]:
-        if not ids:
-            return {}
         out: dict[str, KeywordDoc] = {}
         conn = self._conn()
         ids = list(ids)
@@ -260,29 +824,22 @@ class Fts5KeywordIndex:
             batch = ids[start : start + 500]
             marks = ",".join("?" * len(batch))
             for row in conn.execute(f"SELECT {_COLUMNS} FROM chunks WHERE id IN ({marks})", batch):
-                out[row[0]] = _doc(row)
+                out[row[0]] = KeywordDoc(*row)
         return out
 
     def entry_docs(self, entry_id: str) -> list[KeywordDoc]:
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM chunks WHERE entry_id=? ORDER BY chunk_index", (entry_id,)
         )
-        return [_doc(r) for r in rows]
+        return [KeywordDoc(*r) for r in rows]
 
     def count(self, entry_id: str | None = None) -> int:
         conn = self._conn()
         if entry_id is None:
             return int(conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
-        return int(
-            conn.execute("SELECT count(*) FROM chunks WHERE entry_id=?", (entry_id,)).fetchone()[0]
-        )
+        sql = "SELECT count(*) FROM chunks WHERE entry_id=?"
+        return int(conn.execute(sql, (entry_id,)).fetchone()[0])
 
     def counts_by_entry(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT entry_id, count(*) FROM chunks GROUP BY entry_id")
         return {eid: int(c) for eid, c in rows}
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None

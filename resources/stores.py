@@ -15,7 +15,7 @@ from typing import ClassVar
 from resources.analysis import get_analyzer
 from resources.catalog import Catalog
 from resources.embedder import Embedder
-from resources.keywords import Fts5KeywordIndex
+from resources.keywords import SqliteKeywordIndex
 from resources.objects import LocalObjectStore
 from resources.ocr import TesseractOcr
 from resources.settings import AlienSettings
@@ -45,7 +45,7 @@ class TenantStores:
     catalog: Catalog
     objects: LocalObjectStore
     vectors: SqliteVectorIndex
-    keywords: Fts5KeywordIndex
+    keywords: SqliteKeywordIndex
     embedder: Embedder
     ocr: TesseractOcr
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
@@ -126,7 +126,7 @@ class TenantRegistry:
                 vectors=SqliteVectorIndex(
                     root / "vectors.db", model=embedder.model_name, dim=embedder.dimension
                 ),
-                keywords=Fts5KeywordIndex(
+                keywords=SqliteKeywordIndex(
                     root / "keywords.db", analyzer=get_analyzer(self.settings.stemmer_language)
                 ),
                 embedder=embedder,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-_TOMBSTONE_KEEP = 50_000
+from resources.changelog import ChangeLoggedSqlite
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,6 @@ CREATE TABLE IF NOT EXISTS points (
 );
 CREATE INDEX IF NOT EXISTS ix_points_entry ON points(entry_id);
 CREATE INDEX IF NOT EXISTS ix_points_seq ON points(seq);
-CREATE TABLE IF NOT EXISTS tombstones (id TEXT NOT NULL, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS ix_tombstones_seq ON tombstones(seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('seq', 0), ('tombstone_floor', 0);
 """
 
 
@@ -130,35 +126,19 @@ class _Cache:
             self.valid[pos] = False
 
 
-class SqliteVectorIndex:
+class SqliteVectorIndex(ChangeLoggedSqlite):
     """Embedded vector collection of one tenant."""
 
+    schema = _SCHEMA
+
     def __init__(self, path: Path, model: str, dim: int) -> None:
-        self.path = Path(path)
         self.model = model
         self.dim = dim
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
         self._lock = threading.Lock()
         self._cache = _Cache(dim)
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+        super().__init__(path)
 
     # -- writes --------------------------------------------------------------------------
-    def _next_seq(self, conn: sqlite3.Connection) -> int:
-        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq'")
-        return int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
-
     def replace_entry(self, entry_id: str, points: Sequence[VectorPoint]) -> None:
         """Make the entry's points exactly ``points`` in one transaction (idempotent)."""
         rows = []
@@ -168,82 +148,67 @@ class SqliteVectorIndex:
                 raise VectorDimensionError(
                     f"point {p.id} has dimension {vec.shape[0]}, collection expects {self.dim}"
                 )
-            rows.append((p.id, p.entry_id, p.dataset, p.chunk_index, p.page, vec.tobytes()))
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            seq = self._next_seq(conn)
+            rows.append(
+                (
+                    p.id,
+                    p.entry_id,
+                    p.dataset,
+                    p.chunk_index,
+                    p.page,
+                    self.model,
+                    self.dim,
+                    vec.tobytes(),
+                )
+            )
+        with self._write() as (conn, seq):
             existing = {
                 r[0] for r in conn.execute("SELECT id FROM points WHERE entry_id=?", (entry_id,))
             }
-            stale = existing - {r[0] for r in rows}
-            self._delete_ids(conn, stale, seq)
+            self._delete_ids(conn, existing - {r[0] for r in rows}, seq)
             conn.executemany(
                 "INSERT INTO points(id, seq, entry_id, dataset, chunk_index, page, model, dim,"
                 " vector) VALUES (?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, entry_id=excluded.entry_id,"
-                " dataset=excluded.dataset,"
-                " chunk_index=excluded.chunk_index, page=excluded.page, model=excluded.model,"
-                " dim=excluded.dim, vector=excluded.vector",
-                [(r[0], seq, r[1], r[2], r[3], r[4], self.model, self.dim, r[5]) for r in rows],
+                " dataset=excluded.dataset, chunk_index=excluded.chunk_index,"
+                " page=excluded.page, model=excluded.model, dim=excluded.dim,"
+                " vector=excluded.vector",
+                [(r[0], seq, *r[1:]) for r in rows],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _delete_ids(self, conn: sqlite3.Connection, ids: Iterable[str], seq: int) -> int:
         ids = list(ids)
-        if not ids:
-            return 0
-        conn.executemany("DELETE FROM points WHERE id=?", [(i,) for i in ids])
-        conn.executemany("INSERT INTO tombstones(id, seq) VALUES (?, ?)", [(i, seq) for i in ids])
-        (count,) = conn.execute("SELECT count(*) FROM tombstones").fetchone()
-        if count > _TOMBSTONE_KEEP:
-            # Readers older than the floor reload everything instead of replaying tombstones.
-            conn.execute("DELETE FROM tombstones WHERE seq < ?", (seq,))
-            conn.execute("UPDATE meta SET value=? WHERE key='tombstone_floor'", (seq,))
+        if ids:
+            conn.executemany("DELETE FROM points WHERE id=?", [(i,) for i in ids])
+            self._tombstone(conn, ids, seq)
         return len(ids)
 
     def delete_entries(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
         if not ids:
             return 0
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            seq = self._next_seq(conn)
-            doomed: list[str] = []
-            for eid in ids:
-                doomed += [
-                    r[0] for r in conn.execute("SELECT id FROM points WHERE entry_id=?", (eid,))
-                ]
-            removed = self._delete_ids(conn, doomed, seq)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return removed
+        with self._write() as (conn, seq):
+            doomed = [
+                pid
+                for eid in ids
+                for (pid,) in conn.execute("SELECT id FROM points WHERE entry_id=?", (eid,))
+            ]
+            return self._delete_ids(conn, doomed, seq)
 
     # -- reads ---------------------------------------------------------------------------
     def _refresh(self) -> _Cache:
-        conn = self._conn()
-        values = dict(conn.execute("SELECT key, value FROM meta"))
-        seq, floor = int(values["seq"]), int(values["tombstone_floor"])
-        cache = self._cache
-        if seq == cache.seq:
-            return cache
+        seq, floor = self._versions()
+        if seq == self._cache.seq:
+            return self._cache
         with self._lock:
             cache = self._cache
-            if cache.seq > 0 and cache.seq < floor:
+            if 0 < cache.seq < floor:
                 cache = _Cache(self.dim)
             since = cache.seq
+            conn = self._conn()
             conn.execute("BEGIN")
             try:
-                for (pid,) in conn.execute(
-                    "SELECT id FROM tombstones WHERE seq > ? ORDER BY seq", (since,)
-                ):
-                    cache.remove(pid)
+                for pid in self._tombstones_since(conn, since):
+                    cache.remove(str(pid))
                 for pid, eid, ds, idx, page, vec in conn.execute(
                     "SELECT id, entry_id, dataset, chunk_index, page, vector FROM points"
                     " WHERE seq > ? AND model = ? AND dim = ?",
@@ -304,9 +269,3 @@ class SqliteVectorIndex:
     def models(self) -> dict[tuple[str, int], int]:
         rows = self._conn().execute("SELECT model, dim, count(*) FROM points GROUP BY model, dim")
         return {(m, int(d)): int(c) for m, d, c in rows}
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None

@@ -1,6 +1,6 @@
 import pytest
 
-from resources.keywords import Fts5KeywordIndex, KeywordDoc, max_typos
+from resources.keywords import KeywordDoc, SqliteKeywordIndex, max_typos
 
 
 def _doc(entry, i, text, dataset="default"):
@@ -9,7 +9,7 @@ def _doc(entry, i, text, dataset="default"):
 
 @pytest.fixture
 def index(tmp_path):
-    idx = Fts5KeywordIndex(tmp_path / "keywords.db")
+    idx = SqliteKeywordIndex(tmp_path / "keywords.db")
     idx.replace_entry(
         "e1",
         [
@@ -57,14 +57,14 @@ def test_replace_entry_is_idempotent(index):
 
 
 def test_other_handles_see_new_vocabulary(tmp_path, index):
-    reader = Fts5KeywordIndex(tmp_path / "keywords.db")
+    reader = SqliteKeywordIndex(tmp_path / "keywords.db")
     assert reader.search("aeroelastic", 5) == []
     index.replace_entry("e3", [_doc("e3", 0, "Aeroelastic models of heated aircraft.")])
     assert reader.search("aeroelastik", 5)[0].entry_id == "e3"
 
 
 def test_an_exact_phrase_ranks_above_scattered_words(tmp_path):
-    idx = Fts5KeywordIndex(tmp_path / "k.db")
+    idx = SqliteKeywordIndex(tmp_path / "k.db")
     idx.replace_entry(
         "e1",
         [
