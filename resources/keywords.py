@@ -16,7 +16,9 @@ whole query as a phrase ranks above chunks that only hold its words.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import sqlite3
 import threading
 from collections import Counter
@@ -220,6 +222,24 @@ class _Cache:
         return self._stats
 
 
+def _drop_fts5_layout(path: Path) -> None:
+    """Drop an index written by the first (SQLite FTS5) layout; the pipeline rebuilds it.
+
+    The index is derived data: the keyword step's version was raised with this layout, so
+    every entry is indexed again on the next run.
+    """
+    if not path.exists():
+        return
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+        if columns and "term_ids" not in columns:
+            conn.executescript(
+                "DROP TABLE IF EXISTS vocab; DROP TABLE IF EXISTS fts;"
+                " DROP TRIGGER IF EXISTS chunks_ai; DROP TRIGGER IF EXISTS chunks_ad;"
+                " DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS meta;"
+            )
+
+
 class SqliteKeywordIndex(ChangeLoggedSqlite):
     """Embedded keyword index of one tenant."""
 
@@ -232,6 +252,7 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
         self._term_ids: dict[str, int] = {}
         self._terms: list[str] = []
         self._max_term_id = 0
+        _drop_fts5_layout(Path(path))
         super().__init__(path)
 
     # -- writes --------------------------------------------------------------------------
@@ -437,383 +458,6 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
                 lifted.append(replace(hit, score=hit.score + lift))
             else:
                 rest.append(hit)
-        return lifted + rest
-
-    def get_docs(self, ids: Sequence[str]) -> dict[str, KeywordDoc]: ...
-    def entry_docs(self, entry_id: str) -> list[KeywordDoc]: ...
-    def count(self, entry_id: str | None = None) -> int: ...
-    def counts_by_entry(self) -> dict[str, int]: ...
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    seq INTEGER NOT NULL,
-    entry_id TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    chunk_index INTEGER NOT NULL,
-    page INTEGER,
-    start INTEGER NOT NULL,
-    end INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    length INTEGER NOT NULL,
-    term_ids BLOB NOT NULL,
-    term_freqs BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ix_chunks_entry ON chunks(entry_id);
-CREATE INDEX IF NOT EXISTS ix_chunks_seq ON chunks(seq);
-CREATE TABLE IF NOT EXISTS terms (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
-"""
-
-_COLUMNS = "id, entry_id, dataset, chunk_index, page, start, end, text"
-
-
-def max_typos(word: str) -> int:
-    """Edits tolerated for a query word of this length (Meilisearch's defaults)."""
-    if len(word) >= 9:
-        return 2
-    if len(word) >= 5:
-        return 1
-    return 0
-
-
-class _Postings:
-    """An immutable inverted index over some document positions, sorted by term id."""
-
-    def __init__(
-        self, positions: Sequence[int], term_ids: Sequence[np.ndarray], freqs: Sequence[np.ndarray]
-    ) -> None:
-        if not positions:
-            self.starts = np.zeros(1, dtype=np.int64)
-            self.docs = np.zeros(0, dtype=np.int32)
-            self.freqs = np.zeros(0, dtype=np.float32)
-            return
-        counts = [len(t) for t in term_ids]
-        terms = np.concatenate(term_ids)
-        order = np.argsort(terms, kind="stable")
-        sorted_terms = terms[order]
-        self.docs = np.repeat(np.asarray(positions, dtype=np.int32), counts)[order]
-        self.freqs = np.concatenate(freqs).astype(np.float32)[order]
-        # starts[t] .. starts[t + 1] is term t's slice: a lookup is two array reads.
-        top = int(sorted_terms[-1]) + 2 if len(sorted_terms) else 1
-        self.starts = np.searchsorted(sorted_terms, np.arange(top, dtype=np.int32))
-
-    def get(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
-        if term_id + 1 >= len(self.starts):
-            return self.docs[:0], self.freqs[:0]
-        lo, hi = int(self.starts[term_id]), int(self.starts[term_id + 1])
-        return self.docs[lo:hi], self.freqs[lo:hi]
-
-
-class _Cache:
-    """This process's inverted index: a large base segment plus a small recent delta."""
-
-    def __init__(self) -> None:
-        self.seq = -1
-        self.size = 0
-        self.base_size = 0
-        self.base = _Postings([], [], [])
-        self.delta_rows: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self._delta: _Postings | None = None
-        self.lengths = np.zeros(1024, dtype=np.float32)
-        self.valid = np.zeros(1024, dtype=bool)
-        self.dataset_codes = np.zeros(1024, dtype=np.int32)
-        self.rows: list[tuple[str, str, str, int, int | None]] = []
-        self.position: dict[int, int] = {}  # SQLite rowid -> position
-        self.datasets: dict[str, int] = {}
-        self.removed = 0
-        self._stats: tuple[int, float] | None = None
-
-    def _grow(self, need: int) -> None:
-        cap = self.lengths.shape[0]
-        if need <= cap:
-            return
-        new_cap = max(need, cap * 2)
-        for name in ("lengths", "valid", "dataset_codes"):
-            old = getattr(self, name)
-            new = np.zeros(new_cap, dtype=old.dtype)
-            new[:cap] = old
-            setattr(self, name, new)
-
-    def add(self, rowid: int, row: tuple, length: int, tids: np.ndarray, tfs: np.ndarray) -> None:
-        self._grow(self.size + 1)
-        pos = self.size
-        self.size += 1
-        self.rows.append(row)
-        self.position[rowid] = pos
-        self.lengths[pos] = length
-        self.valid[pos] = True
-        self.dataset_codes[pos] = self.datasets.setdefault(row[2], len(self.datasets))
-        self.delta_rows.append((pos, tids, tfs))
-        self._delta = None
-        self._stats = None
-
-    def remove(self, rowid: int) -> None:
-        pos = self.position.pop(rowid, None)
-        if pos is not None:
-            self.valid[pos] = False
-            self.removed += 1
-            self._stats = None
-
-    def seal(self) -> None:
-        """Fold the delta into the base (used once, after a full load)."""
-        rows = self.delta_rows
-        self.base = _Postings([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-        self.base_size = self.size
-        self.delta_rows = []
-        self._delta = None
-
-    def needs_reload(self) -> bool:
-        return len(self.delta_rows) > max(5000, self.base_size // 4) or self.removed > max(
-            5000, self.size // 4
-        )
-
-    def postings(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
-        docs, freqs = self.base.get(term_id)
-        if self.delta_rows:
-            if self._delta is None:
-                rows = self.delta_rows
-                self._delta = _Postings(
-                    [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-                )
-            d_docs, d_freqs = self._delta.get(term_id)
-            if len(d_docs):
-                docs, freqs = np.concatenate([docs, d_docs]), np.concatenate([freqs, d_freqs])
-        keep = self.valid[docs]
-        return docs[keep], freqs[keep]
-
-    def stats(self) -> tuple[int, float]:
-        """(live documents, their average length)."""
-        if self._stats is None:
-            live = self.valid[: self.size]
-            n = int(live.sum())
-            avgdl = float(self.lengths[: self.size][live].mean()) if n else 1.0
-            self._stats = (n, max(avgdl, 1.0))
-        return self._stats
-
-
-class SqliteKeywordIndex(ChangeLoggedSqlite):
-    """Embedded keyword index of one tenant."""
-
-    schema = _SCHEMA
-
-    def __init__(self, path: Path, analyzer: Analyzer | None = None) -> None:
-        self.analyzer = analyzer or get_analyzer()
-        self._lock = threading.Lock()
-        self._cache = _Cache()
-        self._term_ids: dict[str, int] = {}
-        self._terms: list[str] = []
-        self._max_term_id = 0
-        super().__init__(path)
-
-    # -- writes --------------------------------------------------------------------------
-    def _ids_for(self, conn: sqlite3.Connection, terms: set[str]) -> dict[str, int]:
-        ids: dict[str, int] = {}
-        words = sorted(terms)
-        for start in range(0, len(words), 500):
-            batch = words[start : start + 500]
-            marks = ",".join("?" * len(batch))
-            ids.update(conn.execute(f"SELECT term, id FROM terms WHERE term IN ({marks})", batch))
-        missing = [w for w in words if w not in ids]
-        if missing:
-            conn.executemany("INSERT INTO terms(term) VALUES (?)", [(w,) for w in missing])
-            for start in range(0, len(missing), 500):
-                batch = missing[start : start + 500]
-                marks = ",".join("?" * len(batch))
-                sql = f"SELECT term, id FROM terms WHERE term IN ({marks})"
-                ids.update(conn.execute(sql, batch))
-        return ids
-
-    def replace_entry(self, entry_id: str, docs: Sequence[KeywordDoc]) -> None:
-        """Make the entry's documents exactly ``docs`` in one transaction (idempotent)."""
-        bags = [Counter(self.analyzer.terms(d.text)) for d in docs]
-        with self._write() as (conn, seq):
-            self._delete_entry_rows(conn, [entry_id], seq)
-            ids = self._ids_for(conn, set().union(*bags) if bags else set())
-            rows = []
-            for doc, bag in zip(docs, bags, strict=True):
-                tids = np.fromiter((ids[t] for t in bag), dtype=np.int32, count=len(bag))
-                tfs = np.fromiter(bag.values(), dtype=np.uint16, count=len(bag))
-                rows.append(
-                    (
-                        doc.id,
-                        seq,
-                        doc.entry_id,
-                        doc.dataset,
-                        doc.chunk_index,
-                        doc.page,
-                        doc.start,
-                        doc.end,
-                        doc.text,
-                        sum(bag.values()),
-                        tids.tobytes(),
-                        tfs.tobytes(),
-                    )
-                )
-            conn.executemany(
-                f"INSERT INTO chunks({_COLUMNS.replace('entry_id', 'seq, entry_id')}, length,"
-                " term_ids, term_freqs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-
-    def _delete_entry_rows(
-        self, conn: sqlite3.Connection, entry_ids: Iterable[str], seq: int
-    ) -> int:
-        removed = 0
-        for eid in entry_ids:
-            rowids = [
-                r for (r,) in conn.execute("SELECT rowid FROM chunks WHERE entry_id=?", (eid,))
-            ]
-            if rowids:
-                conn.execute("DELETE FROM chunks WHERE entry_id=?", (eid,))
-                self._tombstone(conn, rowids, seq)
-                removed += len(rowids)
-        return removed
-
-    def delete_entries(self, entry_ids: Iterable[str]) -> int:
-        ids = list(entry_ids)
-        if not ids:
-            return 0
-        with self._write() as (conn, seq):
-            return self._delete_entry_rows(conn, ids, seq)
-
-    # -- the in-memory index -------------------------------------------------------------
-    def _refresh(self) -> _Cache:
-        seq, floor = self._versions()
-        if seq == self._cache.seq:
-            return self._cache
-        with self._lock:
-            cache = self._cache
-            if seq == cache.seq:
-                return cache
-            if (0 < cache.seq < floor) or cache.needs_reload():
-                cache = _Cache()
-            full = cache.seq < 0
-            conn = self._conn()
-            conn.execute("BEGIN")
-            try:
-                for rowid in self._tombstones_since(conn, cache.seq):
-                    cache.remove(int(rowid))
-                for rowid, cid, eid, ds, idx, page, length, tids, tfs in conn.execute(
-                    "SELECT rowid, id, entry_id, dataset, chunk_index, page, length, term_ids,"
-                    " term_freqs FROM chunks WHERE seq > ? ORDER BY rowid",
-                    (cache.seq,),
-                ):
-                    cache.add(
-                        rowid,
-                        (cid, eid, ds, idx, page),
-                        length,
-                        np.frombuffer(tids, dtype=np.int32),
-                        np.frombuffer(tfs, dtype=np.uint16),
-                    )
-                for tid, term in conn.execute(
-                    "SELECT id, term FROM terms WHERE id > ? ORDER BY id", (self._max_term_id,)
-                ):
-                    self._term_ids[term] = tid
-                    self._terms.append(term)
-                    self._max_term_id = tid
-                cache.seq = int(
-                    conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
-                )
-            finally:
-                conn.execute("COMMIT")
-            if full:
-                cache.seal()
-            self._cache = cache
-        return cache
-
-    def _df(self, cache: _Cache, term: str) -> int:
-        tid = self._term_ids.get(term)
-        return 0 if tid is None else len(cache.postings(tid)[0])
-
-    # -- reads ---------------------------------------------------------------------------
-    def expand_query(self, query: str) -> list[str]:
-        """The index terms a query searches for, typo-corrected where a term is unknown."""
-        cache = self._refresh()
-        surface = {self.analyzer.stem(w): w for w in self.analyzer.words(query)}
-        expanded: dict[str, None] = {}
-        for term in self.analyzer.query_terms(query):
-            typos = max_typos(surface.get(term, term))
-            if self._df(cache, term) or typos == 0 or not self._terms:
-                expanded.setdefault(term, None)
-                continue
-            matches = process.extract(
-                term, self._terms, scorer=OSA.distance, score_cutoff=typos, limit=20
-            )
-            ranked = sorted(
-                ((cand, dist, self._df(cache, cand)) for cand, dist, _ in matches),
-                key=lambda m: (m[1], -m[2]),
-            )
-            corrections = [cand for cand, _dist, df in ranked if df][:_MAX_CORRECTIONS]
-            for cand in corrections or [term]:
-                expanded.setdefault(cand, None)
-        return list(expanded)
-
-    def _scores(self, cache: _Cache, terms: Sequence[str]) -> np.ndarray:
-        n, avgdl = cache.stats()
-        scores = np.zeros(cache.size, dtype=np.float32)
-        for term in terms:
-            tid = self._term_ids.get(term)
-            if tid is None:
-                continue
-            docs, tf = cache.postings(tid)
-            if not len(docs):
-                continue
-            idf = math.log(1.0 + (n - len(docs) + 0.5) / (len(docs) + 0.5))
-            norm = K1 * (1.0 - B + B * cache.lengths[docs] / avgdl)
-            scores[docs] += idf * tf * (K1 + 1.0) / (tf + norm)
-        return scores
-
-    def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]:
-        """BM25 over the query's terms; chunks holding the whole query as a phrase come first.
-
-        Ranking exact phrase matches above scattered ones is what a user pasting a sentence
-        expects (Meilisearch's proximity and exactness rules do the same).
-        """
-        if top_k <= 0:
-            return []
-        terms = self.expand_query(query)
-        cache = self._cache
-        if not terms or cache.size == 0:
-            return []
-        scores = self._scores(cache, terms)
-        if dataset is not None:
-            code = cache.datasets.get(dataset)
-            if code is None:
-                return []
-            scores[cache.dataset_codes[: cache.size] != code] = 0.0
-        matched = int(np.count_nonzero(scores))
-        if matched == 0:
-            return []
-        k = min(max(top_k, _PHRASE_CANDIDATES), matched)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        hits = []
-        for pos in top:
-            cid, eid, ds, idx, page = cache.rows[pos]
-            hits.append(KeywordHit(cid, float(scores[pos]), eid, ds, idx, page))
-        return self._lift_phrases(query, hits)[:top_k]
-
-    def _lift_phrases(self, query: str, hits: list[KeywordHit]) -> list[KeywordHit]:
-        phrase = self.analyzer.terms(query)
-        if len(phrase) < 2 or not hits:
-            return hits
-        texts = self.get_docs([h.id for h in hits[:_PHRASE_CANDIDATES]])
-        lift = hits[0].score
-        width = len(phrase)
-        lifted, rest = [], []
-        for hit in hits:
-            doc = texts.get(hit.id)
-            terms = self.analyzer.terms(doc.text) if doc else []
-            found = any(
-                terms[i : i + width] == phrase
-                for i in range(len(terms) - width + 1)
-                if terms[i] == phrase[0]
-            )
-            (lifted if found else rest).append(
-                replace(hit, score=hit.score + lift) if found else hit
-            )
         return lifted + rest
 
     def get_docs(self, ids: Sequence[str]) -> dict[str, KeywordDoc]:
