@@ -46,7 +46,7 @@ RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS = (
 STEPS = (RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS)
 INBOX = "inbox/"
 # Bump a step's version when its output format or logic changes: every entry is redone.
-_VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 2}
+_VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 1}
 
 Progress = Callable[[str, int, int], None]
 

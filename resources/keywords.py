@@ -16,7 +16,6 @@ whole query as a phrase ranks above chunks that only hold its words.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import sqlite3
@@ -222,24 +221,6 @@ class _Cache:
         return self._stats
 
 
-def _drop_fts5_layout(path: Path) -> None:
-    """Drop an index written by the first (SQLite FTS5) layout; the pipeline rebuilds it.
-
-    The index is derived data: the keyword step's version was raised with this layout, so
-    every entry is indexed again on the next run.
-    """
-    if not path.exists():
-        return
-    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
-        if columns and "term_ids" not in columns:
-            conn.executescript(
-                "DROP TABLE IF EXISTS vocab; DROP TABLE IF EXISTS fts;"
-                " DROP TRIGGER IF EXISTS chunks_ai; DROP TRIGGER IF EXISTS chunks_ad;"
-                " DROP TABLE IF EXISTS chunks; DROP TABLE IF EXISTS meta;"
-            )
-
-
 class SqliteKeywordIndex(ChangeLoggedSqlite):
     """Embedded keyword index of one tenant."""
 
@@ -252,7 +233,6 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
         self._term_ids: dict[str, int] = {}
         self._terms: list[str] = []
         self._max_term_id = 0
-        _drop_fts5_layout(Path(path))
         super().__init__(path)
 
     # -- writes --------------------------------------------------------------------------
