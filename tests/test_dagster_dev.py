@@ -1,7 +1,8 @@
-"""`dagster dev` with its daemon: a file dropped into a tenant's inbox is indexed by the sensor."""
+"""`dagster dev` with its daemon: the sensor indexes an inbox file; a backfill over tenants runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,8 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from alien.documents import register_bytes
 from resources.catalog import EntryStatus
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
@@ -27,8 +30,36 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+ASSETS = ["raw_documents", "ocr_output", "chunks", "embeddings", "vector_index", "keyword_index"]
+
+
+def _launch_backfill(port: int, tenants: list[str]) -> str:
+    params = {
+        "assetSelection": [{"path": [name]} for name in ASSETS],
+        "partitionNames": tenants,
+        "tags": [{"key": "alien/full_refresh", "value": "true"}],
+    }
+    body = json.dumps({"query": BACKFILL, "variables": {"params": params}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())["data"]["launchPartitionBackfill"]
+    assert answer["__typename"] == "LaunchBackfillSuccess", answer
+    return answer["backfillId"]
+
+
 @pytest.mark.dagster_dev
-def test_sensor_indexes_a_file_dropped_into_the_inbox(tmp_path):
+def test_sensor_and_backfill_under_dagster_dev(tmp_path):
     home = tmp_path / "home"
     settings = AlienSettings(home=home)
     stores = TenantRegistry(settings).create("dropbox")
@@ -70,6 +101,34 @@ def test_sensor_indexes_a_file_dropped_into_the_inbox(tmp_path):
         assert (entry.source_name, entry.status) == ("memo.txt", EntryStatus.INDEXED)
         assert stores.keywords.search("transonic buffet", 1)[0].entry_id == entry.id
         assert list(stores.objects.list("inbox/")) == []
+
+        # A backfill over two tenant partitions, launched the way the UI launches one.
+        other = TenantRegistry(settings).create("second")
+        register_bytes(
+            other,
+            b"Wing flutter in the second tenant.",
+            dataset="default",
+            source_uri="mem:w",
+            source_name="w.txt",
+        )
+        instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+        deadline = time.monotonic() + 120
+        while not instance.has_dynamic_partition("tenants", "second"):  # the sensor adds it
+            assert time.monotonic() < deadline, "the sensor did not add the tenant partition"
+            time.sleep(1)
+        backfill_id = _launch_backfill(port, ["dropbox", "second"])
+        deadline = time.monotonic() + 300
+        while True:
+            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+            done = [r for r in runs if r.is_finished]
+            if len(done) == 2:
+                break
+            assert time.monotonic() < deadline, (tmp_path / "dagster-dev.log").read_text()[-3000:]
+            time.sleep(2)
+        assert {r.tags["dagster/partition"] for r in done} == {"dropbox", "second"}
+        assert all(r.is_success for r in done)
+        assert all(r.tags.get("alien/full_refresh") == "true" for r in done)
+        assert other.catalog.entries()[0].status == EntryStatus.INDEXED
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
