@@ -102,6 +102,8 @@ def ingest_paths(
             reg = register_path(stores, path, dataset=dataset, source_name=name)
             counts[reg.outcome] += 1
             entry_ids.append(reg.entry.id)
+            if reg.outcome != "unchanged":
+                stores.embedder.warm_up()  # load the model while the rest registers
             bar.advance(task)
         waiting = stores.catalog.status_counts()
         needs_run = (

@@ -66,10 +66,12 @@ class Embedder:
         self.batch_size = batch_size
         self.device_setting = device
         self._load_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._warm_up: threading.Thread | None = None
 
     @cached_property
     def _model(self) -> Any:
-        with self._load_lock:
+        with self._model_lock:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -90,10 +92,14 @@ class Embedder:
         return ModelTokenizer(resolve_model_path(self.model_name) / "tokenizer.json")
 
     def warm_up(self) -> threading.Thread:
-        """Load the model in a background thread (overlaps with extraction and OCR)."""
-        thread = threading.Thread(target=lambda: self._model, name="embedder-warm-up", daemon=True)
-        thread.start()
-        return thread
+        """Load the model in a background thread, once (overlaps with extraction and OCR)."""
+        with self._load_lock:
+            if self._warm_up is None:
+                self._warm_up = threading.Thread(
+                    target=lambda: self._model, name="embedder-warm-up", daemon=True
+                )
+                self._warm_up.start()
+            return self._warm_up
 
     @cached_property
     def max_seq_length(self) -> int:
