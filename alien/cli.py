@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,18 @@ def _progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=False,
     )
+
+
+def _step_bars(bar: Progress) -> Callable[[str, int, int], None]:
+    """A pipeline progress listener drawing one bar per step."""
+    tasks: dict[str, Any] = {}
+
+    def listener(step: str, done: int, total: int) -> None:
+        if step not in tasks:
+            tasks[step] = bar.add_task(step, total=total)
+        bar.update(tasks[step], completed=done, total=total)
+
+    return listener
 
 
 def _tenant_option(func: Any) -> Any:
@@ -110,16 +122,7 @@ def ingest_paths(
             counts["new"] + counts["updated"] > 0
             or waiting.get(EntryStatus.PENDING, 0) + waiting.get(EntryStatus.PROCESSING, 0) > 0
         )
-        run = None
-        if needs_run:
-            tasks: dict[str, Any] = {}
-
-            def listener(step: str, done: int, total: int) -> None:
-                if step not in tasks:
-                    tasks[step] = bar.add_task(step, total=total)
-                bar.update(tasks[step], completed=done, total=total)
-
-            run = run_ingest(ctx.settings, tenant, listener=listener)
+        run = run_ingest(ctx.settings, tenant, listener=_step_bars(bar)) if needs_run else None
     entries = stores.catalog.entries(ids=entry_ids)
     failed = [e for e in entries if e.status == EntryStatus.FAILED]
     counts["failed"] = len(failed)
@@ -338,14 +341,7 @@ def eval_(
     stores, entry_to_doc = ingest_collection(ctx.registry, collection, tenant and _tenant(tenant))
     show = not as_json and err.is_terminal
     with _progress(show) as bar:
-        tasks: dict[str, Any] = {}
-
-        def listener(step: str, done: int, total: int) -> None:
-            if step not in tasks:
-                tasks[step] = bar.add_task(step, total=total)
-            bar.update(tasks[step], completed=done, total=total)
-
-        run = run_ingest(ctx.settings, stores.tenant, listener=listener)
+        run = run_ingest(ctx.settings, stores.tenant, listener=_step_bars(bar))
     if not run.success:
         raise click.ClickException(run.error or "ingest failed")
     results = evaluate(stores, collection, entry_to_doc, run_dir=run_dir)

@@ -21,12 +21,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from alien.documents import raw_key, register_source, remove_derived
-from resources.catalog import DEFAULT_DATASET, EntryStatus, ManifestRecord
+from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
 from resources.chunking import Chunk, chunk_pages
 from resources.extract import ExtractionError, PageText, extract_pages
 from resources.keywords import KeywordDoc
@@ -446,92 +446,78 @@ def read_embeddings(stores: TenantStores, entry_id: str) -> np.ndarray:
 
 
 # -- indexes --------------------------------------------------------------------------------
-def _sweep_orphans(
-    stores: TenantStores, counts: dict[str, int], delete: Callable[[Iterable[str]], int]
-) -> int:
-    """Remove index rows of entries the catalog no longer has (a delete raced a write)."""
-    if not counts:
-        return 0
-    known = set(stores.catalog.entry_hashes())
-    orphans = [eid for eid in counts if eid not in known]
-    return delete(orphans) if orphans else 0
+class _Index(Protocol):
+    def delete_entries(self, entry_ids: Iterable[str]) -> int: ...
+    def counts_by_entry(self) -> dict[str, int]: ...
+
+
+def _run_index_step(
+    stores: TenantStores,
+    step: str,
+    upstream: str,
+    index: _Index,
+    write_entry: Callable[[Entry], int],
+    full_refresh: bool,
+) -> StepReport:
+    """Bring one index up to date: ``write_entry`` replaces an entry's rows, returns how many."""
+    started = time.perf_counter()
+    report = StepReport(step)
+    with stores.lock(step):
+        plan = _plan(stores, step, _upstream_of(stores, upstream), "", full_refresh)
+        for eid, input_hash, sha in plan.todo:
+            entry = stores.catalog.get_entry(eid)
+            if entry is None:
+                continue  # deleted meanwhile
+            try:
+                rows = write_entry(entry)
+            except Exception as err:
+                _fail(stores, step, eid, input_hash, sha, _unexpected(err))
+                report.failed += 1
+                continue
+            stores.catalog.record_manifest(
+                step, [ManifestRecord(eid, input_hash, sha, None, meta={"rows": rows})]
+            )
+            report.processed += 1
+            report.chunks += rows
+        index.delete_entries(plan.remove)
+        stores.catalog.forget_manifest(step, plan.remove)
+        report.removed = len(plan.remove)
+        # Rows of entries the catalog no longer has (a delete that raced a write) go too.
+        known = set(stores.catalog.entry_hashes())
+        orphans = [eid for eid in index.counts_by_entry() if eid not in known]
+        report.details["orphans_removed"] = index.delete_entries(orphans) if orphans else 0
+        report.unchanged = plan.unchanged
+        mark_indexed(stores, [t[0] for t in plan.todo])
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def run_vector_index(stores: TenantStores, full_refresh: bool = False) -> StepReport:
-    started = time.perf_counter()
-    report = StepReport(VECTORS)
-    with stores.lock(VECTORS):
-        plan = _plan(stores, VECTORS, _upstream_of(stores, EMBEDDINGS), "", full_refresh)
-        for eid, input_hash, sha in plan.todo:
-            entry = stores.catalog.get_entry(eid)
-            if entry is None:
-                continue
-            try:
-                chunks = read_chunks(stores, eid)
-                vectors = read_embeddings(stores, eid)
-                if len(chunks) != len(vectors):
-                    raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-                points = [
-                    VectorPoint(c.id, v, eid, entry.dataset, c.index, c.page)
-                    for c, v in zip(chunks, vectors, strict=True)
-                ]
-                stores.vectors.replace_entry(eid, points)
-            except Exception as err:
-                _fail(stores, VECTORS, eid, input_hash, sha, _unexpected(err))
-                report.failed += 1
-                continue
-            stores.catalog.record_manifest(
-                VECTORS, [ManifestRecord(eid, input_hash, sha, None, meta={"points": len(points)})]
-            )
-            report.processed += 1
-            report.chunks += len(points)
-        stores.vectors.delete_entries(plan.remove)
-        stores.catalog.forget_manifest(VECTORS, plan.remove)
-        report.removed = len(plan.remove)
-        report.details["orphans_removed"] = _sweep_orphans(
-            stores, stores.vectors.counts_by_entry(), stores.vectors.delete_entries
-        )
-        report.unchanged = plan.unchanged
-        mark_indexed(stores, [t[0] for t in plan.todo])
-    report.seconds = time.perf_counter() - started
-    return report
+    def write(entry: Entry) -> int:
+        chunks = read_chunks(stores, entry.id)
+        vectors = read_embeddings(stores, entry.id)
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        points = [
+            VectorPoint(c.id, v, entry.id, entry.dataset, c.index, c.page)
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        stores.vectors.replace_entry(entry.id, points)
+        return len(points)
+
+    return _run_index_step(stores, VECTORS, EMBEDDINGS, stores.vectors, write, full_refresh)
 
 
 def run_keyword_index(stores: TenantStores, full_refresh: bool = False) -> StepReport:
-    started = time.perf_counter()
-    report = StepReport(KEYWORDS)
-    with stores.lock(KEYWORDS):
-        plan = _plan(stores, KEYWORDS, _upstream_of(stores, CHUNKS), "", full_refresh)
-        for eid, input_hash, sha in plan.todo:
-            entry = stores.catalog.get_entry(eid)
-            if entry is None:
-                continue
-            try:
-                docs = [
-                    KeywordDoc(c.id, eid, entry.dataset, c.index, c.page, c.start, c.end, c.text)
-                    for c in read_chunks(stores, eid)
-                ]
-                stores.keywords.replace_entry(eid, docs)
-            except Exception as err:
-                _fail(stores, KEYWORDS, eid, input_hash, sha, _unexpected(err))
-                report.failed += 1
-                continue
-            stores.catalog.record_manifest(
-                KEYWORDS,
-                [ManifestRecord(eid, input_hash, sha, None, meta={"documents": len(docs)})],
-            )
-            report.processed += 1
-            report.chunks += len(docs)
-        stores.keywords.delete_entries(plan.remove)
-        stores.catalog.forget_manifest(KEYWORDS, plan.remove)
-        report.removed = len(plan.remove)
-        report.details["orphans_removed"] = _sweep_orphans(
-            stores, stores.keywords.counts_by_entry(), stores.keywords.delete_entries
-        )
-        report.unchanged = plan.unchanged
-        mark_indexed(stores, [t[0] for t in plan.todo])
-    report.seconds = time.perf_counter() - started
-    return report
+    def write(entry: Entry) -> int:
+        docs = [
+            KeywordDoc(c.id, entry.id, entry.dataset, c.index, c.page, c.start, c.end, c.text)
+            for c in read_chunks(stores, entry.id)
+        ]
+        stores.keywords.replace_entry(entry.id, docs)
+        return len(docs)
+
+    return _run_index_step(stores, KEYWORDS, CHUNKS, stores.keywords, write, full_refresh)
 
 
 def mark_indexed(stores: TenantStores, entry_ids: Sequence[str]) -> int:

@@ -47,6 +47,10 @@ def reciprocal_rank_fusion(
         for rank, item in enumerate(ranking, 1):
             scores[item.chunk_id] = scores.get(item.chunk_id, 0.0) + 1.0 / (k + rank)
             entries[item.chunk_id] = item.entry_id
+    return _best_first(scores, entries)
+
+
+def _best_first(scores: dict[str, float], entries: dict[str, str]) -> list[RankedChunk]:
     fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     return [RankedChunk(cid, score, entries[cid]) for cid, score in fused]
 
@@ -72,8 +76,7 @@ def convex_combination(
             norm = (item.score - low) / span if span > 0 else 1.0
             scores[item.chunk_id] = scores.get(item.chunk_id, 0.0) + weight * norm
             entries[item.chunk_id] = item.entry_id
-    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [RankedChunk(cid, score, entries[cid]) for cid, score in fused]
+    return _best_first(scores, entries)
 
 
 def fuse(

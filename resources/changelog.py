@@ -29,6 +29,8 @@ class ChangeLoggedSqlite:
     """Base of the embedded indexes: a connection per thread, WAL, a sequence, tombstones."""
 
     schema = ""
+    table = ""  # the table of rows, each with an ``entry_id`` column
+    key = ""  # the column that tombstones name
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -67,6 +69,27 @@ class ChangeLoggedSqlite:
         if count > TOMBSTONE_KEEP:
             conn.execute("DELETE FROM tombstones WHERE seq < ?", (seq,))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'tombstone_floor'", (seq,))
+
+    def _delete_entry_rows(
+        self, conn: sqlite3.Connection, entry_ids: Iterable[str], seq: int
+    ) -> int:
+        removed = 0
+        for eid in entry_ids:
+            select = f"SELECT {self.key} FROM {self.table} WHERE entry_id=?"
+            keys = [k for (k,) in conn.execute(select, (eid,))]
+            if keys:
+                conn.execute(f"DELETE FROM {self.table} WHERE entry_id=?", (eid,))
+                self._tombstone(conn, keys, seq)
+                removed += len(keys)
+        return removed
+
+    def delete_entries(self, entry_ids: Iterable[str]) -> int:
+        """Remove every row of these entries (one transaction); returns how many."""
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        with self._write() as (conn, seq):
+            return self._delete_entry_rows(conn, ids, seq)
 
     def _versions(self) -> tuple[int, int]:
         """(current sequence, oldest sequence whose tombstones are still kept)."""

@@ -225,6 +225,8 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
     """Embedded keyword index of one tenant."""
 
     schema = _SCHEMA
+    table = "chunks"
+    key = "rowid"
 
     def __init__(self, path: Path, analyzer: Analyzer | None = None) -> None:
         self.analyzer = analyzer or get_analyzer()
@@ -284,27 +286,6 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
                 " term_ids, term_freqs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-
-    def _delete_entry_rows(
-        self, conn: sqlite3.Connection, entry_ids: Iterable[str], seq: int
-    ) -> int:
-        removed = 0
-        for eid in entry_ids:
-            rowids = [
-                r for (r,) in conn.execute("SELECT rowid FROM chunks WHERE entry_id=?", (eid,))
-            ]
-            if rowids:
-                conn.execute("DELETE FROM chunks WHERE entry_id=?", (eid,))
-                self._tombstone(conn, rowids, seq)
-                removed += len(rowids)
-        return removed
-
-    def delete_entries(self, entry_ids: Iterable[str]) -> int:
-        ids = list(entry_ids)
-        if not ids:
-            return 0
-        with self._write() as (conn, seq):
-            return self._delete_entry_rows(conn, ids, seq)
 
     # -- the in-memory index -------------------------------------------------------------
     def _refresh(self) -> _Cache:

@@ -133,6 +133,8 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
     """Embedded vector collection of one tenant."""
 
     schema = _SCHEMA
+    table = "points"
+    key = "id"
 
     def __init__(self, path: Path, model: str, dim: int) -> None:
         self.model = model
@@ -184,18 +186,6 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
             conn.executemany("DELETE FROM points WHERE id=?", [(i,) for i in ids])
             self._tombstone(conn, ids, seq)
         return len(ids)
-
-    def delete_entries(self, entry_ids: Iterable[str]) -> int:
-        ids = list(entry_ids)
-        if not ids:
-            return 0
-        with self._write() as (conn, seq):
-            doomed = [
-                pid
-                for eid in ids
-                for (pid,) in conn.execute("SELECT id FROM points WHERE entry_id=?", (eid,))
-            ]
-            return self._delete_ids(conn, doomed, seq)
 
     # -- reads ---------------------------------------------------------------------------
     def _refresh(self) -> _Cache:
