@@ -114,8 +114,6 @@ def ingest_paths(
             reg = register_path(stores, path, dataset=dataset, source_name=name)
             counts[reg.outcome] += 1
             entry_ids.append(reg.entry.id)
-            if reg.outcome != "unchanged":
-                stores.embedder.warm_up()  # load the model while the rest registers
             bar.advance(task)
         waiting = stores.catalog.status_counts()
         needs_run = (
@@ -139,6 +137,7 @@ def ingest_paths(
         "embedded_chunks": embedded.chunks if embedded else 0,
         "seconds": round(time.perf_counter() - started, 3),
         "run_id": run.run_id if run else None,
+        "run_seconds": round(run.seconds, 3) if run else 0.0,
         "run_success": run.success if run else True,
         "run_error": run.error if run else None,
         "steps": {r.step: r.metadata() for r in run.reports} if run else {},

@@ -64,13 +64,9 @@ _ASSET = dict(
 def raw_documents(
     context: dg.AssetExecutionContext, stores: AlienStoresResource
 ) -> dg.MaterializeResult:
-    def step(s: TenantStores, ctx: dg.AssetExecutionContext) -> StepReport:
-        report = pipeline.run_raw_documents(s, _full_refresh(ctx))
-        if report.processed:
-            s.embedder.warm_up()  # load the model while text is extracted
-        return report
-
-    return _materialize(context, stores, step)
+    return _materialize(
+        context, stores, lambda s, ctx: pipeline.run_raw_documents(s, _full_refresh(ctx))
+    )
 
 
 @dg.asset(

@@ -65,9 +65,7 @@ class Embedder:
         self.model_name = model
         self.batch_size = batch_size
         self.device_setting = device
-        self._load_lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self._warm_up: threading.Thread | None = None
 
     @cached_property
     def _model(self) -> Any:
@@ -90,16 +88,6 @@ class Embedder:
     def tokenizer(self) -> ModelTokenizer:
         """The model's own tokenizer, loaded without the weights or ``transformers``."""
         return ModelTokenizer(resolve_model_path(self.model_name) / "tokenizer.json")
-
-    def warm_up(self) -> threading.Thread:
-        """Load the model in a background thread, once (overlaps with extraction and OCR)."""
-        with self._load_lock:
-            if self._warm_up is None:
-                self._warm_up = threading.Thread(
-                    target=lambda: self._model, name="embedder-warm-up", daemon=True
-                )
-                self._warm_up.start()
-            return self._warm_up
 
     @cached_property
     def max_seq_length(self) -> int:
