@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from alien import pipeline
 from alien.pipeline import StepReport
 from resources.settings import AlienSettings
+
+if TYPE_CHECKING:  # dagster is imported lazily: `alien search` and friends never need it
+    from dagster import DagsterInstance
 
 # The embedded instance: SQLite storage under DAGSTER_HOME (Dagster's default), no telemetry.
 DAGSTER_YAML = """\
@@ -33,7 +37,7 @@ def use_home(settings: AlienSettings) -> None:
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
 
 
-def dagster_instance(settings: AlienSettings):  # -> dagster.DagsterInstance
+def dagster_instance(settings: AlienSettings) -> DagsterInstance:
     from dagster import DagsterInstance
 
     use_home(settings)
