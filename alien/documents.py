@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from alien.layout import derived_keys, raw_key
 from resources.catalog import Entry, EntryStatus
 from resources.extract import detect_media_type
 from resources.stores import TenantStores
 
 Outcome = Literal["new", "unchanged", "updated"]
-DERIVED_PREFIXES = ("derived/text", "derived/chunks", "derived/embeddings")
 _BLOCK = 1024 * 1024
 
 
@@ -22,10 +22,6 @@ _BLOCK = 1024 * 1024
 class Registration:
     entry: Entry
     outcome: Outcome
-
-
-def raw_key(entry_id: str) -> str:
-    return f"raw/{entry_id}"
 
 
 def _hash_stream(open_stream: Callable[[], BinaryIO]) -> tuple[str, bytes, int]:
@@ -200,9 +196,8 @@ def remove_derived(stores: TenantStores, entry_id: str) -> None:
     """Remove everything the pipeline derived from an entry, from every store."""
     stores.vectors.delete_entries([entry_id])
     stores.keywords.delete_entries([entry_id])
-    for prefix in DERIVED_PREFIXES:
-        for suffix in (".json", ".npy"):
-            stores.objects.delete(f"{prefix}/{entry_id}{suffix}")
+    for key in derived_keys(entry_id):
+        stores.objects.delete(key)
 
 
 def delete_entry(stores: TenantStores, entry_id: str) -> bool:

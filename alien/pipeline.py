@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from alien.documents import raw_key, register_source, remove_derived
+from alien.documents import register_source
+from alien.layout import INBOX, chunks_key, embeddings_key, raw_key, text_key
 from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
 from resources.chunking import Chunk, chunk_pages
 from resources.extract import ExtractionError, PageText, extract_pages
@@ -44,7 +45,6 @@ RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS = (
     "keyword_index",
 )
 STEPS = (RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS)
-INBOX = "inbox/"
 # Bump a step's version when its output format or logic changes: every entry is redone.
 _VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 1}
 
@@ -100,18 +100,6 @@ class StepReport:
         }
         out.update(self.details)
         return out
-
-
-def text_key(entry_id: str) -> str:
-    return f"derived/text/{entry_id}.json"
-
-
-def chunks_key(entry_id: str) -> str:
-    return f"derived/chunks/{entry_id}.json"
-
-
-def embeddings_key(entry_id: str) -> str:
-    return f"derived/embeddings/{entry_id}.npy"
 
 
 def _input_hash(step: str, upstream_hash: str, config: str = "") -> str:
@@ -355,10 +343,11 @@ def run_embeddings(
     model_seconds = 0.0
     with stores.lock(EMBEDDINGS):
         plan = _plan(stores, EMBEDDINGS, _upstream_of(stores, CHUNKS), config, full_refresh)
+        todo_ids = {t[0] for t in plan.todo}
         total = sum(
             rec.meta.get("chunks", 0)
             for eid, rec in stores.catalog.manifest(CHUNKS).items()
-            if eid in {t[0] for t in plan.todo}
+            if eid in todo_ids
         )
         done = 0
         group: list[tuple[str, str, str, list[Chunk]]] = []
@@ -552,13 +541,3 @@ def run_all(
         run_vector_index(stores, full_refresh),
         run_keyword_index(stores, full_refresh),
     ]
-
-
-__all__ = [
-    "STEPS",
-    "StepReport",
-    "read_chunks",
-    "read_pages",
-    "remove_derived",
-    "run_all",
-]

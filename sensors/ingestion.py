@@ -11,7 +11,7 @@ import json
 
 import dagster as dg
 
-from alien.pipeline import INBOX
+from alien.layout import INBOX
 from alien_assets.jobs import ingest_job
 from alien_assets.partitions import TENANTS
 from resources.dagster_resources import AlienStoresResource

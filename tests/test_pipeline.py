@@ -8,7 +8,8 @@ import pytest
 
 from alien.checks import run_checks
 from alien.documents import delete_entry, register_bytes, register_path
-from alien.pipeline import CHUNKS, EMBEDDINGS, TEXT, chunks_key, read_chunks, run_all
+from alien.layout import chunks_key
+from alien.pipeline import CHUNKS, EMBEDDINGS, TEXT, read_chunks, run_all
 from alien.search import search
 from resources.catalog import EntryStatus
 from tests.conftest import PDFS, bad_documents

@@ -1,0 +1,26 @@
+"""Where a tenant's objects live in its object store. Keys are made here, never from user input."""
+
+INBOX = "inbox/"
+
+
+def raw_key(entry_id: str) -> str:
+    """The original file of an entry."""
+    return f"raw/{entry_id}"
+
+
+def text_key(entry_id: str) -> str:
+    """Page texts (``ocr_output``)."""
+    return f"derived/text/{entry_id}.json"
+
+
+def chunks_key(entry_id: str) -> str:
+    return f"derived/chunks/{entry_id}.json"
+
+
+def embeddings_key(entry_id: str) -> str:
+    return f"derived/embeddings/{entry_id}.npy"
+
+
+def derived_keys(entry_id: str) -> tuple[str, ...]:
+    """Everything the pipeline derives from an entry."""
+    return (text_key(entry_id), chunks_key(entry_id), embeddings_key(entry_id))
