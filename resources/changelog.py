@@ -96,8 +96,21 @@ class ChangeLoggedSqlite:
         values = dict(self._conn().execute("SELECT key, value FROM meta"))
         return int(values["seq"]), int(values["tombstone_floor"])
 
-    def _tombstones_since(self, conn: sqlite3.Connection, seq: int) -> list[object]:
-        return [k for (k,) in conn.execute("SELECT key FROM tombstones WHERE seq > ?", (seq,))]
+    @contextlib.contextmanager
+    def _changes_since(self, since: int) -> Iterator[tuple[sqlite3.Connection, list[object], int]]:
+        """A read snapshot: its connection, the keys removed after ``since``, its sequence.
+
+        Rows newer than ``since`` are read through the connection inside the same snapshot.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            (seq,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+            select = "SELECT key FROM tombstones WHERE seq > ?"
+            removed = [k for (k,) in conn.execute(select, (since,))]
+            yield conn, removed, int(seq)
+        finally:
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

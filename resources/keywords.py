@@ -299,10 +299,8 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
             if (0 < cache.seq < floor) or cache.needs_reload():
                 cache = _Cache()
             full = cache.seq < 0
-            conn = self._conn()
-            conn.execute("BEGIN")
-            try:
-                for rowid in self._tombstones_since(conn, cache.seq):
+            with self._changes_since(cache.seq) as (conn, removed, now):
+                for rowid in removed:
                     cache.remove(int(rowid))
                 for rowid, cid, eid, ds, idx, page, length, tids, tfs in conn.execute(
                     "SELECT rowid, id, entry_id, dataset, chunk_index, page, length, term_ids,"
@@ -322,11 +320,7 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
                     self._term_ids[term] = tid
                     self._terms.append(term)
                     self._max_term_id = tid
-                cache.seq = int(
-                    conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
-                )
-            finally:
-                conn.execute("COMMIT")
+                cache.seq = now
             if full:
                 cache.seal()
             self._cache = cache

@@ -196,23 +196,16 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
             cache = self._cache
             if 0 < cache.seq < floor:
                 cache = _Cache(self.dim)
-            since = cache.seq
-            conn = self._conn()
-            conn.execute("BEGIN")
-            try:
-                for pid in self._tombstones_since(conn, since):
+            with self._changes_since(cache.seq) as (conn, removed, now):
+                for pid in removed:
                     cache.remove(str(pid))
                 for pid, eid, ds, idx, page, vec in conn.execute(
                     "SELECT id, entry_id, dataset, chunk_index, page, vector FROM points"
                     " WHERE seq > ? AND model = ? AND dim = ?",
-                    (since, self.model, self.dim),
+                    (cache.seq, self.model, self.dim),
                 ):
                     cache.upsert((pid, eid, ds, idx, page), np.frombuffer(vec, dtype=np.float32))
-                cache.seq = int(
-                    conn.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0]
-                )
-            finally:
-                conn.execute("COMMIT")
+                cache.seq = now
             self._cache = cache
         return cache
 
