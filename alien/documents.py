@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,6 @@ def register_source(
         return Registration(existing, "unchanged")
     media_type = detect_media_type(source_name, head)
     if existing is None:
-        import uuid
-
         entry_id = str(uuid.uuid4())
         with open_stream() as stream:
             stores.objects.put_stream(raw_key(entry_id), stream)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import time
@@ -44,7 +45,6 @@ RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS = (
     "vector_index",
     "keyword_index",
 )
-STEPS = (RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS)
 # Bump a step's version when its output format or logic changes: every entry is redone.
 _VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 1}
 
@@ -419,16 +419,12 @@ def run_embeddings(
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
 
 
 def read_embeddings(stores: TenantStores, entry_id: str) -> np.ndarray:
-    import io
-
     return np.load(
         io.BytesIO(stores.objects.get_bytes(embeddings_key(entry_id))), allow_pickle=False
     )

@@ -230,10 +230,6 @@ class Catalog:
             if s.get(DatasetRow, name) is None:
                 s.add(DatasetRow(name=name, config=config or {}))
 
-    def datasets(self) -> list[str]:
-        with self._session() as s:
-            return list(s.scalars(select(DatasetRow.name).order_by(DatasetRow.name)))
-
     # -- entries -------------------------------------------------------------------------
     def add_entry(
         self,

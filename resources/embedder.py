@@ -115,10 +115,6 @@ class Embedder:
                 return int(data["hidden_size"])
         return int(self._model.get_sentence_embedding_dimension())
 
-    @property
-    def device(self) -> str:
-        return str(self._model.device)
-
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts`` (float32, shape (len(texts), dimension), unit length)."""
         if not texts:

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,7 +174,3 @@ class LocalObjectStore:
         for info in list(self.list(prefix)):
             count += self.delete(info.key)
         return count
-
-    def drop(self) -> None:
-        """Remove the whole namespace (tenant retirement)."""
-        shutil.rmtree(self.root, ignore_errors=True)
