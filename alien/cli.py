@@ -406,3 +406,181 @@ def demo(ctx: Ctx, tenant: str, source: Path | None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- Data API: keys, service tokens, audit, serve -------------------------------------------
+def _cli_principal() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli:unknown"
+
+
+def _audit_cli(stores: TenantStores, action: str, detail: str) -> None:
+    import uuid
+
+    from resources.catalog import AuditRecord
+
+    stores.catalog.audit.write(
+        AuditRecord(
+            request_id=uuid.uuid4().hex,
+            principal=_cli_principal(),
+            action=action,
+            outcome="ok",
+            detail=detail,
+        )
+    )
+
+
+@main.group()
+def keys() -> None:
+    """Tenant API keys for the Data API (shown once, stored hashed, revocable)."""
+
+
+@keys.command(name="create")
+@_tenant_option
+@click.option(
+    "--scopes", default="read,search", show_default=True, help="Comma-separated: read,search,write"
+)
+@click.option("--name", default="", help="A label for people (default: the key id).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def keys_create(ctx: Ctx, tenant: str, scopes: str, name: str, as_json: bool) -> None:
+    """Create a key; the tenant's stores are provisioned if they do not exist yet."""
+    from alien.credentials import create_api_key
+
+    stores = ctx.registry.create(_tenant(tenant))
+    try:
+        key, record = create_api_key(stores, scopes.split(","), name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scopes") from None
+    _audit_cli(stores, "create_key", f"key {record.id} scopes {','.join(record.scopes)}")
+    if as_json:
+        _emit({"key": key, "key_id": record.id, "tenant": tenant, "scopes": list(record.scopes)})
+        return
+    err.print(f"key {record.id} for tenant {tenant}, scopes {','.join(record.scopes)}")
+    err.print("[yellow]shown once: store it now[/yellow]")
+    click.echo(key)
+
+
+@keys.command(name="list")
+@_tenant_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def keys_list(ctx: Ctx, tenant: str, as_json: bool) -> None:
+    """The tenant's keys (ids, scopes, dates; never secrets)."""
+    rows = [
+        {
+            "key_id": k.id,
+            "name": k.name,
+            "scopes": list(k.scopes),
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in ctx.open(_tenant(tenant)).catalog.api_keys()
+    ]
+    if as_json:
+        _emit({"keys": rows})
+        return
+    table = Table("key id", "name", "scopes", "created", "revoked")
+    for r in rows:
+        table.add_row(
+            r["key_id"], r["name"], ",".join(r["scopes"]), r["created_at"], r["revoked_at"] or ""
+        )
+    out.print(table)
+
+
+@keys.command(name="revoke")
+@click.argument("key_id")
+@_tenant_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def keys_revoke(ctx: Ctx, key_id: str, tenant: str, as_json: bool) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    stores = ctx.open(_tenant(tenant))
+    if not stores.catalog.revoke_api_key(key_id):
+        raise click.ClickException(f"no key {key_id} in tenant {tenant}")
+    _audit_cli(stores, "revoke_key", f"key {key_id}")
+    if as_json:
+        _emit({"key_id": key_id, "revoked": True})
+    else:
+        err.print(f"revoked key {key_id}")
+
+
+@main.command(name="service-token")
+@_tenant_option
+@click.option("--user", required=True, help="The end user the platform proxy acts for.")
+@click.option("--scopes", default="read,search", show_default=True)
+@click.option("--ttl", default=60, show_default=True, help="Seconds until it expires.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def service_token(ctx: Ctx, tenant: str, user: str, scopes: str, ttl: int, as_json: bool) -> None:
+    """Mint a service token as the platform proxy would (needs ALIEN_SERVICE_TOKEN_SECRET)."""
+    from alien.credentials import CredentialError, ServiceTokens
+
+    try:
+        token = ServiceTokens(ctx.settings).mint(_tenant(tenant), user, scopes.split(","), ttl)
+    except (CredentialError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit({"token": token})
+    else:
+        click.echo(token)
+
+
+@main.command()
+@click.option("--tenant", "-t", default=None, help="Tenant id; without it, the cluster's log.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--entry", "entry_id", default=None, help="Only records about this entry.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_json: bool) -> None:
+    """The audit log, newest first: a tenant's, or the cluster's (refused anonymous requests)."""
+    from resources.catalog import AuditLog, sqlite_engine
+
+    if tenant is not None:
+        log = ctx.open(_tenant(tenant)).catalog.audit
+    else:
+        path = ctx.settings.system_dir / "audit.db"
+        if not path.is_file():
+            raise click.ClickException("the cluster's audit log is empty (no request refused)")
+        log = AuditLog(sqlite_engine(path))
+    records = [r.public() for r in log.records(limit=limit, entry_id=entry_id)]
+    if as_json:
+        _emit({"records": records})
+        return
+    table = Table("time", "principal", "on behalf of", "action", "entry", "outcome", "status")
+    for r in records:
+        table.add_row(
+            r["at"],
+            r["principal"],
+            r["on_behalf_of"] or "",
+            r["action"],
+            r["entry_id"] or "",
+            r["outcome"],
+            str(r["status_code"] or ""),
+        )
+    out.print(table)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--worker/--no-worker",
+    default=None,
+    help="Process uploads in this process (default: ALIEN_API_WORKER, on).",
+)
+@click.pass_obj
+def serve(ctx: Ctx, host: str, port: int, worker: bool | None) -> None:
+    """Start the Data API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from alien.runner import use_home
+    from data_api import create_app
+
+    use_home(ctx.settings)
+    app = create_app(ctx.settings, worker=worker)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

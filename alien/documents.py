@@ -8,7 +8,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
+
+from sqlalchemy.exc import IntegrityError
 
 from alien.layout import derived_keys, raw_key
 from resources.catalog import Entry, EntryStatus
@@ -189,6 +191,66 @@ def register_bytes(
         open_stream=lambda: io.BytesIO(data),
         size=len(data),
     )
+
+
+def register_upload(
+    stores: TenantStores,
+    stream: BinaryIO,
+    *,
+    dataset: str,
+    source_name: str,
+    media_type: str,
+    metadata: dict[str, Any] | None = None,
+) -> Registration:
+    """Store an uploaded file (a seekable stream) as a new ``pending`` entry of ``dataset``.
+
+    Uploads are identified by their content: the same bytes sent to the same dataset again
+    return the existing entry (outcome ``unchanged``), also when two uploads race.
+    """
+    sha256, _, size = _hash_stream(lambda: _rewound(stream))
+    source_uri = f"upload:sha256:{sha256}"
+    existing = stores.catalog.find_entry(dataset, source_uri)
+    if existing is not None:
+        return Registration(existing, "unchanged")
+    entry_id = str(uuid.uuid4())
+    stores.objects.put_stream(raw_key(entry_id), _rewound(stream))
+    try:
+        entry = stores.catalog.add_entry(
+            entry_id=entry_id,
+            dataset=dataset,
+            source_uri=source_uri,
+            source_name=source_name,
+            media_type=media_type,
+            size=size,
+            sha256=sha256,
+            object_key=raw_key(entry_id),
+            metadata=metadata,
+        )
+    except IntegrityError:  # the same bytes won a race to this dataset
+        stores.objects.delete(raw_key(entry_id))
+        winner = stores.catalog.find_entry(dataset, source_uri)
+        if winner is None:
+            raise
+        return Registration(winner, "unchanged")
+    return Registration(entry, "new")
+
+
+class _Unclosed(io.BufferedIOBase):
+    """A view of a stream whose ``close`` leaves the stream open (for ``with`` blocks)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._raw.read(-1 if size is None else size)
+
+    def readable(self) -> bool:
+        return True
+
+
+def _rewound(stream: BinaryIO) -> BinaryIO:
+    stream.seek(0)
+    return _Unclosed(stream)  # type: ignore[return-value]
 
 
 def remove_derived(stores: TenantStores, entry_id: str) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -95,9 +96,14 @@ def rank_chunks(
     mode: Mode = "hybrid",
     top_k: int = 10,
     dataset: str | None = None,
+    entries: Collection[str] | None = None,
     query_vector: np.ndarray | None = None,
 ) -> list[RankedChunk]:
-    """Chunk ids and scores, best first (no text: see ``search`` for full results)."""
+    """Chunk ids and scores, best first (no text: see ``search`` for full results).
+
+    ``dataset`` and ``entries`` (a set of entry ids, e.g. those matching a metadata filter)
+    restrict the candidates before ranking, so a filter never empties the top ``top_k``.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
     settings = stores.settings
@@ -107,14 +113,14 @@ def rank_chunks(
     if mode in ("hybrid", "keyword"):
         keyword = [
             RankedChunk(h.id, h.score, h.entry_id)
-            for h in stores.keywords.search(query, depth, dataset=dataset)
+            for h in stores.keywords.search(query, depth, dataset=dataset, entries=entries)
         ]
     if mode in ("hybrid", "vector"):
         if query_vector is None:
             query_vector = stores.embedder.embed([query])[0]
         vector = [
             RankedChunk(h.id, h.score, h.entry_id)
-            for h in stores.vectors.search(query_vector, depth, dataset=dataset)
+            for h in stores.vectors.search(query_vector, depth, dataset=dataset, entries=entries)
         ]
     if mode == "keyword":
         return keyword[:top_k]
@@ -130,11 +136,18 @@ def search(
     mode: Mode = "hybrid",
     top_k: int = 10,
     dataset: str | None = None,
+    entries: Collection[str] | None = None,
     query_vector: np.ndarray | None = None,
 ) -> list[SearchResult]:
     """Ranked chunks of the tenant's entries matching ``query``, with text and provenance."""
     ranked = rank_chunks(
-        stores, query, mode=mode, top_k=top_k, dataset=dataset, query_vector=query_vector
+        stores,
+        query,
+        mode=mode,
+        top_k=top_k,
+        dataset=dataset,
+        entries=entries,
+        query_vector=query_vector,
     )
     docs = stores.keywords.get_docs([r.chunk_id for r in ranked])
     names = {
@@ -159,3 +172,25 @@ def search(
             )
         )
     return results
+
+
+_WORD = re.compile(r"\w{3,}")
+
+
+def snippet(text: str, query: str, limit: int) -> str:
+    """At most ``limit`` characters of ``text``, around the first query word it contains."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    lowered = text.lower()
+    hits = [i for w in _WORD.findall(query.lower()) if (i := lowered.find(w)) >= 0]
+    center = min(hits) if hits else 0
+    start = max(0, min(center - limit // 3, len(text) - limit))
+    if start > 0:
+        space = text.find(" ", start, start + 40)
+        start = space + 1 if space >= 0 else start
+    window = text[start : start + limit - 2 * (start > 0)]
+    if start + len(window) < len(text):
+        cut = window.rfind(" ", len(window) - 40)
+        window = window[: cut if cut > 0 else len(window) - 1].rstrip() + "…"
+    return ("…" if start > 0 else "") + window

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from resources.tenancy import TenantId, validate_dataset
@@ -50,6 +51,11 @@ class EntryStatus:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes: every stored time is UTC, so say so."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -106,6 +112,126 @@ class ManifestRow(Base):
     __table_args__ = (Index("ix_manifest_entry", "entry_id"),)
 
 
+class ApiKeyRow(Base):
+    """A tenant API key: only its SHA-256 is stored (the secret is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRow(Base):
+    """One access (or attempted access) to the tenant's data."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(200))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    entry_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    dataset: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: DatasetRow) -> Dataset:
+        return cls(row.name, dict(row.config or {}), as_utc(row.created_at), as_utc(row.updated_at))
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+    secret_sha256: str
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> ApiKey:
+        return cls(
+            row.id,
+            row.name,
+            tuple(row.scopes or ()),
+            as_utc(row.created_at),
+            as_utc(row.revoked_at) if row.revoked_at else None,
+            row.secret_sha256,
+        )
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What the audit log holds about one request (``at`` and ``id`` are set on write)."""
+
+    request_id: str
+    principal: str
+    action: str
+    outcome: str
+    on_behalf_of: str | None = None
+    entry_id: str | None = None
+    dataset: str | None = None
+    status_code: int | None = None
+    detail: str | None = None
+    at: datetime | None = None
+    id: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["at"] = self.at.isoformat() if self.at else None
+        return data
+
+
+class AuditLog:
+    """Append-only audit records on one engine (a tenant's catalog or the cluster's log)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    def create(self) -> None:
+        AuditRow.__table__.create(self.engine, checkfirst=True)  # type: ignore[attr-defined]
+
+    def write(self, record: AuditRecord) -> None:
+        """Append ``record``; raises if it cannot be stored (the caller must then fail)."""
+        fields = {k: getattr(record, k) for k in record.__dataclass_fields__ if k != "id"}
+        fields["at"] = record.at or utcnow()
+        with self._session.begin() as s:
+            s.add(AuditRow(**fields))
+
+    def records(
+        self, *, limit: int = 100, entry_id: str | None = None, action: str | None = None
+    ) -> list[AuditRecord]:
+        """The newest records first."""
+        query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+        if entry_id is not None:
+            query = query.where(AuditRow.entry_id == entry_id)
+        if action is not None:
+            query = query.where(AuditRow.action == action)
+        with self._session() as s:
+            return [
+                replace(
+                    AuditRecord(**{k: getattr(r, k) for k in AuditRecord.__dataclass_fields__}),
+                    at=as_utc(r.at),
+                )
+                for r in s.scalars(query)
+            ]
+
+
 @dataclass(frozen=True)
 class Entry:
     id: str
@@ -142,8 +268,8 @@ class Entry:
             pages=row.pages,
             chunks=row.chunks,
             metadata=dict(row.metadata_ or {}),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
         )
 
     def public(self) -> dict[str, Any]:
@@ -206,6 +332,7 @@ class Catalog:
         self.tenant = TenantId(tenant)
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        self.audit = AuditLog(engine)
 
     @classmethod
     def embedded(cls, tenant: TenantId, path: Path) -> Catalog:
@@ -229,6 +356,81 @@ class Catalog:
         with self._session.begin() as s:
             if s.get(DatasetRow, name) is None:
                 s.add(DatasetRow(name=name, config=config or {}))
+
+    def dataset(self, name: str) -> Dataset | None:
+        with self._session() as s:
+            row = s.get(DatasetRow, name)
+            return Dataset.from_row(row) if row else None
+
+    def datasets(self, *, limit: int | None = None, offset: int = 0) -> list[Dataset]:
+        query = select(DatasetRow).order_by(DatasetRow.name).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as s:
+            return [Dataset.from_row(r) for r in s.scalars(query)]
+
+    def create_dataset(self, name: str, config: dict[str, Any]) -> Dataset | None:
+        """Create ``name``; None when it already exists (nothing is changed then)."""
+        validate_dataset(name)
+        now = utcnow()
+        row = DatasetRow(name=name, config=config, created_at=now, updated_at=now)
+        try:
+            with self._session.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            return None
+        return Dataset.from_row(row)
+
+    def update_dataset(self, name: str, config: dict[str, Any]) -> Dataset | None:
+        with self._session.begin() as s:
+            row = s.get(DatasetRow, name)
+            if row is None:
+                return None
+            row.config = config
+            row.updated_at = utcnow()
+            return Dataset.from_row(row)
+
+    def delete_dataset(self, name: str) -> bool:
+        """Remove the dataset row; its entries must have been deleted first."""
+        with self._session.begin() as s:
+            return s.execute(delete(DatasetRow).where(DatasetRow.name == name)).rowcount > 0
+
+    # -- API keys ------------------------------------------------------------------------
+    def add_api_key(
+        self, key_id: str, name: str, secret_sha256: str, scopes: Sequence[str]
+    ) -> ApiKey:
+        row = ApiKeyRow(
+            id=key_id,
+            name=name,
+            secret_sha256=secret_sha256,
+            scopes=list(scopes),
+            created_at=utcnow(),
+        )
+        with self._session.begin() as s:
+            s.add(row)
+        return ApiKey.from_row(row)
+
+    def api_key(self, key_id: str) -> ApiKey | None:
+        with self._session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            return ApiKey.from_row(row) if row else None
+
+    def api_keys(self) -> list[ApiKey]:
+        with self._session() as s:
+            return [
+                ApiKey.from_row(r)
+                for r in s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))
+            ]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key (idempotent); False when no such key."""
+        with self._session.begin() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return True
 
     # -- entries -------------------------------------------------------------------------
     def add_entry(
@@ -304,10 +506,14 @@ class Catalog:
         dataset: str | None = None,
         status: str | None = None,
         ids: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Entry]:
+        """Entries, oldest first; ``metadata`` keeps those whose metadata has every pair."""
         query = select(EntryRow).order_by(EntryRow.created_at, EntryRow.id)
+        for key, value in (metadata or {}).items():
+            query = query.where(_metadata_equals(key, value))
         if dataset is not None:
             query = query.where(EntryRow.dataset == dataset)
         if status is not None:
@@ -318,6 +524,16 @@ class Catalog:
             query = query.limit(limit).offset(offset)
         with self._session() as s:
             return [Entry.from_row(r) for r in s.scalars(query)]
+
+    def entry_ids(self, *, dataset: str | None = None, metadata: dict[str, Any]) -> set[str]:
+        """Ids of the entries whose metadata has every pair of ``metadata``."""
+        query = select(EntryRow.id)
+        if dataset is not None:
+            query = query.where(EntryRow.dataset == dataset)
+        for key, value in metadata.items():
+            query = query.where(_metadata_equals(key, value))
+        with self._session() as s:
+            return set(s.scalars(query))
 
     def entry_hashes(self) -> dict[str, str]:
         """entry id -> sha256 of its current content, for every entry."""
@@ -386,6 +602,18 @@ class Catalog:
                         ManifestRow.asset == asset, ManifestRow.entry_id.in_(batch)
                     )
                 )
+
+
+def _metadata_equals(key: str, value: Any) -> Any:
+    """SQL for metadata[key] == value, typed so that 1, "1" and true stay distinct."""
+    field_ = EntryRow.metadata_[key]
+    if isinstance(value, bool):
+        return field_.as_boolean() == value
+    if isinstance(value, int):
+        return field_.as_integer() == value
+    if isinstance(value, float):
+        return field_.as_float() == value
+    return field_.as_string() == str(value)
 
 
 def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 # Past this many tombstones the oldest are dropped; readers older than that reload in full.
 TOMBSTONE_KEEP = 50_000
@@ -117,3 +119,11 @@ class ChangeLoggedSqlite:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def entry_mask(
+    rows: list[tuple[str, str, str, int, int | None]], entries: Collection[str]
+) -> np.ndarray:
+    """True for the cached rows (id, entry id, ...) whose entry is in ``entries``."""
+    allowed = entries if isinstance(entries, set | frozenset) else set(entries)
+    return np.fromiter((row[1] in allowed for row in rows), dtype=bool, count=len(rows))

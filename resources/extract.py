@@ -60,13 +60,26 @@ class PageText:
     method: str  # "text" (text layer or file), "ocr", or "empty"
 
 
-def detect_media_type(name: str, head: bytes) -> str:
-    """Media type from content magic, else from the file name's extension."""
+def sniff_media_type(head: bytes) -> str | None:
+    """The media type the first bytes prove (PDF and images carry a signature), else None."""
     if b"%PDF-" in head[:1024]:
         return PDF
     for magic, media_type in _MAGIC:
         if head.startswith(magic):
             return media_type
+    return None
+
+
+def looks_like_text(head: bytes) -> bool:
+    """Text has no NUL byte (the test extraction applies too; legacy encodings pass)."""
+    return b"\x00" not in head
+
+
+def detect_media_type(name: str, head: bytes) -> str:
+    """Media type from content magic, else from the file name's extension."""
+    sniffed = sniff_media_type(head)
+    if sniffed is not None:
+        return sniffed
     suffix = Path(name).suffix.lower()
     if suffix in _EXTENSIONS:
         return _EXTENSIONS[suffix]
@@ -106,7 +119,7 @@ def extract_pages(
 
 
 def _decode_text(data: bytes) -> str:
-    if b"\x00" in data[:8192]:
+    if not looks_like_text(data[:8192]):
         raise ExtractionError("binary content where text was expected (NUL bytes)")
     try:
         return data.decode("utf-8-sig")

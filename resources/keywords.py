@@ -21,7 +21,7 @@ import re
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +31,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 from resources.analysis import Analyzer, get_analyzer
-from resources.changelog import ChangeLoggedSqlite
+from resources.changelog import ChangeLoggedSqlite, entry_mask
 
 K1 = 1.2
 B = 0.75
@@ -66,7 +66,13 @@ class KeywordIndex(Protocol):
 
     def replace_entry(self, entry_id: str, docs: Sequence[KeywordDoc]) -> None: ...
     def delete_entries(self, entry_ids: Iterable[str]) -> int: ...
-    def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]: ...
+    def search(
+        self,
+        query: str,
+        top_k: int,
+        dataset: str | None = None,
+        entries: Collection[str] | None = None,
+    ) -> list[KeywordHit]: ...
     def get_docs(self, ids: Sequence[str]) -> dict[str, KeywordDoc]: ...
     def entry_docs(self, entry_id: str) -> list[KeywordDoc]: ...
     def count(self, entry_id: str | None = None) -> int: ...
@@ -368,7 +374,13 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
             scores[docs] += idf * tf * (K1 + 1.0) / (tf + norm)
         return scores
 
-    def search(self, query: str, top_k: int, dataset: str | None = None) -> list[KeywordHit]:
+    def search(
+        self,
+        query: str,
+        top_k: int,
+        dataset: str | None = None,
+        entries: Collection[str] | None = None,
+    ) -> list[KeywordHit]:
         """BM25 over the query's terms; chunks holding the whole query as a phrase come first.
 
         Ranking exact phrase matches above scattered ones is what a user pasting a sentence
@@ -386,6 +398,8 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
             if code is None:
                 return []
             scores[cache.dataset_codes[: cache.size] != code] = 0.0
+        if entries is not None:
+            scores[~entry_mask(cache.rows[: cache.size], entries)] = 0.0
         matched = int(np.count_nonzero(scores))
         if matched == 0:
             return []

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,33 @@ class AlienSettings(BaseSettings):
     fusion_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant")
     fusion_depth: int = Field(default=100, ge=1, description="Candidates per mode before fusion")
 
+    # -- Data API (``alien serve``) ------------------------------------------------------
+    api_max_page_size: int = Field(default=100, ge=1, le=1000, description="List page cap")
+    api_max_top_k: int = Field(default=50, ge=1, le=1000, description="Search results cap")
+    api_snippet_chars: int = Field(default=300, ge=20, le=4000, description="Snippet length cap")
+    api_rate_per_second: float = Field(
+        default=50.0, gt=0, description="Sustained requests per second allowed per principal"
+    )
+    api_rate_burst: int = Field(default=100, ge=1, description="Requests a principal may burst")
+    api_worker: bool = Field(
+        default=True,
+        description="Run the pipeline for uploaded entries inside the API process "
+        "(turn off where the Dagster daemon's ingestion sensor does it)",
+    )
+    api_worker_poll_seconds: float = Field(default=5.0, gt=0)
+    service_token_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret shared with the platform proxy (service tokens are refused "
+        "when neither this nor a public key is set)",
+    )
+    service_token_public_key: str | None = Field(
+        default=None, description="PEM public key of the platform proxy (RS256, ES256, EdDSA)"
+    )
+    service_token_issuer: str = Field(default="alien-platform")
+    service_token_audience: str = Field(default="alien-data-cluster")
+    service_token_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    service_token_max_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
+
     @property
     def tenants_dir(self) -> Path:
         return self.home.resolve() / "tenants"
@@ -48,6 +75,11 @@ class AlienSettings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return self.home.resolve() / "dagster"
+
+    @property
+    def system_dir(self) -> Path:
+        """Cluster-level state that belongs to no tenant (the audit log of refused requests)."""
+        return self.home.resolve() / "system"
 
 
 @lru_cache(maxsize=1)

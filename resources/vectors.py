@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from resources.changelog import ChangeLoggedSqlite
+from resources.changelog import ChangeLoggedSqlite, entry_mask
 
 _BLAS = ThreadpoolController()
 
@@ -57,7 +57,11 @@ class VectorIndex(Protocol):
     def replace_entry(self, entry_id: str, points: Sequence[VectorPoint]) -> None: ...
     def delete_entries(self, entry_ids: Iterable[str]) -> int: ...
     def search(
-        self, vector: np.ndarray, top_k: int, dataset: str | None = None
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        dataset: str | None = None,
+        entries: Collection[str] | None = None,
     ) -> list[VectorHit]: ...
     def count(self, entry_id: str | None = None) -> int: ...
     def counts_by_entry(self) -> dict[str, int]: ...
@@ -209,7 +213,14 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
             self._cache = cache
         return cache
 
-    def search(self, vector: np.ndarray, top_k: int, dataset: str | None = None) -> list[VectorHit]:
+    def search(
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        dataset: str | None = None,
+        entries: Collection[str] | None = None,
+    ) -> list[VectorHit]:
+        """The ``top_k`` nearest points, optionally only of ``dataset`` and of ``entries``."""
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
             raise VectorDimensionError(f"query has dimension {query.shape[0]}, expected {self.dim}")
@@ -227,6 +238,8 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
             if code is None:
                 return []
             mask = mask & (cache.dataset_codes[:n] == code)
+        if entries is not None:
+            mask = mask & entry_mask(cache.rows[:n], entries)
         scores = np.where(mask, scores, -np.inf)
         k = min(top_k, int(mask.sum()))
         if k == 0:

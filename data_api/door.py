@@ -1,0 +1,329 @@
+"""The door every request passes: request id, authentication, rate limit, upload size, metrics.
+
+A pure ASGI middleware, so that no request under ``/v1`` reaches routing, body parsing or a
+store without a credential resolved to exactly one tenant, and so that the upload limit is
+enforced on the bytes as they arrive, not after the body has been buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from alien.credentials import (
+    CredentialError,
+    Principal,
+    ServiceTokens,
+    is_api_key,
+    split_api_key,
+    verify_api_key,
+)
+from data_api.errors import ApiError, unauthorized
+from resources.catalog import AuditLog, AuditRecord
+from resources.settings import AlienSettings
+from resources.stores import TenantRegistry, TenantStores
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
+UPLOAD_PATH = "/v1/entries"
+MULTIPART_OVERHEAD = 64 * 1024  # part headers and the small form fields beside the file
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass
+class RequestContext:
+    """The resolved caller of one request: a principal, its tenant's stores, the request id."""
+
+    principal: Principal
+    stores: TenantStores
+    request_id: str
+    audited: bool = field(default=False)
+
+    def audit(
+        self,
+        action: str,
+        outcome: str = "ok",
+        *,
+        entry_id: str | None = None,
+        dataset: str | None = None,
+        status_code: int = 200,
+        detail: str | None = None,
+    ) -> None:
+        """Record this request in the tenant's audit log; raises when that is impossible."""
+        self.stores.catalog.audit.write(
+            AuditRecord(
+                request_id=self.request_id,
+                principal=self.principal.id,
+                on_behalf_of=self.principal.on_behalf_of,
+                action=action,
+                outcome=outcome,
+                entry_id=entry_id,
+                dataset=dataset,
+                status_code=status_code,
+                detail=detail,
+            )
+        )
+        self.audited = True
+
+
+class RateLimiter:
+    """A token bucket per principal: ``rate`` requests per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, principal: str) -> float:
+        """0 when allowed, else the seconds to wait before the next request is."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(principal, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[principal] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[principal] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can coexist)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "alien_api_requests",
+            "Requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "alien_api_request_seconds",
+            "Time to answer, by route template and method",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.worker_runs = Counter(
+            "alien_worker_runs",
+            "Pipeline runs of the in-process worker, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "payload_too_large", f"the upload exceeds the limit of {limit} bytes")
+
+
+class Door:
+    """Resolves the credential of every ``/v1`` request before anything else runs."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: AlienSettings,
+        registry: TenantRegistry,
+        system_audit: AuditLog,
+        limiter: RateLimiter,
+        metrics: Metrics,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.registry = registry
+        self.system_audit = system_audit
+        self.limiter = limiter
+        self.metrics = metrics
+        self.tokens = ServiceTokens(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        request_id = _request_id(scope)
+        state["request_id"] = request_id
+        status_holder = {"status": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            path = scope["path"]
+            if path.startswith("/v1/") and path not in PUBLIC_PATHS:
+                refusal = await self._admit(scope, state, request_id)
+                if refusal is not None:
+                    await refusal(send_with_id)
+                    return
+                if scope["method"] == "POST" and path == UPLOAD_PATH:
+                    refusal, receive = self._limit_upload(scope, receive, state)
+                    if refusal is not None:
+                        await refusal(send_with_id)
+                        return
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(template, scope["method"], status_holder["status"]).inc()
+            self.metrics.latency.labels(template, scope["method"]).observe(
+                time.perf_counter() - started
+            )
+
+    async def _admit(
+        self, scope: Scope, state: dict[str, Any], request_id: str
+    ) -> Callable[[Send], Awaitable[None]] | None:
+        """Store the request's context in ``state``, or return the refusal to send."""
+        from starlette.concurrency import run_in_threadpool
+
+        token = _bearer(scope)
+        try:
+            if token is None:
+                raise unauthorized("authentication required: send 'Authorization: Bearer <key>'")
+            ctx = await run_in_threadpool(self._resolve, token, request_id)
+        except ApiError as err:
+            try:
+                await run_in_threadpool(self._audit_refusal, scope, request_id, err)
+            except Exception:
+                return _responder(audit_unavailable())
+            return _responder(err)
+        state["ctx"] = ctx
+        wait = self.limiter.take(ctx.principal.id)
+        if wait > 0:
+            err = ApiError(
+                429,
+                "rate_limited",
+                f"too many requests; retry in {wait:.2f} s",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+            try:
+                await run_in_threadpool(
+                    ctx.audit, "request", "denied", status_code=429, detail=err.code
+                )
+            except Exception:
+                return _responder(audit_unavailable())
+            return _responder(err)
+        return None
+
+    def _resolve(self, token: str, request_id: str) -> RequestContext:
+        try:
+            if is_api_key(token):
+                tenant, key_id, secret = split_api_key(token)
+                if not self.registry.exists(tenant):
+                    raise CredentialError("unknown API key")
+                stores = self.registry.open(tenant)
+                principal = verify_api_key(stores, key_id, secret)
+            else:
+                tenant, issuer, user, scopes = self.tokens.verify(token)
+                if not self.registry.exists(tenant):
+                    raise CredentialError("the service token names a tenant this cluster lacks")
+                stores = self.registry.open(tenant)
+                principal = Principal(tenant, f"service:{issuer}", scopes, on_behalf_of=user)
+        except CredentialError as err:
+            raise unauthorized(str(err)) from None
+        return RequestContext(principal, stores, request_id)
+
+    def _audit_refusal(self, scope: Scope, request_id: str, err: ApiError) -> None:
+        """Refusals that resolve to no tenant go to the cluster's own audit log."""
+        self.system_audit.write(
+            AuditRecord(
+                request_id=request_id,
+                principal=f"anonymous@{_client(scope)}",
+                action=f"{scope['method']} {scope['path']}"[:64],
+                outcome="denied",
+                status_code=err.status,
+                detail=err.message[:500],
+            )
+        )
+
+    def _limit_upload(
+        self, scope: Scope, receive: Receive, state: dict[str, Any]
+    ) -> tuple[Callable[[Send], Awaitable[None]] | None, Receive]:
+        limit = self.settings.max_file_bytes
+        ceiling = limit + MULTIPART_OVERHEAD
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > ceiling:
+            err = BodyTooLarge(limit)
+            ctx: RequestContext = state["ctx"]
+            try:
+                ctx.audit("upload_entry", "denied", status_code=413, detail=err.code)
+            except Exception:
+                return _responder(audit_unavailable()), receive
+            return _responder(err), receive
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > ceiling:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return None, counted
+
+
+def audit_unavailable() -> ApiError:
+    return ApiError(
+        503, "audit_unavailable", "the audit log cannot be written, so the request is refused"
+    )
+
+
+def _responder(err: ApiError) -> Callable[[Send], Awaitable[None]]:
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+
+    async def respond(send: Send) -> None:
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return respond
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    value = _header(scope, b"authorization")
+    if not value:
+        return None
+    kind, _, token = value.partition(" ")
+    token = token.strip()
+    return token if kind.lower() == "bearer" and token else None
+
+
+def _request_id(scope: Scope) -> str:
+    given = _header(scope, b"x-request-id")
+    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}" if client else "unknown"

@@ -1,0 +1,171 @@
+"""Request and response bodies. Requests forbid unknown fields; responses carry no content
+beyond what the operation is for (metadata in lists, bounded snippets in search)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from resources.catalog import Dataset, Entry
+
+DatasetName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", examples=["manuals"])]
+LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MetadataValue = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictFloat | StrictBool
+_CLOSED = {"additionalProperties": False}  # keys outside the pattern are refused
+Metadata = Annotated[dict[LabelKey, MetadataValue], Field(max_length=32, json_schema_extra=_CLOSED)]
+Mode = Literal["hybrid", "vector", "keyword"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(StrictModel):
+    description: str = Field(default="", max_length=1000)
+    labels: dict[LabelKey, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=32, json_schema_extra=_CLOSED
+    )
+
+
+class DatasetCreate(StrictModel):
+    name: DatasetName
+    config: DatasetConfig = Field(default_factory=DatasetConfig)
+
+
+class DatasetUpdate(StrictModel):
+    config: DatasetConfig
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    config: DatasetConfig
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetPublic:
+        return cls(
+            name=dataset.name,
+            config=DatasetConfig.model_validate(dataset.config),
+            created_at=dataset.created_at,
+            updated_at=dataset.updated_at,
+        )
+
+
+class Page(BaseModel):
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last")
+
+
+class DatasetList(Page):
+    datasets: list[DatasetPublic]
+
+
+class EntryPublic(BaseModel):
+    """An entry's metadata and processing status (never its content)."""
+
+    entry_id: str
+    dataset: str
+    source_name: str
+    media_type: str
+    size: int
+    sha256: str
+    status: Literal["pending", "processing", "indexed", "failed"]
+    reason: str | None
+    pages: int | None
+    chunks: int | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, entry: Entry) -> EntryPublic:
+        return cls(
+            entry_id=entry.id,
+            dataset=entry.dataset,
+            source_name=entry.source_name,
+            media_type=entry.media_type,
+            size=entry.size,
+            sha256=entry.sha256,
+            status=entry.status,  # type: ignore[arg-type]
+            reason=entry.reason,
+            pages=entry.pages,
+            chunks=entry.chunks,
+            metadata=entry.metadata,
+            created_at=entry.created_at,
+            updated_at=entry.updated_at,
+        )
+
+
+class EntryList(Page):
+    entries: list[EntryPublic]
+
+
+class PageTextPublic(BaseModel):
+    page: int
+    method: str = Field(description="text (text layer or file), ocr, or empty")
+    text: str
+
+
+class EntryText(Page):
+    entry_id: str
+    total_pages: int
+    pages: list[PageTextPublic]
+
+
+class ChunkPublic(BaseModel):
+    chunk_id: str
+    index: int
+    page: int | None
+    start: int
+    end: int
+    tokens: int
+    text: str
+
+
+class EntryChunks(Page):
+    entry_id: str
+    total_chunks: int
+    chunks: list[ChunkPublic]
+
+
+class SearchRequest(StrictModel):
+    query: str = Field(min_length=1, max_length=1000)
+    mode: Mode = "hybrid"
+    top_k: int = Field(default=10, ge=1, description="At most the cluster's cap (default 50)")
+    dataset: DatasetName | None = None
+    metadata: Metadata | None = Field(
+        default=None, description="Only entries whose metadata has every one of these pairs"
+    )
+
+
+class SearchHit(BaseModel):
+    entry_id: str
+    source_name: str
+    dataset: str
+    chunk_id: str
+    page: int | None
+    score: float
+    snippet: str = Field(description="At most the cluster's snippet length (default 300)")
+
+
+class SearchResponse(BaseModel):
+    mode: Mode
+    results: list[SearchHit]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, Check]
