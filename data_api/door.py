@@ -8,6 +8,7 @@ enforced on the bytes as they arrive, not after the body has been buffered.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -37,6 +38,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+log = logging.getLogger("alien.api")
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
 UPLOAD_PATH = "/v1/entries"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers and the small form fields beside the file
@@ -62,21 +64,24 @@ class RequestContext:
         status_code: int = 200,
         detail: str | None = None,
     ) -> None:
-        """Record this request in the tenant's audit log; raises when that is impossible."""
-        self.stores.catalog.audit.write(
-            AuditRecord(
-                request_id=self.request_id,
-                principal=self.principal.id,
-                on_behalf_of=self.principal.on_behalf_of,
-                action=action,
-                outcome=outcome,
-                entry_id=entry_id,
-                dataset=dataset,
-                status_code=status_code,
-                detail=detail,
-            )
+        """Record this request in the tenant's audit log; no record, no answer (503)."""
+        self.audited = True  # one attempt per request: a failure is not retried
+        record = AuditRecord(
+            request_id=self.request_id,
+            principal=self.principal.id,
+            on_behalf_of=self.principal.on_behalf_of,
+            action=action,
+            outcome=outcome,
+            entry_id=entry_id,
+            dataset=dataset,
+            status_code=status_code,
+            detail=detail,
         )
-        self.audited = True
+        try:
+            self.stores.catalog.audit.write(record)
+        except Exception as err:
+            log.exception("audit write failed")
+            raise audit_unavailable() from err
 
 
 class RateLimiter:

@@ -506,14 +506,11 @@ class Catalog:
         dataset: str | None = None,
         status: str | None = None,
         ids: Sequence[str] | None = None,
-        metadata: dict[str, Any] | None = None,
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Entry]:
-        """Entries, oldest first; ``metadata`` keeps those whose metadata has every pair."""
+        """Entries, oldest first."""
         query = select(EntryRow).order_by(EntryRow.created_at, EntryRow.id)
-        for key, value in (metadata or {}).items():
-            query = query.where(_metadata_equals(key, value))
         if dataset is not None:
             query = query.where(EntryRow.dataset == dataset)
         if status is not None:
@@ -526,14 +523,18 @@ class Catalog:
             return [Entry.from_row(r) for r in s.scalars(query)]
 
     def entry_ids(self, *, dataset: str | None = None, metadata: dict[str, Any]) -> set[str]:
-        """Ids of the entries whose metadata has every pair of ``metadata``."""
-        query = select(EntryRow.id)
+        """Ids of the entries whose metadata has every pair of ``metadata``, types included."""
+        query = select(EntryRow.id, EntryRow.metadata_)
         if dataset is not None:
             query = query.where(EntryRow.dataset == dataset)
-        for key, value in metadata.items():
+        for key, value in metadata.items():  # narrows in SQL; the exact test is below
             query = query.where(_metadata_equals(key, value))
         with self._session() as s:
-            return set(s.scalars(query))
+            return {
+                eid
+                for eid, meta in s.execute(query)
+                if all(_same(meta.get(k, _MISSING), v) for k, v in metadata.items())
+            }
 
     def entry_hashes(self) -> dict[str, str]:
         """entry id -> sha256 of its current content, for every entry."""
@@ -602,6 +603,14 @@ class Catalog:
                         ManifestRow.asset == asset, ManifestRow.entry_id.in_(batch)
                     )
                 )
+
+
+_MISSING = object()
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    """Equal and of the same JSON type (1, 1.0, "1" and true differ)."""
+    return type(stored) is type(wanted) and stored == wanted
 
 
 def _metadata_equals(key: str, value: Any) -> Any:

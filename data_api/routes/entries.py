@@ -9,9 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from alien.documents import delete_entry as remove_entry
 from alien.documents import register_upload
@@ -105,7 +106,9 @@ async def upload_entry(
             415, "unsupported_media_type", "upload as multipart/form-data with a 'file' part"
         )
     try:
-        form = await request.form(max_files=1, max_fields=4)
+        form = await _StrictNameParser(
+            request.headers, request.stream(), max_files=1, max_fields=4
+        ).parse()
     except MultiPartException as err:
         raise ApiError(400, "malformed_multipart", str(err)) from None
     try:
@@ -302,6 +305,20 @@ def delete_entry(entry_id: EntryIdPath, ctx: Writer) -> Response:
 
 
 # -- helpers ------------------------------------------------------------------------------
+class _StrictNameParser(MultiPartParser):
+    """Starlette's parser, refusing a file name that is not UTF-8 (it would guess latin-1)."""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._current_part.content_disposition)
+        raw = options.get(b"filename")
+        if raw is not None:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(400, "invalid_file_name", "the file name is not UTF-8") from None
+        super().on_headers_finished()
+
+
 def _entry(ctx: RequestContext, entry_id: str) -> Entry:
     entry = ctx.stores.catalog.get_entry(entry_id)
     if entry is None:

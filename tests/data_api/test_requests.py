@@ -1,0 +1,442 @@
+"""Requests that are wrong in every way get a 4xx with a clear code and change nothing;
+uploads are idempotent; the audit log is part of every request; limits hold."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from data_api import create_app
+from tests.conftest import PDFS
+from tests.data_api.conftest import World, api_settings
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x00\x00\x00"
+    b":~\x9bU\x00\x00\x00\nIDATx\x9cc`\x00\x00\x00\x02\x00\x01H\xaf\xa4q\x00\x00\x00\x00IEND"
+    b"\xaeB`\x82"
+)
+
+
+def _snapshot(world: World) -> tuple[list[tuple[str, str, str]], list[str], int, int]:
+    """What tenant A holds: entries, object keys, vector and keyword counts."""
+    stores = world.a
+    entries = [(e.id, e.sha256, e.status) for e in stores.catalog.entries()]
+    objects = sorted(o.key for o in stores.objects.list())
+    return entries, objects, stores.vectors.count(), stores.keywords.count()
+
+
+def _multipart(name: bytes, data: bytes, content_type: bytes = b"text/plain") -> tuple[bytes, str]:
+    """A multipart body written by hand, so the file name can hold any bytes."""
+    boundary = "alien-test-boundary"
+    body = (
+        f"--{boundary}\r\n".encode()
+        + b'Content-Disposition: form-data; name="file"; filename="'
+        + name
+        + b'"\r\nContent-Type: '
+        + content_type
+        + b"\r\n\r\n"
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+BAD_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("json-body", {"json": {"file": "x"}}, 415, "unsupported_media_type"),
+    (
+        "pdf-claim-text-bytes",
+        {"files": {"file": ("a.pdf", b"just some text", "application/pdf")}},
+        415,
+        "media_type_mismatch",
+    ),
+    (
+        "png-bytes-claim-text",
+        {"files": {"file": ("a.txt", PNG, "text/plain")}},
+        415,
+        "media_type_mismatch",
+    ),
+    (
+        "binary-blob-named-txt",
+        {"files": {"file": ("a.txt", b"\x00\x01\x02binary" * 50, "application/octet-stream")}},
+        415,
+        "media_type_mismatch",
+    ),
+    (
+        "blob-named-pdf",
+        {"files": {"file": ("a.pdf", b"\x07\x00garbage" * 50, "application/octet-stream")}},
+        415,
+        "media_type_mismatch",
+    ),
+    (
+        "zip",
+        {"files": {"file": ("a.zip", b"PK\x03\x04" + b"\x00" * 64, "application/zip")}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "path-name",
+        {"files": {"file": ("../../etc/passwd", b"x y z", "text/plain")}},
+        400,
+        "invalid_file_name",
+    ),
+    (
+        "backslash-name",
+        {"files": {"file": ("a\\b.txt", b"x y z", "text/plain")}},
+        400,
+        "invalid_file_name",
+    ),
+    ("empty-file", {"files": {"file": ("e.txt", b"", "text/plain")}}, 422, "empty_file"),
+    (
+        "no-file",
+        {"data": {"dataset": "default"}, "files": {"other": ("x", b"1")}},
+        422,
+        "unknown_field",
+    ),
+    (
+        "bad-metadata",
+        {"data": {"metadata": "{not json"}, "files": {"file": ("m.txt", b"words", "text/plain")}},
+        422,
+        "invalid_metadata",
+    ),
+    (
+        "metadata-nested",
+        {
+            "data": {"metadata": '{"a": {"b": 1}}'},
+            "files": {"file": ("m.txt", b"words", "text/plain")},
+        },
+        422,
+        "invalid_metadata",
+    ),
+    (
+        "bad-dataset",
+        {"data": {"dataset": "../x"}, "files": {"file": ("m.txt", b"words", "text/plain")}},
+        422,
+        "invalid_dataset",
+    ),
+    (
+        "unknown-dataset",
+        {"data": {"dataset": "nope"}, "files": {"file": ("m.txt", b"words", "text/plain")}},
+        404,
+        "dataset_not_found",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "status", "code"), BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS]
+)
+def test_bad_uploads_are_refused_and_change_nothing(
+    client: TestClient, world: World, case: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    before = _snapshot(world)
+    response = client.post("/v1/entries", headers=world.auth("a"), **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert _snapshot(world) == before
+    record = world.a.catalog.audit.records(limit=1)[0]
+    assert (record.action, record.status_code) == ("upload_entry", status)
+
+
+@pytest.mark.parametrize(
+    "name", [b"bad\xff\xfename.txt", b"tab\tname.txt", b"new\nline.txt", b"/abs/path.txt"]
+)
+def test_unclean_file_names_are_400(client: TestClient, world: World, name: bytes) -> None:
+    before = _snapshot(world)
+    body, content_type = _multipart(name, b"plain words")
+    headers = {**world.auth("a"), "Content-Type": content_type}
+    response = client.post("/v1/entries", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] in ("invalid_file_name", "malformed_multipart")
+    assert _snapshot(world) == before
+
+
+BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    ("malformed-json", "POST", "/v1/search", {"content": b'{"query": "x",'}, 422, "malformed_json"),
+    (
+        "unknown-field",
+        "POST",
+        "/v1/search",
+        {"json": {"query": "x", "colour": "red"}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "huge-top-k",
+        "POST",
+        "/v1/search",
+        {"json": {"query": "x", "top_k": 10**9}},
+        422,
+        "top_k_too_large",
+    ),
+    (
+        "bad-mode",
+        "POST",
+        "/v1/search",
+        {"json": {"query": "x", "mode": "magic"}},
+        422,
+        "invalid_request",
+    ),
+    ("empty-query", "POST", "/v1/search", {"json": {"query": ""}}, 422, "invalid_request"),
+    ("bad-dataset-name", "GET", "/v1/datasets/Not%20Valid", {}, 422, "invalid_request"),
+    (
+        "dataset-unknown-field",
+        "POST",
+        "/v1/datasets",
+        {"json": {"name": "ok", "owner": "x"}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "dataset-exists",
+        "POST",
+        "/v1/datasets",
+        {"json": {"name": "default"}},
+        409,
+        "dataset_exists",
+    ),
+    ("delete-default", "DELETE", "/v1/datasets/default", {}, 409, "dataset_protected"),
+    ("page-too-large", "GET", "/v1/entries?limit=1000", {}, 422, "page_too_large"),
+    ("bad-status", "GET", "/v1/entries?status=lost", {}, 422, "invalid_request"),
+    ("unknown-route", "GET", "/v1/everything", {}, 404, "not_found"),
+    ("wrong-method", "PUT", "/v1/search", {"json": {}}, 405, "method_not_allowed"),
+    ("long-entry-id", "GET", "/v1/entries/" + "x" * 100, {}, 422, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "path", "kwargs", "status", "code"),
+    BAD_REQUESTS,
+    ids=[c[0] for c in BAD_REQUESTS],
+)
+def test_bad_requests_get_a_clear_4xx(
+    client: TestClient,
+    world: World,
+    case: str,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    before = _snapshot(world)
+    headers = {**world.auth("a")}
+    if "content" in kwargs:
+        headers["Content-Type"] = "application/json"
+    response = client.request(method, path, headers=headers, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert _snapshot(world) == before
+
+
+def test_405_lists_every_allowed_method(client: TestClient, world: World) -> None:
+    response = client.put("/v1/datasets/default", headers=world.auth("a"))
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "PATCH", "DELETE"}
+
+
+# -- uploads ----------------------------------------------------------------------------------
+def test_same_bytes_twice_return_the_same_entry(client: TestClient, world: World) -> None:
+    pdf = (PDFS / "live-manual.en.pdf").read_bytes()
+    files = {"file": ("live.pdf", pdf, "application/pdf")}
+    meta = {"metadata": json.dumps({"lang": "en", "year": 2024})}
+    first = client.post("/v1/entries", files=files, data=meta, headers=world.auth("a"))
+    assert first.status_code == 202, first.text
+    entry = first.json()
+    assert (entry["status"], entry["media_type"]) == ("pending", "application/pdf")
+    assert entry["metadata"] == {"lang": "en", "year": 2024}
+    again = client.post(
+        "/v1/entries", files={"file": ("renamed.pdf", pdf, "")}, headers=world.auth("a")
+    )
+    assert again.status_code == 200
+    assert again.json()["entry_id"] == entry["entry_id"]
+    assert sum(e.sha256 == entry["sha256"] for e in world.a.catalog.entries()) == 1
+    got = client.get(f"/v1/entries/{entry['entry_id']}/content", headers=world.auth("a"))
+    assert got.content == pdf
+    assert got.headers["content-type"] == "application/pdf"
+    listed = client.get("/v1/entries", params={"status": "pending"}, headers=world.auth("a")).json()
+    mine = [e for e in listed["entries"] if e["entry_id"] == entry["entry_id"]]
+    assert len(mine) == 1 and "text" not in mine[0]
+    assert all(e["status"] == "pending" for e in listed["entries"])
+    # Clean up for the other tests of this module.
+    assert (
+        client.delete(f"/v1/entries/{entry['entry_id']}", headers=world.auth("a")).status_code
+        == 204
+    )
+
+
+@pytest.fixture
+def small_limit_client(tmp_path: Path) -> Iterator[tuple[TestClient, World]]:
+    from alien.credentials import create_api_key
+    from resources.stores import TenantRegistry
+
+    settings = api_settings(tmp_path / "home", max_file_bytes=4096)
+    registry = TenantRegistry(settings)
+    stores = registry.create("tenant-s")
+    key, _ = create_api_key(stores, ["read", "write"])
+    world = World(settings, registry, stores, stores, {"a": key}, "", "")
+    with TestClient(create_app(settings)) as c:
+        yield c, world
+    registry.drop("tenant-s")
+
+
+def test_oversize_uploads_are_413_while_streaming(
+    small_limit_client: tuple[TestClient, World],
+) -> None:
+    client, world = small_limit_client
+    headers = world.auth("a")
+    # Declared too large: refused before a byte of the body is read.
+    big = client.post(
+        "/v1/entries", files={"file": ("big.txt", b"a" * 200_000, "text/plain")}, headers=headers
+    )
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "payload_too_large"
+
+    # No length declared (chunked): refused once the stream passes the limit.
+    body, content_type = _multipart(b"big.txt", b"b" * 200_000)
+    sent = []
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 8192):
+            sent.append(start)
+            yield body[start : start + 8192]
+
+    streamed = client.post(
+        "/v1/entries", content=chunks(), headers={**headers, "Content-Type": content_type}
+    )
+    assert streamed.status_code == 413
+    # Just over the limit, within the multipart allowance: refused by the file's own size.
+    body, content_type = _multipart(b"over.txt", b"c" * 4097)
+    over = client.post(
+        "/v1/entries", content=body, headers={**headers, "Content-Type": content_type}
+    )
+    assert over.status_code == 413
+    assert world.a.catalog.entries() == []
+    assert list(world.a.objects.list()) == []
+    # At the limit it is accepted.
+    ok = client.post(
+        "/v1/entries", files={"file": ("ok.txt", b"d " * 2048, "text/plain")}, headers=headers
+    )
+    assert ok.status_code == 202
+
+
+# -- the audit log is part of the request -----------------------------------------------------
+def test_a_request_fails_when_its_audit_record_cannot_be_written(
+    client: TestClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(record: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(world.a.catalog.audit, "write", refuse)
+    content = client.get(f"/v1/entries/{world.a_entry}/content", headers=world.auth("a"))
+    assert content.status_code == 503
+    assert content.json()["error"]["code"] == "audit_unavailable"
+    assert b"compressor" not in content.content
+    search = client.post("/v1/search", json={"query": "compressor"}, headers=world.auth("a"))
+    assert search.status_code == 503
+    assert "compressor" not in search.text
+
+
+def test_every_successful_call_is_audited_once(client: TestClient, world: World) -> None:
+    calls = [
+        ("GET", "/v1/datasets", {}, "list_datasets"),
+        ("GET", "/v1/datasets/default", {}, "get_dataset"),
+        ("GET", "/v1/entries", {}, "list_entries"),
+        ("GET", f"/v1/entries/{world.a_entry}", {}, "get_entry"),
+        ("GET", f"/v1/entries/{world.a_entry}/content", {}, "get_entry_content"),
+        ("GET", f"/v1/entries/{world.a_entry}/text", {}, "get_entry_text"),
+        ("GET", f"/v1/entries/{world.a_entry}/chunks", {}, "get_entry_chunks"),
+        ("POST", "/v1/search", {"json": {"query": "surge margin"}}, "search"),
+        ("POST", "/v1/datasets", {"json": {"name": "audited"}}, "create_dataset"),
+        (
+            "PATCH",
+            "/v1/datasets/audited",
+            {"json": {"config": {"description": "d"}}},
+            "update_dataset",
+        ),
+        ("DELETE", "/v1/datasets/audited", {}, "delete_dataset"),
+    ]
+    for method, path, kwargs, action in calls:
+        before = len(world.a.catalog.audit.records(limit=10_000))
+        response = client.request(method, path, headers=world.auth("a"), **kwargs)
+        assert response.status_code < 300, response.text
+        records = world.a.catalog.audit.records(limit=10_000)
+        assert len(records) == before + 1
+        assert (records[0].action, records[0].outcome) == (action, "ok")
+        assert records[0].request_id == response.headers["x-request-id"]
+
+
+def test_text_and_chunks_are_paged(client: TestClient, world: World) -> None:
+    text = client.get(f"/v1/entries/{world.a_entry}/text", headers=world.auth("a")).json()
+    assert text["total_pages"] == 1 and "compressor" in text["pages"][0]["text"]
+    chunks = client.get(
+        f"/v1/entries/{world.a_entry}/chunks", params={"limit": 1}, headers=world.auth("a")
+    ).json()
+    assert chunks["total_chunks"] == 1 and chunks["chunks"][0]["page"] == 1
+
+
+def test_search_filters_and_bounds(client: TestClient, world: World) -> None:
+    from alien.documents import register_bytes
+    from alien.pipeline import run_all
+
+    long_text = ("Surge margin of axial compressors. " * 40).encode()
+    entry = register_bytes(
+        world.a, long_text, dataset="default", source_uri="test://long", source_name="long.txt"
+    ).entry
+    world.a.catalog.update_entry(entry.id, metadata={"team": "turbo", "rev": 3})
+    run_all(world.a)
+    query = {"query": "compressor surge margin", "top_k": 5}
+    hits = client.post("/v1/search", json=query, headers=world.auth("a")).json()["results"]
+    assert {h["entry_id"] for h in hits} >= {entry.id, world.a_entry}
+    assert all(len(h["snippet"]) <= world.settings.api_snippet_chars for h in hits)
+    only = client.post(
+        "/v1/search", json={**query, "metadata": {"team": "turbo"}}, headers=world.auth("a")
+    ).json()["results"]
+    assert only and {h["entry_id"] for h in only} == {entry.id}
+    typed = client.post(
+        "/v1/search", json={**query, "metadata": {"rev": "3"}}, headers=world.auth("a")
+    ).json()["results"]
+    assert typed == []  # "3" is not 3
+    assert client.delete(f"/v1/entries/{entry.id}", headers=world.auth("a")).status_code == 204
+
+
+def test_rate_limit_is_per_principal(tmp_path: Path) -> None:
+    from alien.credentials import create_api_key
+    from resources.stores import TenantRegistry
+
+    settings = api_settings(tmp_path / "home", api_rate_per_second=0.01, api_rate_burst=2)
+    registry = TenantRegistry(settings)
+    stores = registry.create("tenant-r")
+    first, _ = create_api_key(stores, ["read"])
+    second, _ = create_api_key(stores, ["read"])
+    with TestClient(create_app(settings)) as client:
+        codes = [
+            client.get("/v1/entries", headers={"Authorization": f"Bearer {first}"}).status_code
+            for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        limited = client.get("/v1/entries", headers={"Authorization": f"Bearer {first}"})
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        other = client.get("/v1/entries", headers={"Authorization": f"Bearer {second}"})
+        assert other.status_code == 200
+    denied = [r for r in stores.catalog.audit.records(limit=10) if r.status_code == 429]
+    assert len(denied) == 2
+    registry.drop("tenant-r")
+
+
+def test_health_ready_and_metrics(client: TestClient, world: World) -> None:
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    ready = client.get("/v1/ready")
+    checks = ready.json()["checks"]
+    assert {"tenant-a/catalog", "tenant-b/vectors", "audit_log"} <= set(checks)
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'alien_api_requests_total{method="GET",route="/v1/entries/{entry_id}"' in metrics.text
+    openapi = client.get("/openapi.json").json()
+    top_k = openapi["components"]["schemas"]["SearchRequest"]["properties"]["top_k"]
+    assert top_k["maximum"] == world.settings.api_max_top_k
