@@ -189,8 +189,11 @@ class Door:
                         return
             await self.app(scope, receive, send_with_id)
         finally:
+            # The route template, or a fixed label: paths never become label values.
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or (
+                "/v1/*" if scope["path"].startswith("/v1/") else "other"
+            )
             self.metrics.requests.labels(template, scope["method"], status_holder["status"]).inc()
             self.metrics.latency.labels(template, scope["method"]).observe(
                 time.perf_counter() - started
