@@ -57,6 +57,7 @@ def build(stores, texts: list[str], total: int) -> float:
             docs.append(KeywordDoc(cid, entry_id, "default", i, 1, 0, len(text), text))
         stores.vectors.replace_entry(entry_id, points)
         stores.keywords.replace_entry(entry_id, docs)
+        stores.catalog.update_entry(entry_id, status="indexed", pages=1, chunks=PER_ENTRY)
     return time.perf_counter() - started
 
 
