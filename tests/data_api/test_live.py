@@ -220,3 +220,28 @@ def test_schemathesis_authorized_client_finds_no_5xx_or_schema_violation(
     assert not [k for k in answered if k[1].startswith("5")], answered
     # It reached the operations' logic, not only their refusals.
     assert any(route == "/v1/search" and status == "200" for route, status in answered)
+
+
+def test_readme_curl_examples_work_as_written(live: Live, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after_marker = readme.split("<!-- api-examples:", 1)[1]
+    script = after_marker.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "API=http://127.0.0.1:8000" in script
+    script = script.replace("http://127.0.0.1:8000", live.url)
+    # The examples run from the repository root: give them the same neighbourhood.
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "shared").symlink_to(PDFS.parents[1])
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path / "repo",
+        env=dict(live.env, KEY=live.keys["live"]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert '"source_name": "live-manual.en.pdf"' in run.stdout
+    assert (tmp_path / "repo" / "original.pdf").read_bytes() == (
+        PDFS / "live-manual.en.pdf"
+    ).read_bytes()
+    assert run.stdout.rstrip().endswith("}") and "entry_not_found" in run.stdout.splitlines()[-1]
