@@ -426,6 +426,7 @@ def _audit_cli(stores: TenantStores, action: str, detail: str) -> None:
     stores.catalog.audit.write(
         AuditRecord(
             request_id=uuid.uuid4().hex,
+            tenant=str(stores.tenant),
             principal=_cli_principal(),
             action=action,
             outcome="ok",
@@ -551,10 +552,13 @@ def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_jso
     if as_json:
         _emit({"records": records})
         return
-    table = Table("time", "principal", "on behalf of", "action", "entry", "outcome", "status")
+    table = Table(
+        "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome", "status"
+    )
     for r in records:
         table.add_row(
             r["at"],
+            r["tenant"] or "",
             r["principal"],
             r["on_behalf_of"] or "",
             r["action"],

@@ -68,6 +68,7 @@ class RequestContext:
         self.audited = True  # one attempt per request: a failure is not retried
         record = AuditRecord(
             request_id=self.request_id,
+            tenant=str(self.principal.tenant),
             principal=self.principal.id,
             on_behalf_of=self.principal.on_behalf_of,
             action=action,

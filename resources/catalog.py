@@ -131,6 +131,7 @@ class AuditRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     request_id: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str | None] = mapped_column(String(40), nullable=True)
     principal: Mapped[str] = mapped_column(String(200))
     on_behalf_of: Mapped[str | None] = mapped_column(String(200), nullable=True)
     action: Mapped[str] = mapped_column(String(64))
@@ -182,6 +183,7 @@ class AuditRecord:
     principal: str
     action: str
     outcome: str
+    tenant: str | None = None  # None in the cluster's log: the request resolved to no tenant
     on_behalf_of: str | None = None
     entry_id: str | None = None
     dataset: str | None = None

@@ -158,6 +158,7 @@ def test_service_token_acts_for_the_end_user(client: TestClient, world: World) -
     )
     assert response.status_code == 200
     record = world.a.catalog.audit.records(limit=1)[0]
+    assert record.tenant == "tenant-a"
     assert record.principal == f"service:{world.settings.service_token_issuer}"
     assert record.on_behalf_of == "grace@example.com"
     assert record.entry_id == world.a_entry

@@ -1,0 +1,77 @@
+"""The admin side of the API's credentials: `alien keys`, `alien service-token`, `alien audit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from alien.cli import main
+from data_api import create_app
+from resources.settings import AlienSettings
+from tests.data_api.conftest import SECRET
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ALIEN_HOME", str(tmp_path))
+    monkeypatch.setenv("ALIEN_SERVICE_TOKEN_SECRET", SECRET)
+    return tmp_path
+
+
+def _run(*args: str) -> dict:
+    result = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_keys_create_list_revoke_and_audit(home: Path) -> None:
+    created = _run("keys", "create", "--tenant", "acme", "--scopes", "read,write")
+    key = created["key"]
+    assert key.startswith("alien_acme_") and created["scopes"] == ["read", "write"]
+    listed = _run("keys", "list", "--tenant", "acme")["keys"]
+    assert [k["key_id"] for k in listed] == [created["key_id"]]
+    assert key.split("_")[-1] not in json.dumps(listed)  # the secret is never shown again
+    stored = (home / "tenants" / "acme" / "catalog.db").read_bytes()
+    assert key.split("_", 3)[3].encode() not in stored  # only its hash is stored
+
+    settings = AlienSettings(home=home, api_worker=False)
+    with TestClient(create_app(settings)) as client:
+        auth = {"Authorization": f"Bearer {key}"}
+        assert client.get("/v1/entries", headers=auth).status_code == 200
+        _run("keys", "revoke", created["key_id"], "--tenant", "acme")
+        assert client.get("/v1/entries", headers=auth).status_code == 401
+
+        token = _run("service-token", "--tenant", "acme", "--user", "lin@example.com")["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert client.get("/v1/entries", headers=bearer).status_code == 200
+
+    records = _run("audit", "--tenant", "acme")["records"]
+    actions = [(r["action"], r["outcome"]) for r in records]
+    assert ("create_key", "ok") in actions and ("revoke_key", "ok") in actions
+    assert ("list_entries", "ok") in actions
+    assert any(r["on_behalf_of"] == "lin@example.com" for r in records)
+    assert all(r["tenant"] == "acme" for r in records)
+    cluster = _run("audit")["records"]
+    assert cluster and cluster[0]["status_code"] == 401 and cluster[0]["tenant"] is None
+
+
+def test_bad_scopes_and_unknown_keys_are_usage_errors(home: Path) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(main, ["keys", "create", "--tenant", "acme", "--scopes", "read,admin"])
+    assert bad.exit_code == 2 and "unknown scope" in bad.output
+    _run("keys", "create", "--tenant", "acme")
+    missing = runner.invoke(main, ["keys", "revoke", "nope", "--tenant", "acme"])
+    assert missing.exit_code == 1 and "no key nope" in missing.output
+    unknown_tenant = runner.invoke(main, ["keys", "list", "--tenant", "ghost"])
+    assert unknown_tenant.exit_code == 2
+
+
+def test_service_token_needs_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALIEN_HOME", str(tmp_path))
+    monkeypatch.delenv("ALIEN_SERVICE_TOKEN_SECRET", raising=False)
+    result = CliRunner().invoke(main, ["service-token", "--tenant", "acme", "--user", "u"])
+    assert result.exit_code == 1 and "ALIEN_SERVICE_TOKEN_SECRET" in result.output
