@@ -342,8 +342,10 @@ class Catalog:
 
     # -- lifecycle -----------------------------------------------------------------------
     def create(self) -> None:
-        """Create tables and the tenant row (idempotent)."""
-        Base.metadata.create_all(self.engine)
+        """Migrate the schema to the newest revision and add the tenant row (idempotent)."""
+        from resources.migrate import upgrade
+
+        upgrade(self.engine)
         with self._session.begin() as s:
             if s.get(TenantRow, str(self.tenant)) is None:
                 s.add(TenantRow(id=str(self.tenant)))

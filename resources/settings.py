@@ -41,6 +41,23 @@ class AlienSettings(BaseSettings):
     fusion_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant")
     fusion_depth: int = Field(default=100, ge=1, description="Candidates per mode before fusion")
 
+    # -- cluster mode: server backends; a store whose URL is unset stays embedded ----------
+    mode: Literal["embedded", "cluster"] = Field(default="embedded")
+    postgres_url: str | None = Field(
+        default=None,
+        description="Admin connection, e.g. postgresql://postgres@127.0.0.1:5432/postgres; "
+        "each tenant gets its own database and role derived from it",
+    )
+    cluster_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret the per-tenant store passwords are derived from (HMAC-SHA256)",
+    )
+    s3_endpoint: str | None = Field(default=None, description="host:port of MinIO or any S3")
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint")
+    s3_bucket_prefix: str = Field(default="alien", pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")
+
     # -- Data API (``alien serve``) ------------------------------------------------------
     api_max_page_size: int = Field(default=100, ge=1, le=1000, description="List page cap")
     api_max_top_k: int = Field(default=50, ge=1, le=1000, description="Search results cap")

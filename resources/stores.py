@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from resources.analysis import get_analyzer
+from resources.backends import Backends
 from resources.catalog import Catalog
 from resources.embedder import Embedder
 from resources.keywords import SqliteKeywordIndex
-from resources.objects import LocalObjectStore
+from resources.objects import ObjectStore
 from resources.ocr import TesseractOcr
 from resources.settings import AlienSettings
 from resources.tenancy import TenantId, UnknownTenantError
@@ -35,6 +36,32 @@ def get_embedder(settings: AlienSettings) -> Embedder:
     )
 
 
+_BACKENDS: dict[tuple[object, ...], Backends] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def _backends(settings: AlienSettings) -> Backends:
+    """One ``Backends`` (and so one admin connection pool) per distinct server configuration."""
+
+    def reveal(secret: object) -> object:
+        return secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+
+    key = (
+        settings.mode,
+        settings.postgres_url,
+        reveal(settings.cluster_secret),
+        settings.s3_endpoint,
+        settings.s3_access_key,
+        reveal(settings.s3_secret_key),
+        settings.s3_secure,
+        settings.s3_bucket_prefix,
+    )
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = Backends(settings)
+        return _BACKENDS[key]
+
+
 @dataclass
 class TenantStores:
     """Every store of one tenant. Built only by ``TenantRegistry.open``/``create``."""
@@ -43,7 +70,7 @@ class TenantStores:
     settings: AlienSettings
     root: Path
     catalog: Catalog
-    objects: LocalObjectStore
+    objects: ObjectStore
     vectors: SqliteVectorIndex
     keywords: SqliteKeywordIndex
     embedder: Embedder
@@ -78,26 +105,23 @@ class TenantRegistry:
     def __init__(self, settings: AlienSettings) -> None:
         self.settings = settings
         self.root = settings.tenants_dir
+        self.backends = _backends(settings)
 
     def tenant_dir(self, tenant: TenantId) -> Path:
+        """Local state of the tenant: embedded stores and locks (also in cluster mode)."""
         return self.root / TenantId(tenant)
 
     def exists(self, tenant: str) -> bool:
-        return (self.tenant_dir(TenantId(tenant)) / "catalog.db").is_file()
+        tenant = TenantId(tenant)
+        return self.backends.exists(tenant, self.tenant_dir(tenant))
 
     def list(self) -> list[TenantId]:
-        if not self.root.is_dir():
-            return []
-        out = []
-        for child in sorted(self.root.iterdir()):
-            if (child / "catalog.db").is_file():
-                with contextlib.suppress(ValueError):
-                    out.append(TenantId(child.name))
-        return out
+        return self.backends.tenants(self.root)
 
     def create(self, tenant: str) -> TenantStores:
         """Provision the tenant's stores (idempotent) and open them."""
         tenant = TenantId(tenant)
+        self.backends.provision(tenant)
         stores = self._build(tenant)
         stores.catalog.create()
         return stores
@@ -121,8 +145,8 @@ class TenantRegistry:
                 tenant=tenant,
                 settings=self.settings,
                 root=root,
-                catalog=Catalog.embedded(tenant, root / "catalog.db"),
-                objects=LocalObjectStore(root / "objects"),
+                catalog=self.backends.catalog(tenant, root),
+                objects=self.backends.objects(tenant, root),
                 vectors=SqliteVectorIndex(
                     root / "vectors.db", model=embedder.model_name, dim=embedder.dimension
                 ),
@@ -142,7 +166,8 @@ class TenantRegistry:
             stores = self._open.pop((self.root, str(tenant)), None)
         if stores is not None:
             stores.close()
+        existed = self.exists(tenant) or self.tenant_dir(tenant).exists()
+        self.backends.retire(tenant)
         path = self.tenant_dir(tenant)
-        existed = path.exists()
         shutil.rmtree(path, ignore_errors=True)
         return existed

@@ -1,0 +1,172 @@
+"""Which backend each store uses, chosen by settings, and provisioning across them.
+
+Embedded (the default) keeps everything under ``ALIEN_HOME``. In cluster mode
+(``ALIEN_MODE=cluster``) a store with its server configured uses it: the catalog PostgreSQL
+(``ALIEN_POSTGRES_URL``), objects S3 (``ALIEN_S3_ENDPOINT``). A store whose server is not
+configured falls back to its embedded backend. ``describe`` says which is which and whether
+each answers (``alien status``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from resources.catalog import Catalog
+from resources.objects import LocalObjectStore, ObjectStore
+from resources.settings import AlienSettings
+from resources.tenancy import TenantId
+
+
+class BackendConfigError(ValueError):
+    """Cluster-mode settings that cannot work together."""
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    store: str
+    backend: str
+    target: str
+    ok: bool
+    detail: str = ""
+
+
+class Backends:
+    def __init__(self, settings: AlienSettings) -> None:
+        self.settings = settings
+        self.cluster = settings.mode == "cluster"
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        if self.uses_postgres and settings.cluster_secret is None:
+            raise BackendConfigError("ALIEN_POSTGRES_URL needs ALIEN_CLUSTER_SECRET")
+
+    # -- choices -------------------------------------------------------------------------
+    @property
+    def uses_postgres(self) -> bool:
+        return self.cluster and bool(self.settings.postgres_url)
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.cluster and bool(self.settings.s3_endpoint)
+
+    @cached_property
+    def postgres(self):  # type: ignore[no-untyped-def]
+        from resources.postgres import PostgresProvisioner
+
+        secret = self.settings.cluster_secret
+        assert self.settings.postgres_url and secret is not None
+        return PostgresProvisioner(self.settings.postgres_url, secret.get_secret_value())
+
+    @cached_property
+    def s3(self):  # type: ignore[no-untyped-def]
+        from resources.s3objects import s3_client
+
+        s = self.settings
+        assert s.s3_endpoint
+        return s3_client(
+            s.s3_endpoint,
+            s.s3_access_key or "",
+            s.s3_secret_key.get_secret_value() if s.s3_secret_key else "",
+            s.s3_secure,
+        )
+
+    # -- handles -------------------------------------------------------------------------
+    def catalog(self, tenant: TenantId, root: Path) -> Catalog:
+        if self.uses_postgres:
+            from resources.postgres import tenant_engine
+
+            return Catalog(tenant, tenant_engine(self.postgres.describe(tenant).url))
+        return Catalog.embedded(tenant, root / "catalog.db")
+
+    def objects(self, tenant: TenantId, root: Path) -> ObjectStore:
+        if self.uses_s3:
+            from resources.s3objects import S3ObjectStore, bucket_name
+
+            return S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix))
+        return LocalObjectStore(root / "objects")
+
+    # -- tenants -------------------------------------------------------------------------
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        """Whether the tenant is provisioned (a server's positive answer is remembered)."""
+        if not self.uses_postgres:
+            return (root / "catalog.db").is_file()
+        if str(tenant) in self._known:
+            return True
+        found = self.postgres.exists(tenant)
+        if found:
+            with self._lock:
+                self._known.add(str(tenant))
+        return found
+
+    def tenants(self, tenants_dir: Path) -> list[TenantId]:
+        if self.uses_postgres:
+            return self.postgres.tenants()
+        if not tenants_dir.is_dir():
+            return []
+        out = []
+        for child in sorted(tenants_dir.iterdir()):
+            if (child / "catalog.db").is_file():
+                with contextlib.suppress(ValueError):
+                    out.append(TenantId(child.name))
+        return out
+
+    def provision(self, tenant: TenantId) -> None:
+        """Create the tenant's server-side stores (idempotent); embedded ones need nothing."""
+        if self.uses_postgres:
+            self.postgres.create(tenant)
+        if self.uses_s3:
+            from resources.s3objects import S3ObjectStore, bucket_name
+
+            S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix)).create()
+
+    def retire(self, tenant: TenantId) -> None:
+        """Remove the tenant's server-side stores (idempotent)."""
+        with self._lock:
+            self._known.discard(str(tenant))
+        if self.uses_s3:
+            from resources.s3objects import S3ObjectStore, bucket_name
+
+            S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix)).drop()
+        if self.uses_postgres:
+            self.postgres.drop(tenant)
+
+    # -- status --------------------------------------------------------------------------
+    def describe(self) -> list[StoreStatus]:
+        """Each store's backend and whether it answers now."""
+        s = self.settings
+        out = []
+        if self.uses_postgres:
+            out.append(_probe("catalog", "postgresql", _safe_url(s.postgres_url), self._pg_ping))
+        else:
+            out.append(_probe("catalog", "sqlite", str(s.tenants_dir), s.tenants_dir.parent.exists))
+        if self.uses_s3:
+            out.append(_probe("objects", "s3", str(s.s3_endpoint), self.s3.list_buckets))
+        else:
+            out.append(_probe("objects", "directory", str(s.tenants_dir), lambda: True))
+        out.append(_probe("vectors", "embedded", "sqlite + numpy per tenant", lambda: True))
+        out.append(_probe("keywords", "embedded", "sqlite + numpy BM25 per tenant", lambda: True))
+        return out
+
+    def _pg_ping(self) -> None:
+        from sqlalchemy import text
+
+        with self.postgres.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+def _safe_url(url: str | None) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True) if url else ""
+
+
+def _probe(store: str, backend: str, target: str, check: object) -> StoreStatus:
+    try:
+        result = check()  # type: ignore[operator]
+        ok = result is not False
+        return StoreStatus(store, backend, target, ok, "" if ok else "not reachable")
+    except Exception as err:
+        return StoreStatus(store, backend, target, False, f"{type(err).__name__}: {err}"[:300])

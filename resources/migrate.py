@@ -1,0 +1,44 @@
+"""Schema migrations of a tenant's catalog (Alembic), run per tenant database.
+
+``upgrade`` brings one catalog to the newest revision. A catalog made before migrations
+existed (tables present, no ``alembic_version``) gets the baseline's missing tables and is
+stamped at the baseline, so it is upgraded rather than recreated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BASELINE = "0001"
+
+
+def _config(connection: object) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with engine.begin() as connection:
+        tables = set(inspect(connection).get_table_names())
+        config = _config(connection)
+        if "alembic_version" not in tables and "entries" in tables:
+            from resources.catalog import Base
+
+            Base.metadata.create_all(connection)  # the baseline's tables it lacks
+            command.stamp(config, BASELINE)
+        command.upgrade(config, revision)
+
+
+def current(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

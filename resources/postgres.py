@@ -1,0 +1,132 @@
+"""PostgreSQL for the catalog in cluster mode: a database and a role per tenant.
+
+From the admin connection (``ALIEN_POSTGRES_URL``) the provisioner creates, for tenant T, the
+role ``alien_T`` (login, password derived from the cluster secret) and the database
+``alien_T`` owned by it, with ``CONNECT`` and ``TEMPORARY`` revoked from ``PUBLIC``: another
+tenant's role cannot even connect. Every step is idempotent. The tenant's catalog then
+connects as its own role through a small connection pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
+
+from resources.tenancy import TenantId
+
+PREFIX = "alien_"
+
+
+@dataclass(frozen=True)
+class TenantDatabase:
+    tenant: TenantId
+    database: str
+    role: str
+    password: str
+    url: URL  # the tenant's own connection (its role, its database)
+
+
+def sqlalchemy_url(url: str | URL) -> URL:
+    """The URL with the psycopg 3 driver (``postgresql://`` alone means psycopg2)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def identifier(tenant: TenantId) -> str:
+    """Database and role name of a tenant (tenant ids are [a-z0-9-]: safe once mapped)."""
+    return PREFIX + str(TenantId(tenant)).replace("-", "_")
+
+
+def role_password(secret: str, tenant: TenantId) -> str:
+    """The tenant role's password: derived, so nothing stores it (the operator writes it
+    into the tenant namespace's Secret)."""
+    return hmac.new(secret.encode(), f"postgres-role:{tenant}".encode(), hashlib.sha256).hexdigest()
+
+
+def tenant_engine(url: URL) -> Engine:
+    """A pooled engine for one tenant's catalog."""
+    return create_engine(
+        url,
+        pool_size=5,
+        max_overflow=5,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+class PostgresProvisioner:
+    """Creates, finds and drops tenants' databases and roles through the admin connection."""
+
+    def __init__(self, admin_url: str, secret: str) -> None:
+        self.admin_url = sqlalchemy_url(admin_url)
+        self.secret = secret
+        self.engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", pool_size=2)
+
+    def describe(self, tenant: TenantId) -> TenantDatabase:
+        name = identifier(tenant)
+        password = role_password(self.secret, tenant)
+        url = self.admin_url.set(username=name, password=password, database=name)
+        return TenantDatabase(TenantId(tenant), name, name, password, url)
+
+    def exists(self, tenant: TenantId) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": identifier(tenant)}
+            ).first()
+        return found is not None
+
+    def tenants(self) -> list[TenantId]:
+        with self.engine.connect() as conn:
+            names = conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE 'alien\\_%' ORDER BY 1")
+            ).scalars()
+            out = []
+            for name in names:
+                try:
+                    out.append(TenantId(name[len(PREFIX) :].replace("_", "-")))
+                except ValueError:
+                    continue
+            return out
+
+    def create(self, tenant: TenantId) -> TenantDatabase:
+        """Role, database and privileges for the tenant (idempotent; repairs a drifted password)."""
+        db = self.describe(tenant)
+        quoted = f'"{db.role}"'
+        with self.engine.connect() as conn:
+            role_exists = conn.execute(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": db.role}
+            ).first()
+            verb = "ALTER" if role_exists else "CREATE"
+            # DDL takes no bind parameters; the password is hex, the names are derived.
+            conn.execute(text(f"{verb} ROLE {quoted} LOGIN PASSWORD '{db.password}'"))
+            db_exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": db.database}
+            ).first()
+            if not db_exists:
+                conn.execute(text(f'CREATE DATABASE "{db.database}" OWNER {quoted}'))
+            conn.execute(text(f'REVOKE ALL ON DATABASE "{db.database}" FROM PUBLIC'))
+            conn.execute(text(f'GRANT CONNECT, TEMPORARY ON DATABASE "{db.database}" TO {quoted}'))
+        return db
+
+    def drop(self, tenant: TenantId) -> bool:
+        """Close the tenant's sessions, drop its database and role (idempotent)."""
+        db = self.describe(tenant)
+        with self.engine.connect() as conn:
+            existed = self.exists(tenant)
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": db.database},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db.database}"'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{db.role}"'))
+        return existed
+
+    def close(self) -> None:
+        self.engine.dispose()
