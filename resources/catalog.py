@@ -532,7 +532,9 @@ class Catalog:
         if dataset is not None:
             query = query.where(EntryRow.dataset == dataset)
         for key, value in metadata.items():  # narrows in SQL; the exact test is below
-            query = query.where(_metadata_equals(key, value))
+            condition = _metadata_narrowing(key, value)
+            if condition is not None:
+                query = query.where(condition)
         with self._session() as s:
             return {
                 eid
@@ -617,16 +619,16 @@ def _same(stored: Any, wanted: Any) -> bool:
     return type(stored) is type(wanted) and stored == wanted
 
 
-def _metadata_equals(key: str, value: Any) -> Any:
-    """SQL for metadata[key] == value, typed so that 1, "1" and true stay distinct."""
-    field_ = EntryRow.metadata_[key]
-    if isinstance(value, bool):
-        return field_.as_boolean() == value
-    if isinstance(value, int):
-        return field_.as_integer() == value
-    if isinstance(value, float):
-        return field_.as_float() == value
-    return field_.as_string() == str(value)
+def _metadata_narrowing(key: str, value: Any) -> Any:
+    """A SQL condition every entry with metadata[key] == value meets (None: no narrowing).
+
+    Only string values narrow in SQL: casting a JSON field that holds another type fails on
+    PostgreSQL, and SQLite compares JSON numbers and text as unequal. The exact, typed test
+    runs on the candidates in Python.
+    """
+    if isinstance(value, str):
+        return EntryRow.metadata_[key].as_string() == value
+    return None
 
 
 def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -91,6 +91,28 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         log.close()
 
 
+POSTGRES_ADMIN = os.environ.get(
+    "ALIEN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+CLUSTER_SECRET = "test-cluster-secret"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A provisioner on the machine's PostgreSQL (tests name their tenants uniquely)."""
+    from sqlalchemy.exc import OperationalError
+
+    from resources.postgres import PostgresProvisioner
+
+    provisioner = PostgresProvisioner(POSTGRES_ADMIN, CLUSTER_SECRET)
+    try:
+        provisioner.tenants()
+    except OperationalError as err:
+        pytest.skip(f"needs PostgreSQL at {POSTGRES_ADMIN}: {err.orig}")
+    yield provisioner
+    provisioner.close()
+
+
 def pdf_pages(source: Path, pages: list[int], password: str | None = None) -> bytes:
     """A new PDF made of ``pages`` (0-based) of a real PDF, optionally encrypted."""
     import pypdf
