@@ -49,8 +49,7 @@ format: install
 
 # Dagster UI and daemon (sensors) on http://127.0.0.1:3000
 dev: install
-	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -c 'from alien.runner import use_home; from resources.settings import AlienSettings; use_home(AlienSettings())'
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: install

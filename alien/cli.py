@@ -588,3 +588,28 @@ def serve(ctx: Ctx, host: str, port: int, worker: bool | None) -> None:
     use_home(ctx.settings)
     app = create_app(ctx.settings, worker=worker)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool) -> None:
+    """Which backend each store uses, and whether it answers (exit 1 if one does not)."""
+    stores = ctx.registry.backends.describe()
+    rows = [s.__dict__ for s in stores]
+    if as_json:
+        _emit({"mode": ctx.settings.mode, "stores": rows})
+    else:
+        table = Table("store", "backend", "target", "answers", "detail")
+        for r in rows:
+            table.add_row(
+                r["store"],
+                r["backend"],
+                r["target"],
+                "yes" if r["ok"] else "[red]no[/red]",
+                r["detail"],
+            )
+        out.print(f"mode: {ctx.settings.mode}")
+        out.print(table)
+    if not all(s.ok for s in stores):
+        sys.exit(1)

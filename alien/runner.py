@@ -18,11 +18,16 @@ from resources.settings import AlienSettings
 if TYPE_CHECKING:  # dagster is imported lazily: `alien search` and friends never need it
     from dagster import DagsterInstance
 
-# The embedded instance: SQLite storage under DAGSTER_HOME (Dagster's default), no telemetry.
-DAGSTER_YAML = """\
+# The instance written for ``ALIEN_HOME``: embedded, SQLite storage under DAGSTER_HOME
+# (Dagster's default); in cluster mode, run/event/schedule storage in PostgreSQL through
+# dagster-postgres. A dagster.yaml without the marker line is the user's and is left alone.
+MARKER = "# written by alien (delete this line to keep your own settings)"
+DAGSTER_YAML = f"""\
+{MARKER}
 telemetry:
   enabled: false
 """
+DAGSTER_DATABASE = "alien_dagster"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -32,9 +37,26 @@ def use_home(settings: AlienSettings) -> None:
     os.environ["ALIEN_HOME"] = str(home)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    wanted = dagster_yaml(settings)
+    if not config.exists() or (
+        config.read_text().startswith(MARKER) and config.read_text() != wanted
+    ):
+        config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+
+
+def dagster_yaml(settings: AlienSettings) -> str:
+    """The instance configuration for these settings."""
+    if settings.mode != "cluster" or not settings.postgres_url:
+        return DAGSTER_YAML
+    import json
+
+    from resources.postgres import ensure_database
+
+    url = ensure_database(settings.postgres_url, DAGSTER_DATABASE)
+    # dagster-postgres speaks psycopg2; the URL names it so SQLAlchemy does not guess.
+    dagster_url = url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return DAGSTER_YAML + f"storage:\n  postgres:\n    postgres_url: {json.dumps(dagster_url)}\n"
 
 
 def dagster_instance(settings: AlienSettings) -> DagsterInstance:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
 
 from resources.tenancy import TenantId
 
@@ -130,3 +131,19 @@ class PostgresProvisioner:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def ensure_database(admin_url: str, name: str) -> URL:
+    """A database of the cluster itself (not a tenant's), owned by the admin role; its URL."""
+    url = sqlalchemy_url(admin_url)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
+            if not found:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return url.set(database=name)
