@@ -7,12 +7,18 @@ from alien_assets.checks import PIPELINE_CHECKS
 from alien_assets.jobs import ingest_job
 from resources.dagster_resources import AlienStoresResource
 from sensors.ingestion import ingestion_sensor
+from sensors.metadata_sync import (
+    metadata_change_sensor,
+    metadata_sync_job,
+    metadata_sync_schedule,
+)
 
 defs = dg.Definitions(
     assets=PIPELINE_ASSETS,
     asset_checks=PIPELINE_CHECKS,
-    jobs=[ingest_job],
-    sensors=[ingestion_sensor],
+    jobs=[ingest_job, metadata_sync_job],
+    schedules=[metadata_sync_schedule],
+    sensors=[ingestion_sensor, metadata_change_sensor],
     # Settings (ALIEN_HOME and the rest) are read from the environment when a run starts.
     resources={"stores": AlienStoresResource()},
 )

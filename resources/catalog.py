@@ -547,6 +547,21 @@ class Catalog:
         with self._session() as s:
             return {eid: sha for eid, sha in s.execute(select(EntryRow.id, EntryRow.sha256))}
 
+    def entry_stats(self) -> list[tuple[str, str, int, int, datetime | None]]:
+        """(dataset, status, entries, bytes, latest update) per dataset and status."""
+        query = select(
+            EntryRow.dataset,
+            EntryRow.status,
+            func.count(),
+            func.coalesce(func.sum(EntryRow.size), 0),
+            func.max(EntryRow.updated_at),
+        ).group_by(EntryRow.dataset, EntryRow.status)
+        with self._session() as s:
+            return [
+                (d, st, int(n), int(b), as_utc(last) if last else None)
+                for d, st, n, b, last in s.execute(query)
+            ]
+
     def status_counts(self) -> dict[str, int]:
         with self._session() as s:
             rows = s.execute(select(EntryRow.status, func.count()).group_by(EntryRow.status))

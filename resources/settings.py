@@ -58,6 +58,14 @@ class AlienSettings(BaseSettings):
     s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint")
     s3_bucket_prefix: str = Field(default="alien", pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")
 
+    cluster_id: str = Field(default="local", description="This data cluster's name to the platform")
+    platform_url: str | None = Field(
+        default=None, description="Where metadata sync posts; unset: the outbox file only"
+    )
+    platform_token: SecretStr | None = Field(
+        default=None, description="The cluster's service credential for the platform (Bearer)"
+    )
+
     # -- Data API (``alien serve``) ------------------------------------------------------
     api_max_page_size: int = Field(default=100, ge=1, le=1000, description="List page cap")
     api_max_top_k: int = Field(default=50, ge=1, le=1000, description="Search results cap")
