@@ -19,6 +19,7 @@ from resources.catalog import Catalog
 from resources.objects import LocalObjectStore, ObjectStore
 from resources.settings import AlienSettings
 from resources.tenancy import TenantId
+from resources.vectors import SqliteVectorIndex, VectorIndex
 
 
 class BackendConfigError(ValueError):
@@ -51,6 +52,22 @@ class Backends:
     @property
     def uses_s3(self) -> bool:
         return self.cluster and bool(self.settings.s3_endpoint)
+
+    @property
+    def uses_qdrant(self) -> bool:
+        return self.cluster and bool(self.settings.qdrant_url)
+
+    @cached_property
+    def qdrant_admin(self):  # type: ignore[no-untyped-def]
+        """A client with the cluster's API key: provisioning only, never the data plane."""
+        from qdrant_client import QdrantClient
+
+        return QdrantClient(url=self.settings.qdrant_url, api_key=self._qdrant_key or None)
+
+    @property
+    def _qdrant_key(self) -> str:
+        key = self.settings.qdrant_api_key
+        return key.get_secret_value() if key else ""
 
     @cached_property
     def postgres(self):  # type: ignore[no-untyped-def]
@@ -88,6 +105,17 @@ class Backends:
             return S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix))
         return LocalObjectStore(root / "objects")
 
+    def vectors(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
+        if self.uses_qdrant:
+            from resources.qdrant import QdrantVectorIndex, collection_name
+
+            name = collection_name(tenant)
+            url = self.settings.qdrant_url or ""
+            if self._qdrant_key:  # JWT RBAC: the handle can reach this collection only
+                return QdrantVectorIndex.scoped(url, self._qdrant_key, name, model, dim)
+            return QdrantVectorIndex(self.qdrant_admin, name, model, dim)
+        return SqliteVectorIndex(root / "vectors.db", model=model, dim=dim)
+
     # -- tenants -------------------------------------------------------------------------
     def exists(self, tenant: TenantId, root: Path) -> bool:
         """Whether the tenant is provisioned (a server's positive answer is remembered)."""
@@ -113,10 +141,14 @@ class Backends:
                     out.append(TenantId(child.name))
         return out
 
-    def provision(self, tenant: TenantId) -> None:
+    def provision(self, tenant: TenantId, model: str, dim: int) -> None:
         """Create the tenant's server-side stores (idempotent); embedded ones need nothing."""
         if self.uses_postgres:
             self.postgres.create(tenant)
+        if self.uses_qdrant:
+            from resources.qdrant import QdrantVectorIndex, collection_name
+
+            QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), model, dim).create()
         if self.uses_s3:
             from resources.s3objects import S3ObjectStore, bucket_name
 
@@ -130,6 +162,10 @@ class Backends:
             from resources.s3objects import S3ObjectStore, bucket_name
 
             S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix)).drop()
+        if self.uses_qdrant:
+            from resources.qdrant import QdrantVectorIndex, collection_name
+
+            QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), "", 0).drop()
         if self.uses_postgres:
             self.postgres.drop(tenant)
 
@@ -146,7 +182,12 @@ class Backends:
             out.append(_probe("objects", "s3", str(s.s3_endpoint), self.s3.list_buckets))
         else:
             out.append(_probe("objects", "directory", str(s.tenants_dir), lambda: True))
-        out.append(_probe("vectors", "embedded", "sqlite + numpy per tenant", lambda: True))
+        if self.uses_qdrant:
+            out.append(
+                _probe("vectors", "qdrant", str(s.qdrant_url), self.qdrant_admin.get_collections)
+            )
+        else:
+            out.append(_probe("vectors", "embedded", "sqlite + numpy per tenant", lambda: True))
         out.append(_probe("keywords", "embedded", "sqlite + numpy BM25 per tenant", lambda: True))
         return out
 

@@ -57,6 +57,10 @@ class AlienSettings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint")
     s3_bucket_prefix: str = Field(default="alien", pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")
+    qdrant_url: str | None = Field(default=None, description="e.g. http://qdrant:6333")
+    qdrant_api_key: SecretStr | None = Field(
+        default=None, description="The cluster's key: provisions, and signs per-tenant JWTs"
+    )
 
     cluster_id: str = Field(default="local", description="This data cluster's name to the platform")
     platform_url: str | None = Field(

@@ -21,7 +21,7 @@ from resources.objects import ObjectStore
 from resources.ocr import TesseractOcr
 from resources.settings import AlienSettings
 from resources.tenancy import TenantId, UnknownTenantError
-from resources.vectors import SqliteVectorIndex
+from resources.vectors import VectorIndex
 
 
 @lru_cache(maxsize=4)
@@ -71,7 +71,7 @@ class TenantStores:
     root: Path
     catalog: Catalog
     objects: ObjectStore
-    vectors: SqliteVectorIndex
+    vectors: VectorIndex
     keywords: SqliteKeywordIndex
     embedder: Embedder
     ocr: TesseractOcr
@@ -121,7 +121,8 @@ class TenantRegistry:
     def create(self, tenant: str) -> TenantStores:
         """Provision the tenant's stores (idempotent) and open them."""
         tenant = TenantId(tenant)
-        self.backends.provision(tenant)
+        embedder = get_embedder(self.settings)
+        self.backends.provision(tenant, embedder.model_name, embedder.dimension)
         stores = self._build(tenant)
         stores.catalog.create()
         return stores
@@ -147,8 +148,8 @@ class TenantRegistry:
                 root=root,
                 catalog=self.backends.catalog(tenant, root),
                 objects=self.backends.objects(tenant, root),
-                vectors=SqliteVectorIndex(
-                    root / "vectors.db", model=embedder.model_name, dim=embedder.dimension
+                vectors=self.backends.vectors(
+                    tenant, root, embedder.model_name, embedder.dimension
                 ),
                 keywords=SqliteKeywordIndex(
                     root / "keywords.db", analyzer=get_analyzer(self.settings.stemmer_language)

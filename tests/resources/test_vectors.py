@@ -1,7 +1,17 @@
+"""Contract tests of the vector index: the embedded engine, the Qdrant backend on Qdrant's own
+local mode, and on a Qdrant server when ALIEN_TEST_QDRANT_URL names one."""
+
+import os
+import uuid
+
 import numpy as np
 import pytest
 
+from resources.qdrant import QdrantVectorIndex, tenant_token
 from resources.vectors import SqliteVectorIndex, VectorDimensionError, VectorPoint
+
+QDRANT_URL = os.environ.get("ALIEN_TEST_QDRANT_URL")
+QDRANT_KEY = os.environ.get("ALIEN_TEST_QDRANT_API_KEY")
 
 DIM = 8
 
@@ -17,9 +27,35 @@ def _points(entry: str, seeds, dataset="default"):
     ]
 
 
-@pytest.fixture
-def index(tmp_path):
-    return SqliteVectorIndex(tmp_path / "vectors.db", model="m", dim=DIM)
+@pytest.fixture(params=["embedded", "qdrant-local", "qdrant-server"])
+def index(request, tmp_path):
+    if request.param == "embedded":
+        yield SqliteVectorIndex(tmp_path / "vectors.db", model="m", dim=DIM)
+        return
+    from qdrant_client import QdrantClient
+
+    if request.param == "qdrant-local":
+        client = QdrantClient(location=":memory:")
+    elif QDRANT_URL is None:
+        pytest.skip("needs a Qdrant server: set ALIEN_TEST_QDRANT_URL (and _API_KEY)")
+    else:
+        client = QdrantClient(url=QDRANT_URL, api_key=QDRANT_KEY)
+    qdrant = QdrantVectorIndex(client, f"alien-test-{uuid.uuid4().hex[:10]}", model="m", dim=DIM)
+    assert qdrant.create() is True
+    assert qdrant.create() is False  # idempotent
+    if request.param == "qdrant-server" and QDRANT_KEY:
+        # The data plane works with a token scoped to this one collection.
+        scoped = QdrantClient(url=QDRANT_URL, api_key=tenant_token(QDRANT_KEY, qdrant.collection))
+        qdrant = QdrantVectorIndex(scoped, qdrant.collection, "m", DIM)
+    yield qdrant
+    QdrantVectorIndex(client, qdrant.collection, "m", DIM).drop()
+
+
+def reopen(index, model="m"):
+    """Another handle on the same collection (another process, in production)."""
+    if isinstance(index, SqliteVectorIndex):
+        return SqliteVectorIndex(index.path, model=model, dim=DIM)
+    return QdrantVectorIndex(index.client, index.collection, model, DIM)
 
 
 def test_search_returns_nearest_with_payload(index):
@@ -51,10 +87,9 @@ def test_delete_and_dataset_filter(index):
     assert index.counts_by_entry() == {"e1": 2}
 
 
-def test_other_handles_catch_up_incrementally(tmp_path):
+def test_other_handles_catch_up_incrementally(index):
     """A second handle (another process in production) sees upserts and deletes."""
-    writer = SqliteVectorIndex(tmp_path / "v.db", model="m", dim=DIM)
-    reader = SqliteVectorIndex(tmp_path / "v.db", model="m", dim=DIM)
+    writer, reader = index, reopen(index)
     writer.replace_entry("e1", _points("e1", [1, 2]))
     assert {h.id for h in reader.search(_unit(1), 10)} == {"e1-0", "e1-1"}
     writer.replace_entry("e2", _points("e2", [3]))
@@ -64,13 +99,13 @@ def test_other_handles_catch_up_incrementally(tmp_path):
     assert {h.id for h in reader.search(_unit(1), 10)} == {"e1-0", "e2-0"}
 
 
-def test_dimension_and_model_are_enforced(tmp_path, index):
+def test_dimension_and_model_are_enforced(index):
     with pytest.raises(VectorDimensionError):
         index.replace_entry("e1", [VectorPoint("p", np.ones(3), "e1", "d", 0, 1)])
     with pytest.raises(VectorDimensionError):
         index.search(np.ones(3), 5)
     index.replace_entry("e1", _points("e1", [1]))
-    other = SqliteVectorIndex(tmp_path / "vectors.db", model="other-model", dim=DIM)
+    other = reopen(index, model="other-model")
     other.replace_entry("e2", _points("e2", [2]))
     assert index.models() == {("m", DIM): 1, ("other-model", DIM): 1}
     # A handle searches only vectors of its own model.
