@@ -36,6 +36,13 @@ document = st.fixed_dictionaries(
 )  # fmt: skip
 
 
+# What the payload is made of besides the generated data: keys, statuses, names, numbers.
+VOCABULARY = " ".join(
+    [SCHEMA, "schema cluster messages id generated_at datasets", *SNAPSHOT_FIELDS,
+     *EntryStatus.ALL, "default contracts prop-tenant cluster-1 true false null"]
+)  # fmt: skip
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=st.lists(document, min_size=1, max_size=6))
 def test_payload_never_carries_content_names_or_keys(docs: list[dict]) -> None:
@@ -65,6 +72,8 @@ def test_payload_never_carries_content_names_or_keys(docs: list[dict]) -> None:
         registry.drop("prop-tenant")
     wire = json.dumps(body, ensure_ascii=False)
     for value in secrets:
+        if value in VOCABULARY or set(value) <= set("0123456789-:T.+ "):
+            continue  # it could appear only as the payload's own structure or a number
         assert value not in wire and json.dumps(value)[1:-1] not in wire
     assert body["schema"] == SCHEMA
     for message in body["messages"]:
