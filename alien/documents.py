@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Literal
 
 from sqlalchemy.exc import IntegrityError
 
-from alien.layout import derived_keys, raw_key
+from alien.layout import derived_keys, figures_prefix, raw_key
 from resources.catalog import Entry, EntryStatus
 from resources.extract import detect_media_type
 from resources.stores import TenantStores
@@ -259,6 +259,7 @@ def remove_derived(stores: TenantStores, entry_id: str) -> None:
     stores.keywords.delete_entries([entry_id])
     for key in derived_keys(entry_id):
         stores.objects.delete(key)
+    stores.objects.delete_prefix(figures_prefix(entry_id))
 
 
 def delete_entry(stores: TenantStores, entry_id: str) -> bool:

@@ -1,5 +1,7 @@
 """Where a tenant's objects live in its object store. Keys are made here, never from user input."""
 
+import re
+
 INBOX = "inbox/"
 
 
@@ -19,6 +21,16 @@ def chunks_key(entry_id: str) -> str:
 
 def embeddings_key(entry_id: str) -> str:
     return f"derived/embeddings/{entry_id}.npy"
+
+
+def figures_prefix(entry_id: str) -> str:
+    """Figures an OCR service extracted from the entry (``derived/figures/<entry>/<id>``)."""
+    return f"derived/figures/{entry_id}/"
+
+
+def figure_key(entry_id: str, figure_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", figure_id).lstrip(".") or "figure"
+    return figures_prefix(entry_id) + safe[:200]
 
 
 def derived_keys(entry_id: str) -> tuple[str, ...]:

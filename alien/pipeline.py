@@ -27,11 +27,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from alien.documents import register_source
-from alien.layout import INBOX, chunks_key, embeddings_key, raw_key, text_key
+from alien.layout import (
+    INBOX,
+    chunks_key,
+    embeddings_key,
+    figure_key,
+    figures_prefix,
+    raw_key,
+    text_key,
+)
 from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
 from resources.chunking import Chunk, chunk_pages
-from resources.extract import ExtractionError, PageText, extract_pages
+from resources.extract import IMAGE_TYPES, PDF, ExtractionError, PageText, extract_pages
 from resources.keywords import KeywordDoc
+from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
+from resources.settings import AlienSettings
 from resources.stores import TenantStores
 from resources.vectors import VectorPoint
 
@@ -209,13 +219,28 @@ def read_pages(stores: TenantStores, entry_id: str) -> list[PageText]:
     return [PageText(p["page"], p["text"], p["method"]) for p in data["pages"]]
 
 
+def _mistral(settings: AlienSettings) -> MistralOcr | None:
+    """This run's Mistral OCR, with a fresh page budget, when ``ALIEN_OCR=mistral``."""
+    if settings.ocr != "mistral":
+        return None
+    if settings.mistral_api_key is None:
+        raise ValueError("ALIEN_OCR=mistral needs MISTRAL_API_KEY")
+    return MistralOcr(
+        settings.mistral_api_key.get_secret_value(),
+        settings.mistral_ocr_model,
+        settings.ocr_max_pages_per_run,
+    )
+
+
 def run_ocr_output(
     stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
 ) -> StepReport:
     started = time.perf_counter()
     report = StepReport(TEXT)
     settings = stores.settings
-    config = f"ocr={stores.ocr.name}:{settings.ocr_languages}:{settings.ocr_dpi}"
+    mistral = _mistral(settings)
+    engine = f"mistral:{settings.mistral_ocr_model}" if mistral else stores.ocr.name
+    config = f"ocr={engine}:{settings.ocr_languages}:{settings.ocr_dpi}"
     with stores.lock(TEXT):
         plan = _plan(stores, TEXT, _upstream_of(stores, RAW), config, full_refresh)
         stores.catalog.set_status([eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING)
@@ -226,15 +251,26 @@ def run_ocr_output(
                 continue
             try:
                 with stores.objects.local_path(entry.object_key) as path:
-                    pages = list(
-                        extract_pages(
-                            path,
-                            entry.media_type,
-                            ocr=stores.ocr,
-                            ocr_dpi=settings.ocr_dpi,
-                            max_text_bytes=settings.max_text_bytes,
+                    if mistral is not None and entry.media_type in (PDF, *IMAGE_TYPES):
+                        result = mistral.process(path, entry.media_type)
+                        pages = result.pages
+                        stores.objects.delete_prefix(figures_prefix(eid))
+                        for figure in result.figures:
+                            stores.objects.put_bytes(figure_key(eid, figure.id), figure.data)
+                    else:
+                        pages = list(
+                            extract_pages(
+                                path,
+                                entry.media_type,
+                                ocr=stores.ocr,
+                                ocr_dpi=settings.ocr_dpi,
+                                max_text_bytes=settings.max_text_bytes,
+                            )
                         )
-                    )
+            except OcrBudgetExceeded as err:  # left pending: the next run has a new budget
+                stores.catalog.set_status([eid], EntryStatus.PENDING, str(err))
+                report.details["deferred"] = report.details.get("deferred", 0) + 1
+                continue
             except ExtractionError as err:
                 _fail(stores, TEXT, eid, input_hash, sha, str(err))
                 report.failed += 1

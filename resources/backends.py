@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from resources.analysis import Analyzer
 from resources.catalog import Catalog
+from resources.keywords import KeywordIndex, SqliteKeywordIndex
 from resources.objects import LocalObjectStore, ObjectStore
 from resources.settings import AlienSettings
 from resources.tenancy import TenantId
@@ -52,6 +54,22 @@ class Backends:
     @property
     def uses_s3(self) -> bool:
         return self.cluster and bool(self.settings.s3_endpoint)
+
+    @property
+    def uses_meili(self) -> bool:
+        return self.cluster and bool(self.settings.meili_url)
+
+    @property
+    def _meili_master(self) -> str:
+        key = self.settings.meili_master_key
+        return key.get_secret_value() if key else ""
+
+    @cached_property
+    def meili_admin(self):  # type: ignore[no-untyped-def]
+        """A client with the master key: provisioning only."""
+        import meilisearch
+
+        return meilisearch.Client(self.settings.meili_url, self._meili_master or None)
 
     @property
     def uses_qdrant(self) -> bool:
@@ -116,6 +134,22 @@ class Backends:
             return QdrantVectorIndex(self.qdrant_admin, name, model, dim)
         return SqliteVectorIndex(root / "vectors.db", model=model, dim=dim)
 
+    def keywords(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
+        if self.uses_meili:
+            import meilisearch
+
+            from resources.meili import MeiliKeywordIndex, derive_key, index_name, key_uid
+
+            name = index_name(tenant)
+            # The data plane holds the tenant's scoped key, derived, never the master key.
+            key = (
+                derive_key(self._meili_master, key_uid(name, external=False))
+                if (self._meili_master)
+                else None
+            )
+            return MeiliKeywordIndex(meilisearch.Client(self.settings.meili_url, key), name)
+        return SqliteKeywordIndex(root / "keywords.db", analyzer=analyzer)
+
     # -- tenants -------------------------------------------------------------------------
     def exists(self, tenant: TenantId, root: Path) -> bool:
         """Whether the tenant is provisioned (a server's positive answer is remembered)."""
@@ -149,6 +183,13 @@ class Backends:
             from resources.qdrant import QdrantVectorIndex, collection_name
 
             QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), model, dim).create()
+        if self.uses_meili:
+            from resources.meili import MeiliKeywordIndex, index_name
+
+            index = MeiliKeywordIndex(self.meili_admin, index_name(tenant))
+            index.create()
+            if self._meili_master:
+                index.create_key(external=False)
         if self.uses_s3:
             from resources.s3objects import S3ObjectStore, bucket_name
 
@@ -166,6 +207,10 @@ class Backends:
             from resources.qdrant import QdrantVectorIndex, collection_name
 
             QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), "", 0).drop()
+        if self.uses_meili:
+            from resources.meili import MeiliKeywordIndex, index_name
+
+            MeiliKeywordIndex(self.meili_admin, index_name(tenant)).drop()
         if self.uses_postgres:
             self.postgres.drop(tenant)
 
@@ -188,7 +233,12 @@ class Backends:
             )
         else:
             out.append(_probe("vectors", "embedded", "sqlite + numpy per tenant", lambda: True))
-        out.append(_probe("keywords", "embedded", "sqlite + numpy BM25 per tenant", lambda: True))
+        if self.uses_meili:
+            out.append(_probe("keywords", "meilisearch", str(s.meili_url), self.meili_admin.health))
+        else:
+            out.append(
+                _probe("keywords", "embedded", "sqlite + numpy BM25 per tenant", lambda: True)
+            )
         return out
 
     def _pg_ping(self) -> None:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,20 @@ class AlienSettings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint")
     s3_bucket_prefix: str = Field(default="alien", pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")
+    ocr: Literal["local", "mistral"] = Field(
+        default="local", description="local: text layer + Tesseract; mistral: Mistral OCR"
+    )
+    mistral_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MISTRAL_API_KEY", "ALIEN_MISTRAL_API_KEY")
+    )
+    mistral_ocr_model: str = Field(default="mistral-ocr-latest")
+    ocr_max_pages_per_run: int = Field(
+        default=500, ge=1, description="Spend limit: pages sent to Mistral OCR per run"
+    )
+    meili_url: str | None = Field(default=None, description="e.g. http://meilisearch:7700")
+    meili_master_key: SecretStr | None = Field(
+        default=None, description="Provisions indexes and derives each tenant's scoped key"
+    )
     qdrant_url: str | None = Field(default=None, description="e.g. http://qdrant:6333")
     qdrant_api_key: SecretStr | None = Field(
         default=None, description="The cluster's key: provisions, and signs per-tenant JWTs"

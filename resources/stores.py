@@ -16,7 +16,7 @@ from resources.analysis import get_analyzer
 from resources.backends import Backends
 from resources.catalog import Catalog
 from resources.embedder import Embedder
-from resources.keywords import SqliteKeywordIndex
+from resources.keywords import KeywordIndex
 from resources.objects import ObjectStore
 from resources.ocr import TesseractOcr
 from resources.settings import AlienSettings
@@ -72,7 +72,7 @@ class TenantStores:
     catalog: Catalog
     objects: ObjectStore
     vectors: VectorIndex
-    keywords: SqliteKeywordIndex
+    keywords: KeywordIndex
     embedder: Embedder
     ocr: TesseractOcr
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
@@ -151,8 +151,8 @@ class TenantRegistry:
                 vectors=self.backends.vectors(
                     tenant, root, embedder.model_name, embedder.dimension
                 ),
-                keywords=SqliteKeywordIndex(
-                    root / "keywords.db", analyzer=get_analyzer(self.settings.stemmer_language)
+                keywords=self.backends.keywords(
+                    tenant, root, get_analyzer(self.settings.stemmer_language)
                 ),
                 embedder=embedder,
                 ocr=TesseractOcr(self.settings.ocr_languages),
