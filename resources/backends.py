@@ -239,7 +239,27 @@ class Backends:
             out.append(
                 _probe("keywords", "embedded", "sqlite + numpy BM25 per tenant", lambda: True)
             )
+        if s.ocr == "mistral":
+            out.append(
+                _probe("ocr", "mistral", s.mistral_ocr_model, lambda: s.mistral_api_key is not None)
+            )
+        else:
+            from resources.ocr import TesseractOcr
+
+            out.append(_probe("ocr", "local", "pdfium + tesseract", TesseractOcr.available))
+        if s.platform_url:
+            out.append(
+                _probe("platform", "http", s.platform_url, lambda: self._reach(s.platform_url))
+            )
+        else:
+            out.append(_probe("platform", "outbox", str(s.system_dir / "outbox.db"), lambda: True))
         return out
+
+    @staticmethod
+    def _reach(url: str | None) -> None:
+        import httpx
+
+        httpx.get(url or "", timeout=5)  # any HTTP answer means it is reachable
 
     def _pg_ping(self) -> None:
         from sqlalchemy import text

@@ -65,8 +65,10 @@ def test_ingest_search_delete_rerun_in_cluster_mode(
     assert {s["store"]: s["backend"] for s in status["stores"]} == {
         "catalog": "postgresql",
         "objects": "s3",
-        "vectors": "embedded",
-        "keywords": "embedded",
+        "vectors": "embedded",  # no Qdrant URL: the embedded backend
+        "keywords": "embedded",  # no Meilisearch URL: the embedded backend
+        "ocr": "local",
+        "platform": "outbox",
     }
     assert all(s["ok"] for s in status["stores"])
     try:
