@@ -65,6 +65,7 @@ def index_settings() -> dict[str, Any]:
             "minWordSizeForTypos": {"oneTypo": one, "twoTypos": two},
         },
         "pagination": {"maxTotalHits": 10_000},
+        "faceting": {"maxValuesPerFacet": 100, "sortFacetValuesBy": {"*": "count"}},
     }
 
 

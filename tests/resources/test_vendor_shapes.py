@@ -72,6 +72,7 @@ def test_meilisearch_settings_are_explicit_and_match_the_embedded_typo_rule() ->
         "displayedAttributes",
         "typoTolerance",
         "pagination",
+        "faceting",
     }
     sizes = settings["typoTolerance"]["minWordSizeForTypos"]
     assert (sizes["oneTypo"], sizes["twoTypos"]) == (5, 9)
