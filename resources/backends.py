@@ -55,6 +55,19 @@ class Backends:
     def uses_s3(self) -> bool:
         return self.cluster and bool(self.settings.s3_endpoint)
 
+    @cached_property
+    def minio_admin(self):  # type: ignore[no-untyped-def]
+        from minio.credentials import StaticProvider
+        from minio.minioadmin import MinioAdmin
+
+        s = self.settings
+        secret = s.s3_secret_key.get_secret_value() if s.s3_secret_key else ""
+        return MinioAdmin(
+            endpoint=s.s3_endpoint or "",
+            credentials=StaticProvider(s.s3_access_key or "", secret),
+            secure=s.s3_secure,
+        )
+
     @property
     def uses_meili(self) -> bool:
         return self.cluster and bool(self.settings.meili_url)
@@ -191,9 +204,19 @@ class Backends:
             if self._meili_master:
                 index.create_key(external=False)
         if self.uses_s3:
+            from resources.minio_tenancy import apply_bucket_policy, provision_tenant_user
             from resources.s3objects import S3ObjectStore, bucket_name
 
-            S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix)).create()
+            bucket = bucket_name(tenant, self.settings.s3_bucket_prefix)
+            S3ObjectStore(self.s3, bucket).create()
+            apply_bucket_policy(self.s3, bucket, require_tls=self.settings.s3_secure)
+            if self.settings.s3_minio_admin and self.settings.cluster_secret is not None:
+                provision_tenant_user(
+                    self.minio_admin,
+                    tenant,
+                    self.settings.cluster_secret.get_secret_value(),
+                    self.settings.s3_bucket_prefix,
+                )
 
     def retire(self, tenant: TenantId) -> None:
         """Remove the tenant's server-side stores (idempotent)."""
@@ -203,6 +226,10 @@ class Backends:
             from resources.s3objects import S3ObjectStore, bucket_name
 
             S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix)).drop()
+            if self.settings.s3_minio_admin:
+                from resources.minio_tenancy import retire_tenant_user
+
+                retire_tenant_user(self.minio_admin, tenant, self.settings.s3_bucket_prefix)
         if self.uses_qdrant:
             from resources.qdrant import QdrantVectorIndex, collection_name
 

@@ -56,6 +56,10 @@ class AlienSettings(BaseSettings):
     s3_access_key: str | None = None
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint")
+    s3_minio_admin: bool = Field(
+        default=False,
+        description="The S3 endpoint is MinIO: give each tenant its own user and IAM policy",
+    )
     s3_bucket_prefix: str = Field(default="alien", pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")
     ocr: Literal["local", "mistral"] = Field(
         default="local", description="local: text layer + Tesseract; mistral: Mistral OCR"
