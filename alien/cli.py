@@ -316,6 +316,50 @@ def tenants(ctx: Ctx, as_json: bool) -> None:
             out.print(name)
 
 
+@main.group()
+def tenant() -> None:
+    """Provision and retire a tenant's stores (what the operator does, minus Kubernetes)."""
+
+
+@tenant.command(name="create")
+@click.argument("tenant_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
+    """Provision every store of TENANT_ID and register its Dagster partition (idempotent)."""
+    from alien.runner import register_partition
+
+    name = _tenant(tenant_id)
+    existed = ctx.registry.exists(name)
+    ctx.registry.create(name)
+    register_partition(ctx.settings, name)
+    stores = {s.store: s.backend for s in ctx.registry.backends.describe()}
+    if as_json:
+        _emit({"tenant": name, "created": not existed, "stores": stores})
+    else:
+        err.print(f"tenant {name} {'exists' if existed else 'created'}: {stores}")
+
+
+@tenant.command(name="delete")
+@click.argument("tenant_id")
+@click.option(
+    "--retain", is_flag=True, help="Keep the stores and their data; only retire the partition."
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None:
+    """Retire TENANT_ID: remove its stores (unless --retain) and its partition (idempotent)."""
+    from alien.runner import unregister_partition
+
+    name = _tenant(tenant_id)
+    removed = False if retain else ctx.registry.drop(name)
+    unregister_partition(ctx.settings, name)
+    if as_json:
+        _emit({"tenant": name, "data_removed": removed, "retained": retain})
+    else:
+        err.print(f"tenant {name} retired ({'data retained' if retain else 'data removed'})")
+
+
 # -- eval, demo ------------------------------------------------------------------------------
 @main.command(name="eval")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -74,6 +74,14 @@ def register_partition(settings: AlienSettings, tenant: str) -> None:
         instance.add_dynamic_partitions(TENANTS, [tenant])
 
 
+def unregister_partition(settings: AlienSettings, tenant: str) -> None:
+    from alien_assets.partitions import TENANTS
+
+    instance = dagster_instance(settings)
+    if instance.has_dynamic_partition(TENANTS, tenant):
+        instance.delete_dynamic_partition(TENANTS, tenant)
+
+
 @dataclass
 class RunOutcome:
     run_id: str | None
