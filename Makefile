@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(ALIEN_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps demo test test-fast lint format dev bench eval clean
+.PHONY: install system-deps demo test test-fast lint format dev bench eval manifests clean
 
 # Debian's tesseract reads scanned pages; installed once if missing (root, as on CI).
 system-deps:
@@ -57,6 +57,10 @@ bench: install
 
 eval: install
 	$(BIN)/alien eval ../shared/data/cranfield
+
+# The operator's CRD, RBAC and Deployment YAML, generated from resources/kube.py
+manifests: install
+	$(BIN)/python -m resources.kube operator
 
 clean:
 	rm -rf .alien .pytest_cache .ruff_cache

@@ -360,6 +360,20 @@ def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None
         err.print(f"tenant {name} retired ({'data retained' if retain else 'data removed'})")
 
 
+@tenant.command(name="manifests")
+@click.argument("tenant_id")
+@click.option("--display-name", default="")
+@click.option("--retention", type=click.Choice(["delete", "retain"]), default="delete")
+@click.option("--image", default=None, help="Data API image (default: the release's).")
+def tenant_manifests(tenant_id: str, display_name: str, retention: str, image: str | None) -> None:
+    """Print, as YAML, the Kubernetes objects the operator creates for TENANT_ID (Secrets by
+    key name only, never values): for GitOps and for review."""
+    from resources.kube import IMAGE, TenantSpec, tenant_objects, to_yaml
+
+    spec = TenantSpec(tenantId=_tenant(tenant_id), displayName=display_name, retention=retention)
+    click.echo(to_yaml(tenant_objects(spec, image=image or IMAGE)), nl=False)
+
+
 # -- eval, demo ------------------------------------------------------------------------------
 @main.command(name="eval")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))

@@ -1,0 +1,99 @@
+"""Every generated Kubernetes object, and the CRD, validate offline against the schemas of a
+current Kubernetes; the shipped YAML is what the code generates; a Tenant validates against
+the CRD's own schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from alien.cli import main
+from resources.kube import (
+    SECRET_KEYS,
+    TenantSpec,
+    crd,
+    operator_deployment,
+    operator_rbac,
+    shipped,
+    tenant_objects,
+)
+
+K8S = "1.33"
+OPERATOR = Path(__file__).resolve().parents[1] / "operator"
+SPEC = TenantSpec.model_validate(
+    {
+        "tenantId": "acme",
+        "displayName": "ACME Corp",
+        "quotas": {"storageBytes": 5 * 1024**3, "entries": 50_000, "ocrPagesPerMonth": 2_000},
+        "retention": "retain",
+        "features": {"mistralOcr": True},
+    }
+)
+
+
+def _all_objects() -> list[dict]:
+    return [crd(), *operator_rbac(), operator_deployment(), *tenant_objects(SPEC)]
+
+
+@pytest.mark.parametrize(
+    "obj", _all_objects(), ids=lambda o: f"{o['kind']}/{o['metadata']['name']}"
+)
+def test_object_validates_against_kubernetes_schemas(obj: dict) -> None:
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def test_an_invalid_object_is_caught() -> None:
+    """The validation can fail: a Deployment with a misspelt field does."""
+    broken = operator_deployment()
+    broken["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S, strict=True)
+
+
+def test_shipped_yaml_is_what_the_code_generates() -> None:
+    for name, objects in shipped().items():
+        on_disk = [d for d in yaml.safe_load_all((OPERATOR / name).read_text()) if d]
+        assert on_disk == objects, f"operator/{name} is stale: run `make manifests`"
+
+
+def test_tenants_validate_against_the_crd_schema() -> None:
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    good = {"apiVersion": "alien.ai/v1", "kind": "Tenant", "metadata": {"name": "acme"},
+            "spec": SPEC.model_dump(by_alias=True)}  # fmt: skip
+    jsonschema.validate(good, schema)
+    for bad_spec in ({"tenantId": "Bad_Id"}, {"tenantId": "acme", "retention": "archive"},
+                     {"tenantId": "acme", "quotas": {"entries": -1}}, {}):  # fmt: skip
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**good, "spec": bad_spec}, schema)
+
+
+def test_tenant_objects_are_isolating() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in tenant_objects(SPEC)}
+    namespace = SPEC.namespace()
+    assert all(o["metadata"].get("namespace", namespace) == namespace for o in objects.values())
+    deny = objects[("NetworkPolicy", "default-deny")]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    secret = objects[("Secret", "alien-tenant-credentials")]
+    assert "data" not in secret and "stringData" not in secret
+    assert secret["metadata"]["annotations"]["alien.ai/keys"].split(",") == list(SECRET_KEYS)
+    quota = objects[("ResourceQuota", "alien-tenant-quota")]["spec"]["hard"]
+    assert quota["requests.storage"] == str(5 * 1024**3)
+    pod = objects[("Deployment", "alien-data-api")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_alien_tenant_manifests_prints_the_objects_without_secret_values() -> None:
+    result = CliRunner().invoke(main, ["tenant", "manifests", "acme", "--retention", "retain"])
+    assert result.exit_code == 0, result.output
+    docs = [d for d in yaml.safe_load_all(result.output) if d]
+    assert [d["kind"] for d in docs] == [o["kind"] for o in tenant_objects(SPEC)]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S, strict=True)
+        if doc["kind"] == "Secret":
+            assert "data" not in doc and "stringData" not in doc
