@@ -188,22 +188,29 @@ class Backends:
                     out.append(TenantId(child.name))
         return out
 
+    STORES = ("catalog", "objects", "vectors", "keywords")
+
     def provision(self, tenant: TenantId, model: str, dim: int) -> None:
         """Create the tenant's server-side stores (idempotent); embedded ones need nothing."""
-        if self.uses_postgres:
+        for store in self.STORES:
+            self.provision_store(store, tenant, model, dim)
+
+    def provision_store(self, store: str, tenant: TenantId, model: str, dim: int) -> bool:
+        """Create one store's server-side part (idempotent); False when it is embedded."""
+        if store == "catalog" and self.uses_postgres:
             self.postgres.create(tenant)
-        if self.uses_qdrant:
+        elif store == "vectors" and self.uses_qdrant:
             from resources.qdrant import QdrantVectorIndex, collection_name
 
             QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), model, dim).create()
-        if self.uses_meili:
+        elif store == "keywords" and self.uses_meili:
             from resources.meili import MeiliKeywordIndex, index_name
 
             index = MeiliKeywordIndex(self.meili_admin, index_name(tenant))
             index.create()
             if self._meili_master:
                 index.create_key(external=False)
-        if self.uses_s3:
+        elif store == "objects" and self.uses_s3:
             from resources.minio_tenancy import apply_bucket_policy, provision_tenant_user
             from resources.s3objects import S3ObjectStore, bucket_name
 
@@ -217,6 +224,39 @@ class Backends:
                     self.settings.cluster_secret.get_secret_value(),
                     self.settings.s3_bucket_prefix,
                 )
+        elif store not in self.STORES:
+            raise ValueError(f"unknown store {store!r}")
+        else:
+            return False
+        return True
+
+    def store_exists(self, store: str, tenant: TenantId, root: Path) -> bool:
+        """Whether the tenant's part of ``store`` is there (drift checks); asks the server."""
+        if store == "catalog":
+            if self.uses_postgres:
+                return self.postgres.exists(tenant)
+            return (root / "catalog.db").is_file()
+        if store == "objects":
+            if self.uses_s3:
+                from resources.s3objects import bucket_name
+
+                return bool(
+                    self.s3.bucket_exists(bucket_name(tenant, self.settings.s3_bucket_prefix))
+                )
+            return (root / "objects").is_dir()
+        if store == "vectors":
+            if self.uses_qdrant:
+                from resources.qdrant import collection_name
+
+                return bool(self.qdrant_admin.collection_exists(collection_name(tenant)))
+            return (root / "vectors.db").is_file()
+        if store == "keywords":
+            if self.uses_meili:
+                from resources.meili import MeiliKeywordIndex, index_name
+
+                return MeiliKeywordIndex(self.meili_admin, index_name(tenant)).exists()
+            return (root / "keywords.db").is_file()
+        raise ValueError(f"unknown store {store!r}")
 
     def retire(self, tenant: TenantId) -> None:
         """Remove the tenant's server-side stores (idempotent)."""

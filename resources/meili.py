@@ -132,6 +132,15 @@ class MeiliKeywordIndex:
         self._wait(self.index.update_settings(index_settings()))
         return created
 
+    def exists(self) -> bool:
+        try:
+            self.client.get_index(self.name)
+        except MeilisearchApiError as err:
+            if err.code == "index_not_found":
+                return False
+            raise
+        return True
+
     def drop(self) -> bool:
         try:
             self._wait(self.client.delete_index(self.name))

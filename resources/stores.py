@@ -127,6 +127,17 @@ class TenantRegistry:
         stores.catalog.create()
         return stores
 
+    def forget(self, tenant: str) -> None:
+        """Close and drop this process's handles of the tenant (the next use reopens)."""
+        with self._guard:
+            stores = self._open.pop((self.root, str(TenantId(tenant))), None)
+        if stores is not None:
+            stores.close()
+
+    def handles(self, tenant: str) -> TenantStores:
+        """The tenant's handles without checking that it is provisioned (provisioning only)."""
+        return self._build(TenantId(tenant))
+
     def open(self, tenant: str) -> TenantStores:
         tenant = TenantId(tenant)
         if not self.exists(tenant):

@@ -1,0 +1,124 @@
+"""kopf handlers of the Tenant resource: thin, each calling ``resources/provisioning.py``.
+
+Run with ``kopf run --standalone operator/handlers.py`` (loaded by path: there is no Python
+package named ``operator``). Creating, resuming or changing a Tenant registers one sub-handler
+per store with a stable id, so kopf records each one's completion in the object's status and
+a retry never repeats finished work. A store that cannot be reached is a
+``kopf.TemporaryError`` with a delay, never a sleep; its condition says why while the others
+proceed. A timer re-checks every store and recreates what drifted away; deletion retires the
+tenant per ``spec.retention`` behind kopf's finalizer.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import kopf
+
+from resources.kube import GROUP, PLURAL, VERSION, TenantSpec
+from resources.provisioning import STEPS, check_tenant, provision_step, retire_tenant
+from resources.settings import AlienSettings
+
+RETRY_DELAY = 30
+DRIFT_INTERVAL = 300
+
+
+def _settings() -> AlienSettings:
+    return AlienSettings()
+
+
+def _spec(spec: Any) -> TenantSpec:
+    try:
+        return TenantSpec.model_validate(dict(spec))
+    except ValueError as err:  # the CRD schema should have refused it already
+        raise kopf.PermanentError(f"invalid Tenant spec: {err}") from None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _store_state(ok: bool, reason: str, message: str) -> dict[str, str]:
+    return {"status": "True" if ok else "False", "reason": reason, "message": message[:500],
+            "lastTransitionTime": _now()}  # fmt: skip
+
+
+def conditions(stores: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """One condition per store (``CatalogReady``, ...) and ``Ready`` when all are True."""
+    out = [
+        {"type": f"{step.capitalize()}Ready", **stores[step]} for step in STEPS if step in stores
+    ]
+    ready = all(stores.get(step, {}).get("status") == "True" for step in STEPS)
+    missing = [s for s in STEPS if stores.get(s, {}).get("status") != "True"]
+    out.append({"type": "Ready", "status": "True" if ready else "False",
+                "reason": "AllStoresReady" if ready else "StoresPending",
+                "message": "" if ready else f"waiting for: {', '.join(missing)}",
+                "lastTransitionTime": _now()})  # fmt: skip
+    return out
+
+
+def store_step(step: str, tenant: str) -> Any:
+    """The sub-handler of one store (a stable id ``store-<step>`` is given at registration)."""
+
+    def handler(patch: kopf.Patch, **_: Any) -> dict[str, str]:
+        try:
+            message = provision_step(_settings(), tenant, step)
+        except Exception as err:  # a dependency not reachable (yet): retry later, say why
+            patch.status.setdefault("stores", {})[step] = _store_state(
+                False, "Unavailable", f"{type(err).__name__}: {err}"
+            )
+            raise kopf.TemporaryError(f"{step}: {err}", delay=RETRY_DELAY) from err
+        patch.status.setdefault("stores", {})[step] = _store_state(True, "Provisioned", message)
+        return {"message": message}
+
+    return handler
+
+
+def summarize(status: Any, patch: kopf.Patch, **_: Any) -> None:
+    """The last sub-handler: the conditions list, from every store's state."""
+    stores = {**dict(status.get("stores", {})), **dict(patch.status.get("stores", {}))}
+    patch.status["conditions"] = conditions(stores)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def reconcile(spec: Any, patch: kopf.Patch, **_: Any) -> dict[str, str]:
+    tenant = _spec(spec)
+    for step in STEPS:
+        kopf.register(store_step(step, tenant.tenant_id), id=f"store-{step}")
+    kopf.register(summarize, id="summarize")
+    patch.status["namespace"] = tenant.namespace()
+    return {"tenant": tenant.tenant_id}
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=DRIFT_INTERVAL, idle=60, id="drift")
+def drift(spec: Any, status: Any, patch: kopf.Patch, logger: Any, **_: Any) -> dict[str, Any]:
+    """Re-check every store; recreate and report what is missing."""
+    tenant = _spec(spec).tenant_id
+    settings = _settings()
+    repaired = []
+    stores = dict(status.get("stores", {}))
+    for step, present in check_tenant(settings, tenant).items():
+        if present:
+            continue
+        logger.warning(f"tenant {tenant}: {step} is missing; recreating it")
+        try:
+            provision_step(settings, tenant, step)
+        except Exception as err:
+            stores[step] = _store_state(False, "DriftRepairFailed", str(err))
+            continue
+        stores[step] = _store_state(True, "Recreated", f"{step} was missing and was recreated")
+        repaired.append(step)
+    patch.status["stores"] = stores
+    patch.status["conditions"] = conditions(stores)
+    return {"repaired": repaired}
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def retire(spec: Any, logger: Any, **_: Any) -> dict[str, str]:
+    tenant = _spec(spec)
+    message = retire_tenant(_settings(), tenant.tenant_id, tenant.retention)
+    logger.info(f"tenant {tenant.tenant_id}: {message}")
+    return {"message": message}

@@ -1,0 +1,66 @@
+"""Provisioning a tenant, store by store: the plain functions behind the operator's
+sub-handlers, ``alien tenant create|delete`` and the tests.
+
+Every step is idempotent (creating what exists is success) and resumable (a step never
+depends on in-memory state of an earlier one), so a crash or a retry repeats nothing harmful.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from resources.settings import AlienSettings
+from resources.stores import TenantRegistry, get_embedder
+from resources.tenancy import TenantId
+
+STEPS = ("catalog", "objects", "vectors", "keywords", "partition")
+
+
+def provision_step(settings: AlienSettings, tenant: str, step: str) -> str:
+    """Bring one store of ``tenant`` into existence; a short message says what was done."""
+    tenant = TenantId(tenant)
+    registry = TenantRegistry(settings)
+    if step == "partition":
+        from alien.runner import register_partition
+
+        register_partition(settings, tenant)
+        return "dagster partition registered"
+    if step in STEPS[:-1] and not registry.backends.store_exists(
+        step, tenant, registry.tenant_dir(tenant)
+    ):
+        registry.forget(tenant)  # handles on a vanished store must not be reused
+    embedder = get_embedder(settings)
+    server = registry.backends.provision_store(
+        step, tenant, embedder.model_name, embedder.dimension
+    )
+    stores = registry.handles(tenant)  # builds the embedded files and directories
+    if step == "catalog":
+        stores.catalog.create()  # migrations and the tenant row, as the tenant's own role
+    return f"{step}: {'server store' if server else 'embedded store'} ready"
+
+
+def check_tenant(settings: AlienSettings, tenant: str) -> dict[str, bool]:
+    """For each step, whether its store is there now (the drift check)."""
+    tenant = TenantId(tenant)
+    registry = TenantRegistry(settings)
+    root = registry.tenant_dir(tenant)
+    out = {s: registry.backends.store_exists(s, tenant, root) for s in STEPS[:-1]}
+    from alien.runner import dagster_instance
+    from alien_assets.partitions import TENANTS
+
+    out["partition"] = dagster_instance(settings).has_dynamic_partition(TENANTS, tenant)
+    return out
+
+
+def retire_tenant(
+    settings: AlienSettings, tenant: str, retention: Literal["delete", "retain"]
+) -> str:
+    """Retire the tenant: its partition always; its stores and data unless ``retain``."""
+    from alien.runner import unregister_partition
+
+    tenant = TenantId(tenant)
+    unregister_partition(settings, tenant)
+    if retention == "retain":
+        return "partition retired; data retained"
+    TenantRegistry(settings).drop(tenant)
+    return "partition retired; stores and data deleted"

@@ -1,0 +1,167 @@
+"""The operator's kopf handlers, through kopf's own registry and sub-handler machinery, on the
+real stores this machine runs (embedded; PostgreSQL + the S3-protocol server). The end-to-end
+run with KopfRunner needs a Kubernetes API server and runs only when a kube-config is given."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+import os
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import kopf
+import pytest
+from kopf._core.actions.execution import handler_var
+from kopf._core.intents.registries import ChangingRegistry
+from kopf._core.reactor.subhandling import subregistry_var
+
+from resources.provisioning import STEPS, check_tenant
+from resources.settings import AlienSettings
+from resources.stores import TenantRegistry
+from tests.conftest import CLUSTER_SECRET, POSTGRES_ADMIN
+
+HANDLERS = Path(__file__).resolve().parents[1] / "operator" / "handlers.py"
+
+
+@pytest.fixture(scope="module")
+def handlers() -> ModuleType:
+    """operator/handlers.py loaded by path, its decorators filling a fresh kopf registry."""
+    registry = kopf.OperatorRegistry()
+    previous = kopf.get_default_registry()
+    kopf.set_default_registry(registry)
+    try:
+        spec = importlib.util.spec_from_file_location("alien_operator_handlers", HANDLERS)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        kopf.set_default_registry(previous)
+    module.registry = registry  # type: ignore[attr-defined]
+    return module
+
+
+def _reconcile(handlers: ModuleType, spec: dict, status: dict) -> tuple[list, kopf.Patch]:
+    """Run ``reconcile`` as kopf does: with its registered handler as the parent and a
+    sub-registry in context; kopf's ``register`` then records the sub-handlers there."""
+    sub = ChangingRegistry()
+    patch = kopf.Patch()
+    parent = next(h for h in handlers.registry._changing.get_all_handlers() if h.reason == "create")
+
+    def run() -> None:
+        subregistry_var.set(sub)
+        handler_var.set(parent)
+        handlers.reconcile(spec=spec, patch=patch)
+
+    contextvars.copy_context().run(run)
+    return sub.get_all_handlers(), patch
+
+
+def _run_all(handlers: ModuleType, spec: dict, status: dict) -> dict:
+    subs, patch = _reconcile(handlers, spec, status)
+    # Stable ids under the parent's: kopf keeps each one's progress in the status.
+    assert [h.id for h in subs] == [*(f"reconcile/store-{s}" for s in STEPS), "reconcile/summarize"]
+    for h in subs:
+        h.fn(status=status, patch=patch, spec=spec, logger=None)
+    return dict(patch.get("status", {}))
+
+
+def test_handlers_are_registered_with_kopf(handlers: ModuleType) -> None:
+    changing = [(h.id, str(h.reason) if h.reason else None, h.field)
+                for h in handlers.registry._changing.get_all_handlers()]  # fmt: skip
+    # create and resume share the id "reconcile"; the update handler watches spec only.
+    assert ("reconcile", "create", None) in changing
+    assert ("reconcile", None, None) in changing  # resume (on operator restart)
+    assert ("reconcile/spec", "update", ("spec",)) in changing
+    assert ("retire", "delete", None) in changing
+    timers = {h.id: h for h in handlers.registry._spawning.get_all_handlers()}
+    assert timers["drift"].interval == handlers.DRIFT_INTERVAL
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AlienSettings:
+    monkeypatch.setenv("ALIEN_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    return AlienSettings(home=tmp_path)
+
+
+def test_create_rerun_drift_and_retire_on_embedded_stores(
+    handlers: ModuleType, embedded: AlienSettings
+) -> None:
+    spec = {"tenantId": "initech", "displayName": "Initech", "retention": "retain"}
+    status = _run_all(handlers, spec, {})
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    assert all(check_tenant(embedded, "initech").values())
+    assert status["namespace"] == "alien-t-initech"
+
+    again = _run_all(handlers, spec, status)  # re-run: no change, no error
+    assert [c["status"] for c in again["conditions"]] == ["True"] * (len(STEPS) + 1)
+
+    # Drift: a store vanishes; the timer reports and recreates it.
+    (TenantRegistry(embedded).tenant_dir("initech") / "keywords.db").unlink()
+    assert check_tenant(embedded, "initech")["keywords"] is False
+    patch = kopf.Patch()
+    result = handlers.drift(spec=spec, status=again, patch=patch, logger=_Logger())
+    assert result == {"repaired": ["keywords"]}
+    assert patch["status"]["stores"]["keywords"]["reason"] == "Recreated"
+    assert all(check_tenant(embedded, "initech").values())
+
+    # Delete with retain: the partition goes, the data stays; then with delete: all goes.
+    handlers.retire(spec=spec, logger=_Logger())
+    state = check_tenant(embedded, "initech")
+    assert state["partition"] is False and state["catalog"] is True
+    handlers.retire(spec={**spec, "retention": "delete"}, logger=_Logger())
+    assert not any(check_tenant(embedded, "initech").values())
+    handlers.retire(spec={**spec, "retention": "delete"}, logger=_Logger())  # idempotent
+
+
+def test_an_unreachable_store_is_a_temporary_error_and_the_others_proceed(
+    handlers: ModuleType, embedded: AlienSettings, monkeypatch: pytest.MonkeyPatch, postgres: Any
+) -> None:
+    tenant = f"op-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("ALIEN_MODE", "cluster")
+    monkeypatch.setenv("ALIEN_POSTGRES_URL", POSTGRES_ADMIN)
+    monkeypatch.setenv("ALIEN_CLUSTER_SECRET", CLUSTER_SECRET)
+    monkeypatch.setenv("ALIEN_S3_ENDPOINT", "127.0.0.1:1")  # nothing listens there
+    monkeypatch.setenv("ALIEN_S3_SECURE", "false")
+    spec = {"tenantId": tenant}
+    subs, patch = _reconcile(handlers, spec, {})
+    outcome = {}
+    for h in subs[:-1]:
+        try:
+            h.fn(status={}, patch=patch, spec=spec, logger=None)
+            outcome[h.id.split("/")[-1]] = "done"
+        except kopf.TemporaryError as err:
+            outcome[h.id.split("/")[-1]] = f"retry in {err.delay}"
+    subs[-1].fn(status={}, patch=patch)
+    try:
+        assert outcome["store-objects"] == f"retry in {handlers.RETRY_DELAY}"
+        assert outcome["store-catalog"] == "done" and outcome["store-partition"] == "done"
+        conditions = {c["type"]: c for c in patch["status"]["conditions"]}
+        assert conditions["ObjectsReady"]["status"] == "False"
+        assert conditions["ObjectsReady"]["reason"] == "Unavailable"
+        assert conditions["CatalogReady"]["status"] == "True"
+        assert (
+            conditions["Ready"]["status"] == "False" and "objects" in conditions["Ready"]["message"]
+        )
+    finally:
+        postgres.drop(tenant)
+
+
+class _Logger:
+    def info(self, *args: object) -> None: ...
+    def warning(self, *args: object) -> None: ...
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KUBECONFIG"),
+    reason="needs a Kubernetes API server: set KUBECONFIG (none runs on this machine)",
+)
+def test_kopf_runner_against_a_real_cluster() -> None:  # pragma: no cover - needs a cluster
+    from kopf.testing import KopfRunner
+
+    with KopfRunner(["run", "--standalone", "--all-namespaces", str(HANDLERS)]) as runner:
+        pass
+    assert runner.exit_code == 0
