@@ -16,8 +16,15 @@ from typing import Any
 
 import kopf
 
-from resources.kube import GROUP, PLURAL, VERSION, TenantSpec
-from resources.provisioning import STEPS, check_tenant, provision_step, retire_tenant
+from resources.kube import GROUP, PLURAL, VERSION, TenantSpec, tenant_objects
+from resources.provisioning import (
+    STEPS,
+    apply_kubernetes_objects,
+    check_tenant,
+    provision_step,
+    retire_tenant,
+    tenant_credentials,
+)
 from resources.settings import AlienSettings
 
 RETRY_DELAY = 30
@@ -81,6 +88,31 @@ def summarize(status: Any, patch: kopf.Patch, **_: Any) -> None:
     patch.status["conditions"] = conditions(stores)
 
 
+def kubernetes_step(tenant: TenantSpec) -> Any:
+    """Namespace, policies, quota, account, settings, Secret (with values), Data API."""
+
+    def handler(patch: kopf.Patch, body: Any = None, **_: Any) -> dict[str, Any]:
+        settings = _settings()
+        objects = tenant_objects(tenant)
+        for obj in objects:
+            if obj["kind"] == "Secret":
+                obj["stringData"] = tenant_credentials(settings, tenant.tenant_id)
+            elif obj["kind"] == "Namespace" and body is not None:
+                kopf.adopt(obj, owner=body)  # deleting the Tenant takes the namespace along
+        try:
+            count = apply_kubernetes_objects(objects)
+        except Exception as err:
+            patch.status.setdefault("stores", {})["kubernetes"] = _store_state(
+                False, "ApplyFailed", f"{type(err).__name__}: {err}"
+            )
+            raise kopf.TemporaryError(f"kubernetes objects: {err}", delay=RETRY_DELAY) from err
+        message = f"{count} objects applied in {tenant.namespace()}"
+        patch.status.setdefault("stores", {})["kubernetes"] = _store_state(True, "Applied", message)
+        return {"message": message}
+
+    return handler
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
@@ -88,6 +120,8 @@ def reconcile(spec: Any, patch: kopf.Patch, **_: Any) -> dict[str, str]:
     tenant = _spec(spec)
     for step in STEPS:
         kopf.register(store_step(step, tenant.tenant_id), id=f"store-{step}")
+    if _settings().kube_apply:  # off outside a cluster (tests, `alien tenant create`)
+        kopf.register(kubernetes_step(tenant), id="kubernetes")
     kopf.register(summarize, id="summarize")
     patch.status["namespace"] = tenant.namespace()
     return {"tenant": tenant.tenant_id}

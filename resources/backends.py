@@ -93,7 +93,10 @@ class Backends:
         """A client with the cluster's API key: provisioning only, never the data plane."""
         from qdrant_client import QdrantClient
 
-        return QdrantClient(url=self.settings.qdrant_url, api_key=self._qdrant_key or None)
+        url = self.settings.qdrant_url or ""
+        if url.startswith("local:"):  # Qdrant's embedded mode (one process per path)
+            return QdrantClient(path=url.removeprefix("local:"))
+        return QdrantClient(url=url, api_key=self._qdrant_key or None)
 
     @property
     def _qdrant_key(self) -> str:
@@ -142,7 +145,7 @@ class Backends:
 
             name = collection_name(tenant)
             url = self.settings.qdrant_url or ""
-            if self._qdrant_key:  # JWT RBAC: the handle can reach this collection only
+            if self._qdrant_key and not url.startswith("local:"):  # JWT RBAC: one collection
                 return QdrantVectorIndex.scoped(url, self._qdrant_key, name, model, dim)
             return QdrantVectorIndex(self.qdrant_admin, name, model, dim)
         return SqliteVectorIndex(root / "vectors.db", model=model, dim=dim)

@@ -22,8 +22,12 @@ SYSTEM_NAMESPACE = "alien-system"
 IMAGE = "ghcr.io/alien-data/cluster:0.1.0"
 API_PORT = 8000
 SECRET_NAME = "alien-tenant-credentials"
-SECRET_KEYS = ("ALIEN_POSTGRES_PASSWORD", "ALIEN_S3_SECRET_KEY", "ALIEN_QDRANT_TOKEN",
-               "ALIEN_MEILI_KEY")  # fmt: skip
+SECRET_KEYS = (
+    "ALIEN_POSTGRES_PASSWORD",
+    "ALIEN_S3_SECRET_KEY",
+    "ALIEN_QDRANT_TOKEN",
+    "ALIEN_MEILI_KEY",
+)  # fmt: skip  (resources/provisioning.tenant_credentials)
 STORE_PORTS = {"postgresql": 5432, "minio": 9000, "qdrant": 6333, "meilisearch": 7700}
 
 
@@ -320,6 +324,7 @@ def operator_deployment(image: str = IMAGE) -> dict[str, Any]:
                         "image": image,
                         "args": ["kopf", "run", "--standalone", "--all-namespaces",
                                  "/app/operator/handlers.py"],
+                        "env": [{"name": "ALIEN_KUBE_APPLY", "value": "true"}],
                         "envFrom": [{"configMapRef": {"name": "alien-cluster-settings"}},
                                     {"secretRef": {"name": "alien-cluster-secrets"}}],
                         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},

@@ -64,3 +64,57 @@ def retire_tenant(
         return "partition retired; data retained"
     TenantRegistry(settings).drop(tenant)
     return "partition retired; stores and data deleted"
+
+
+def tenant_credentials(settings: AlienSettings, tenant: str) -> dict[str, str]:
+    """The values of the tenant's credentials Secret: each derived from a cluster key, so
+    the operator can rewrite the Secret at any time and nothing else stores them."""
+    tenant = TenantId(tenant)
+    backends = TenantRegistry(settings).backends
+    out: dict[str, str] = {}
+    secret = settings.cluster_secret.get_secret_value() if settings.cluster_secret else None
+    if backends.uses_postgres and secret:
+        from resources.postgres import role_password
+
+        out["ALIEN_POSTGRES_PASSWORD"] = role_password(secret, tenant)
+    if backends.uses_s3 and settings.s3_minio_admin and secret:
+        from resources.minio_tenancy import tenant_secret_key
+
+        out["ALIEN_S3_SECRET_KEY"] = tenant_secret_key(secret, tenant)
+    if backends.uses_qdrant and settings.qdrant_api_key is not None:
+        from resources.qdrant import collection_name, tenant_token
+
+        key = settings.qdrant_api_key.get_secret_value()
+        out["ALIEN_QDRANT_TOKEN"] = tenant_token(key, collection_name(tenant), 7 * 24 * 3600)
+    if backends.uses_meili and settings.meili_master_key is not None:
+        from resources.meili import derive_key, index_name, key_uid
+
+        master = settings.meili_master_key.get_secret_value()
+        out["ALIEN_MEILI_KEY"] = derive_key(master, key_uid(index_name(tenant), external=False))
+    return out
+
+
+def apply_kubernetes_objects(objects: list[dict], field_manager: str = "alien-operator") -> int:
+    """Server-side apply of ``objects`` through the API server (in-cluster or kube-config).
+
+    Idempotent by construction: applying the same objects again changes nothing.
+    """
+    from kubernetes import config, dynamic
+    from kubernetes.client import ApiClient
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    client = dynamic.DynamicClient(ApiClient())
+    for obj in objects:
+        api = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        client.server_side_apply(
+            api,
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=field_manager,
+            force_conflicts=True,
+        )
+    return len(objects)

@@ -195,7 +195,7 @@ class QdrantVectorIndex:
         return dict(Counter((p["model"], int(p["dim"])) for p in self._payloads(["model", "dim"])))
 
     def close(self) -> None:
-        self.client.close()
+        """Nothing to release: the client may be shared (the scoped one renews itself)."""
 
 
 class _ScopedQdrantIndex(QdrantVectorIndex):

@@ -75,7 +75,11 @@ class AlienSettings(BaseSettings):
     meili_master_key: SecretStr | None = Field(
         default=None, description="Provisions indexes and derives each tenant's scoped key"
     )
-    qdrant_url: str | None = Field(default=None, description="e.g. http://qdrant:6333")
+    qdrant_url: str | None = Field(
+        default=None,
+        description="e.g. http://qdrant:6333; local:/path is Qdrant's embedded mode "
+        "(one process per path: tests and single-process tools only)",
+    )
     qdrant_api_key: SecretStr | None = Field(
         default=None, description="The cluster's key: provisions, and signs per-tenant JWTs"
     )
@@ -86,6 +90,11 @@ class AlienSettings(BaseSettings):
     )
     platform_token: SecretStr | None = Field(
         default=None, description="The cluster's service credential for the platform (Bearer)"
+    )
+
+    kube_apply: bool = Field(
+        default=False,
+        description="The operator also applies each tenant's Kubernetes objects (in a cluster)",
     )
 
     # -- Data API (``alien serve``) ------------------------------------------------------
