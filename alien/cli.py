@@ -327,12 +327,12 @@ def tenant() -> None:
 @click.pass_obj
 def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
     """Provision every store of TENANT_ID and register its Dagster partition (idempotent)."""
-    from alien.runner import register_partition
+    from resources.provisioning import STEPS, provision_step
 
     name = _tenant(tenant_id)
     existed = ctx.registry.exists(name)
-    ctx.registry.create(name)
-    register_partition(ctx.settings, name)
+    for step in STEPS:  # the operator's sub-handlers call the same, one per store
+        provision_step(ctx.settings, name, step)
     stores = {s.store: s.backend for s in ctx.registry.backends.describe()}
     if as_json:
         _emit({"tenant": name, "created": not existed, "stores": stores})
@@ -349,11 +349,13 @@ def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
 @click.pass_obj
 def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None:
     """Retire TENANT_ID: remove its stores (unless --retain) and its partition (idempotent)."""
-    from alien.runner import unregister_partition
+    from resources.provisioning import retire_tenant
 
     name = _tenant(tenant_id)
-    removed = False if retain else ctx.registry.drop(name)
-    unregister_partition(ctx.settings, name)
+    removed = (
+        False if retain else ctx.registry.exists(name) or ctx.registry.tenant_dir(name).exists()
+    )
+    retire_tenant(ctx.settings, name, "retain" if retain else "delete")
     if as_json:
         _emit({"tenant": name, "data_removed": removed, "retained": retain})
     else:

@@ -151,8 +151,19 @@ def drift(spec: Any, status: Any, patch: kopf.Patch, logger: Any, **_: Any) -> d
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def retire(spec: Any, logger: Any, **_: Any) -> dict[str, str]:
+def retire(spec: Any, logger: Any, patch: kopf.Patch | None = None, **_: Any) -> dict[str, str]:
+    """Behind kopf's finalizer: the object goes only once this has succeeded."""
     tenant = _spec(spec)
-    message = retire_tenant(_settings(), tenant.tenant_id, tenant.retention)
+    if patch is not None:
+        patch.status["retirement"] = {"phase": "Retiring", "retention": tenant.retention,
+                                      "since": _now()}  # fmt: skip
+    try:
+        message = retire_tenant(_settings(), tenant.tenant_id, tenant.retention)
+    except Exception as err:
+        if patch is not None:
+            patch.status["retirement"] = {"phase": "Failed", "message": str(err)[:500]}
+        raise kopf.TemporaryError(f"retiring {tenant.tenant_id}: {err}", delay=RETRY_DELAY) from err
     logger.info(f"tenant {tenant.tenant_id}: {message}")
+    if patch is not None:
+        patch.status["retirement"] = {"phase": "Retired", "message": message, "at": _now()}
     return {"message": message}

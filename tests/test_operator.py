@@ -112,7 +112,9 @@ def test_create_rerun_drift_and_retire_on_embedded_stores(
     handlers.retire(spec=spec, logger=_Logger())
     state = check_tenant(embedded, "initech")
     assert state["partition"] is False and state["catalog"] is True
-    handlers.retire(spec={**spec, "retention": "delete"}, logger=_Logger())
+    progress = kopf.Patch()
+    handlers.retire(spec={**spec, "retention": "delete"}, logger=_Logger(), patch=progress)
+    assert progress["status"]["retirement"]["phase"] == "Retired"
     assert not any(check_tenant(embedded, "initech").values())
     handlers.retire(spec={**spec, "retention": "delete"}, logger=_Logger())  # idempotent
 
@@ -159,12 +161,38 @@ class _Logger:
     not os.environ.get("KUBECONFIG"),
     reason="needs a Kubernetes API server: set KUBECONFIG (none runs on this machine)",
 )
-def test_kopf_runner_against_a_real_cluster() -> None:  # pragma: no cover - needs a cluster
-    from kopf.testing import KopfRunner
+def test_kopf_runner_against_a_real_cluster(tmp_path: Path) -> None:  # pragma: no cover
+    """Apply the CRD, create a Tenant, wait for Ready and the namespace, delete it."""
+    import time
 
+    from kopf.testing import KopfRunner
+    from kubernetes import client, config
+
+    from resources.kube import crd
+    from resources.provisioning import apply_kubernetes_objects
+
+    config.load_kube_config()
+    apply_kubernetes_objects([crd()])
+    api = client.CustomObjectsApi()
+    tenant = f"kr-{uuid.uuid4().hex[:8]}"
+    body = {"apiVersion": "alien.ai/v1", "kind": "Tenant", "metadata": {"name": tenant},
+            "spec": {"tenantId": tenant, "retention": "delete"}}  # fmt: skip
+    os.environ.update(ALIEN_HOME=str(tmp_path), ALIEN_KUBE_APPLY="true")
     with KopfRunner(["run", "--standalone", "--all-namespaces", str(HANDLERS)]) as runner:
-        pass
-    assert runner.exit_code == 0
+        api.create_cluster_custom_object("alien.ai", "v1", "tenants", body)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            obj = api.get_cluster_custom_object("alien.ai", "v1", "tenants", tenant)
+            ready = [c for c in obj.get("status", {}).get("conditions", [])
+                     if c["type"] == "Ready"]  # fmt: skip
+            if ready and ready[0]["status"] == "True":
+                break
+            time.sleep(2)
+        assert ready and ready[0]["status"] == "True"
+        client.CoreV1Api().read_namespace(f"alien-t-{tenant}")
+        api.delete_cluster_custom_object("alien.ai", "v1", "tenants", tenant)
+        time.sleep(10)
+    assert runner.exit_code == 0, runner.output
 
 
 @pytest.fixture
