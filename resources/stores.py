@@ -36,25 +36,19 @@ def get_embedder(settings: AlienSettings) -> Embedder:
     )
 
 
-_BACKENDS: dict[tuple[object, ...], Backends] = {}
+_BACKENDS: dict[tuple[tuple[str, str], ...], Backends] = {}
 _BACKENDS_LOCK = threading.Lock()
 
 
 def _backends(settings: AlienSettings) -> Backends:
-    """One ``Backends`` (and so one admin connection pool) per distinct server configuration."""
+    """One ``Backends`` (and so one pool per server) per distinct configuration: every
+    setting is part of the key, secrets included, so no two configurations share one."""
 
-    def reveal(secret: object) -> object:
-        return secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+    def reveal(value: object) -> object:
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
-    key = (
-        settings.mode,
-        settings.postgres_url,
-        reveal(settings.cluster_secret),
-        settings.s3_endpoint,
-        settings.s3_access_key,
-        reveal(settings.s3_secret_key),
-        settings.s3_secure,
-        settings.s3_bucket_prefix,
+    key = tuple(
+        (name, str(reveal(getattr(settings, name)))) for name in sorted(type(settings).model_fields)
     )
     with _BACKENDS_LOCK:
         if key not in _BACKENDS:
