@@ -9,6 +9,7 @@ each answers (``alien status``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 from dataclasses import dataclass
@@ -95,8 +96,11 @@ class Backends:
 
         url = self.settings.qdrant_url or ""
         if url.startswith("local:"):  # Qdrant's embedded mode (one process per path)
-            return QdrantClient(path=url.removeprefix("local:"))
-        return QdrantClient(url=url, api_key=self._qdrant_key or None)
+            client = QdrantClient(path=url.removeprefix("local:"))
+        else:
+            client = QdrantClient(url=url, api_key=self._qdrant_key or None)
+        atexit.register(client.close)  # before interpreter teardown, not in __del__ during it
+        return client
 
     @property
     def _qdrant_key(self) -> str:

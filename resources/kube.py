@@ -22,12 +22,13 @@ SYSTEM_NAMESPACE = "alien-system"
 IMAGE = "ghcr.io/alien-data/cluster:0.1.0"
 API_PORT = 8000
 SECRET_NAME = "alien-tenant-credentials"
+# The keys of the tenant's credentials Secret (values: resources/provisioning.py).
 SECRET_KEYS = (
     "ALIEN_POSTGRES_PASSWORD",
     "ALIEN_S3_SECRET_KEY",
     "ALIEN_QDRANT_TOKEN",
     "ALIEN_MEILI_KEY",
-)  # fmt: skip  (resources/provisioning.tenant_credentials)
+)
 STORE_PORTS = {"postgresql": 5432, "minio": 9000, "qdrant": 6333, "meilisearch": 7700}
 
 

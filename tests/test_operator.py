@@ -235,12 +235,10 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
         assert backends.postgres.exists(tenant)
         assert backends.s3.bucket_exists(bucket_name(tenant))
         assert backends.qdrant_admin.collection_exists(collection_name(tenant))
-        assert _run_all(handlers, spec, status)["conditions"] == [
-            {**c, "lastTransitionTime": c2["lastTransitionTime"]}
-            for c, c2 in zip(
-                status["conditions"], _run_all(handlers, spec, status)["conditions"], strict=True
-            )
-        ]  # fmt: skip  (re-run: same states, nothing fails)
+        rerun = _run_all(handlers, spec, status)  # re-run: no change, no error
+        assert [(c["type"], c["status"]) for c in rerun["conditions"]] == [
+            (c["type"], c["status"]) for c in status["conditions"]
+        ]
 
         # Drift on three servers at once: a dropped database, bucket and collection.
         TenantRegistry(cluster).forget(tenant)
