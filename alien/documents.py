@@ -85,11 +85,9 @@ def register_source(
         return Registration(existing, "unchanged")
     media_type = detect_media_type(source_name, head)
     if existing is None:
-        entry_id = str(uuid.uuid4())
-        with open_stream() as stream:
-            stores.objects.put_stream(raw_key(entry_id), stream)
-        entry = catalog.add_entry(
-            entry_id=entry_id,
+        entry = _store_new(
+            stores,
+            open_stream,
             dataset=dataset,
             source_uri=source_uri,
             source_name=source_name,
@@ -97,7 +95,6 @@ def register_source(
             size=size,
             sha256=sha256,
             source_mtime_ns=mtime_ns,
-            object_key=raw_key(entry_id),
         )
         return Registration(entry, "new")
     with open_stream() as stream:
@@ -117,6 +114,23 @@ def register_source(
     updated = catalog.get_entry(existing.id)
     assert updated is not None
     return Registration(updated, "updated")
+
+
+def _store_new(
+    stores: TenantStores,
+    open_stream: Callable[[], BinaryIO],
+    **fields: Any,
+) -> Entry:
+    """Store the original under a new entry id, then add the ``pending`` entry. When the
+    catalog refuses the entry (its source is already there), the stored copy is removed."""
+    entry_id = str(uuid.uuid4())
+    with open_stream() as stream:
+        stores.objects.put_stream(raw_key(entry_id), stream)
+    try:
+        return stores.catalog.add_entry(entry_id=entry_id, object_key=raw_key(entry_id), **fields)
+    except IntegrityError:
+        stores.objects.delete(raw_key(entry_id))
+        raise
 
 
 def _register_refused(
@@ -212,22 +226,19 @@ def register_upload(
     existing = stores.catalog.find_entry(dataset, source_uri)
     if existing is not None:
         return Registration(existing, "unchanged")
-    entry_id = str(uuid.uuid4())
-    stores.objects.put_stream(raw_key(entry_id), _rewound(stream))
     try:
-        entry = stores.catalog.add_entry(
-            entry_id=entry_id,
+        entry = _store_new(
+            stores,
+            lambda: _rewound(stream),
             dataset=dataset,
             source_uri=source_uri,
             source_name=source_name,
             media_type=media_type,
             size=size,
             sha256=sha256,
-            object_key=raw_key(entry_id),
             metadata=metadata,
         )
     except IntegrityError:  # the same bytes won a race to this dataset
-        stores.objects.delete(raw_key(entry_id))
         winner = stores.catalog.find_entry(dataset, source_uri)
         if winner is None:
             raise

@@ -64,20 +64,26 @@ def hammer(
     url: str,
     deadline: float,
     expect: tuple[int, ...] = (200,),
+    rate: float | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[float], float, int]:
-    """``count`` calls on ``concurrency`` threads (each with its own client), until deadline."""
+    """``count`` calls on ``concurrency`` threads (each with its own client), until the
+    deadline or ``stop``; closed loop, or open loop at ``rate`` calls per second."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
     counter = itertools.count()
+    begun = time.perf_counter()
 
     def worker() -> None:
         nonlocal errors
         with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (stop and stop.is_set()):
                 n = next(counter)
                 if n >= count:
                     return
+                if rate is not None and (wait := begun + n / rate - time.perf_counter()) > 0:
+                    time.sleep(wait)
                 started = time.perf_counter()
                 response = call(client, n)
                 elapsed = time.perf_counter() - started
@@ -170,8 +176,11 @@ def main() -> None:
 
             def background_searches() -> None:
                 during.update(
-                    summary(*_until(searching, search, headers, url, deadline, args.search_rate))
-                )
+                    summary(
+                        *hammer(search, 10**12, 2, headers, url, deadline,
+                                rate=args.search_rate, stop=searching)
+                    )
+                )  # fmt: skip
 
             bg = threading.Thread(target=background_searches)
             bg.start()
@@ -207,45 +216,6 @@ def _wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-
-
-def _until(
-    stop: threading.Event,
-    call: Callable[[httpx.Client, int], httpx.Response],
-    headers: dict[str, str],
-    url: str,
-    deadline: float,
-    rate: float,
-) -> tuple[list[float], float, int]:
-    """Searches at ``rate`` per second (open loop, two threads) until ``stop`` is set."""
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    counter = itertools.count()
-
-    def worker() -> None:
-        nonlocal errors
-        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
-            while not stop.is_set() and time.monotonic() < deadline:
-                n = next(counter)
-                due = begun + n / rate
-                if due > time.perf_counter():
-                    time.sleep(due - time.perf_counter())
-                started = time.perf_counter()
-                response = call(client, n)
-                with lock:
-                    if response.status_code == 200:
-                        latencies.append(time.perf_counter() - started)
-                    else:
-                        errors += 1
-
-    begun = started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies, time.perf_counter() - started, errors
 
 
 def _wait_indexed(url: str, headers: dict[str, str], expected: int, deadline: float) -> float:

@@ -31,6 +31,7 @@ from data_api.errors import ApiError, unauthorized
 from resources.catalog import AuditLog, AuditRecord
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry, TenantStores
+from resources.tenancy import UnknownTenantError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -239,19 +240,22 @@ class Door:
         try:
             if is_api_key(token):
                 tenant, key_id, secret = split_api_key(token)
-                if not self.registry.exists(tenant):
-                    raise CredentialError("unknown API key")
-                stores = self.registry.open(tenant)
+                stores = self._open(tenant, "unknown API key")
                 principal = verify_api_key(stores, key_id, secret)
             else:
                 tenant, issuer, user, scopes = self.tokens.verify(token)
-                if not self.registry.exists(tenant):
-                    raise CredentialError("the service token names a tenant this cluster lacks")
-                stores = self.registry.open(tenant)
+                stores = self._open(tenant, "the service token names a tenant this cluster lacks")
                 principal = Principal(tenant, f"service:{issuer}", scopes, on_behalf_of=user)
         except CredentialError as err:
             raise unauthorized(str(err)) from None
         return RequestContext(principal, stores, request_id)
+
+    def _open(self, tenant: str, refusal: str) -> TenantStores:
+        """The tenant's stores (one existence check, in ``open``), or the refusal."""
+        try:
+            return self.registry.open(tenant)
+        except UnknownTenantError:
+            raise CredentialError(refusal) from None
 
     def _audit_refusal(self, scope: Scope, request_id: str, err: ApiError) -> None:
         """Refusals that resolve to no tenant go to the cluster's own audit log."""

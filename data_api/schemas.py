@@ -83,21 +83,7 @@ class EntryPublic(BaseModel):
 
     @classmethod
     def of(cls, entry: Entry) -> EntryPublic:
-        return cls(
-            entry_id=entry.id,
-            dataset=entry.dataset,
-            source_name=entry.source_name,
-            media_type=entry.media_type,
-            size=entry.size,
-            sha256=entry.sha256,
-            status=entry.status,  # type: ignore[arg-type]
-            reason=entry.reason,
-            pages=entry.pages,
-            chunks=entry.chunks,
-            metadata=entry.metadata,
-            created_at=entry.created_at,
-            updated_at=entry.updated_at,
-        )
+        return cls.model_validate({**entry.public(), "metadata": entry.metadata})
 
 
 class EntryList(Page):

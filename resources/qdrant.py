@@ -23,7 +23,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from resources.vectors import VectorDimensionError, VectorHit, VectorPoint
+from resources.vectors import VectorHit, VectorPoint, as_vector
 
 ID_NAMESPACE = uuid.UUID("6f0c3c1e-8a43-4b8e-9a55-0d5f2c6a7b10")
 BATCH = 256
@@ -92,11 +92,7 @@ class QdrantVectorIndex:
         """Upsert the entry's points, then remove its points not among them (no gap)."""
         structs = []
         for p in points:
-            vec = np.asarray(p.vector, dtype=np.float32).reshape(-1)
-            if vec.shape[0] != self.dim:
-                raise VectorDimensionError(
-                    f"point {p.id} has dimension {vec.shape[0]}, collection expects {self.dim}"
-                )
+            vec = as_vector(p.vector, self.dim, f"point {p.id}")
             structs.append(
                 qm.PointStruct(
                     id=point_uuid(p.id),
@@ -138,9 +134,7 @@ class QdrantVectorIndex:
         dataset: str | None = None,
         entries: Collection[str] | None = None,
     ) -> list[VectorHit]:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise VectorDimensionError(f"query has dimension {query.shape[0]}, expected {self.dim}")
+        query = as_vector(vector, self.dim, "query")
         if top_k <= 0 or (entries is not None and not entries):
             return []
         must = [_match("model", self.model)]

@@ -48,6 +48,14 @@ class VectorDimensionError(ValueError):
     """A vector whose dimension differs from the collection's model dimension."""
 
 
+def as_vector(vector: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """``vector`` as flat float32, or ``VectorDimensionError`` when its size is not ``dim``."""
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != dim:
+        raise VectorDimensionError(f"{what} has dimension {vec.shape[0]}, expected {dim}")
+    return vec
+
+
 class VectorIndex(Protocol):
     """A tenant's vector collection (embedded here; a Qdrant collection in cluster mode)."""
 
@@ -154,11 +162,7 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
         """Make the entry's points exactly ``points`` in one transaction (idempotent)."""
         rows = []
         for p in points:
-            vec = np.asarray(p.vector, dtype=np.float32).reshape(-1)
-            if vec.shape[0] != self.dim:
-                raise VectorDimensionError(
-                    f"point {p.id} has dimension {vec.shape[0]}, collection expects {self.dim}"
-                )
+            vec = as_vector(p.vector, self.dim, f"point {p.id}")
             rows.append(
                 (
                     p.id,
@@ -223,9 +227,7 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
         entries: Collection[str] | None = None,
     ) -> list[VectorHit]:
         """The ``top_k`` nearest points, optionally only of ``dataset`` and of ``entries``."""
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise VectorDimensionError(f"query has dimension {query.shape[0]}, expected {self.dim}")
+        query = as_vector(vector, self.dim, "query")
         cache = self._refresh()
         n = cache.size
         if n == 0 or top_k <= 0:
