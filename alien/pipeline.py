@@ -193,6 +193,9 @@ def run_raw_documents(stores: TenantStores, full_refresh: bool = False) -> StepR
     with stores.lock(RAW):
         inbox = drain_inbox(stores)
         report.details["inbox_registered"] = inbox["new"] + inbox["updated"]
+        if full_refresh or stores.catalog.has_unfinished():
+            # This run will embed: load the model while the next steps extract and chunk.
+            stores.embedder.preload()
         entries = {e.id: e for e in stores.catalog.entries()}
         upstream = {eid: (e.sha256, e.sha256) for eid, e in entries.items() if e.sha256}
         plan = _plan(stores, RAW, upstream, "", full_refresh)

@@ -20,7 +20,7 @@ from data_api.routes import datasets, entries, search, system
 from data_api.worker import IngestWorker
 from resources.catalog import AuditLog, sqlite_engine
 from resources.settings import AlienSettings
-from resources.stores import TenantRegistry
+from resources.stores import TenantRegistry, get_embedder
 
 log = logging.getLogger("alien.api")
 
@@ -48,6 +48,9 @@ def create_app(settings: AlienSettings | None = None, *, worker: bool | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The server embeds queries itself, concurrently with its ingest runs: the model
+        # loads in this process (never in a worker process that runs would queue behind).
+        get_embedder(settings).preload(in_process=True)
         warm = threading.Thread(target=_load_model, args=(app, registry), daemon=True)
         warm.start()
         if run_worker:
@@ -121,8 +124,6 @@ def _document_limits(app: FastAPI, settings: AlienSettings) -> None:
 
 
 def _load_model(app: FastAPI, registry: TenantRegistry) -> None:
-    from resources.stores import get_embedder
-
     try:
         get_embedder(registry.settings).embed(["warm up"])
         app.state.model_ready = True

@@ -12,7 +12,6 @@ import logging
 import threading
 
 from alien.runner import run_ingest
-from resources.catalog import EntryStatus
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
 
@@ -54,8 +53,7 @@ class IngestWorker:
         with self._lock:
             due, self._due = self._due, set()
         for tenant in self.registry.list():
-            counts = self.registry.open(tenant).catalog.status_counts()
-            if counts.get(EntryStatus.PENDING, 0) or counts.get(EntryStatus.PROCESSING, 0):
+            if self.registry.open(tenant).catalog.has_unfinished():
                 due.add(str(tenant))
         return sorted(due)
 

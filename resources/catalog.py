@@ -567,6 +567,18 @@ class Catalog:
             rows = s.execute(select(EntryRow.status, func.count()).group_by(EntryRow.status))
             return {status: count for status, count in rows}
 
+    def has_unfinished(self) -> bool:
+        """Whether any entry waits for the pipeline or was left mid-way by a stopped run."""
+        with self._session() as s:
+            return (
+                s.execute(
+                    select(EntryRow.id)
+                    .where(EntryRow.status.in_((EntryStatus.PENDING, EntryStatus.PROCESSING)))
+                    .limit(1)
+                ).first()
+                is not None
+            )
+
     def pending_marker(self) -> str | None:
         """A cheap fingerprint of entries waiting for the pipeline (None when none wait)."""
         with self._session() as s:

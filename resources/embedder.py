@@ -7,9 +7,12 @@ import threading
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from resources.embedding_worker import EmbeddingWorker
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -59,30 +62,84 @@ class ModelTokenizer:
 
 
 class Embedder:
-    """Turns texts into L2-normalised vectors. The model loads on first use."""
+    """Turns texts into L2-normalised vectors.
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 32, device: str = "auto"):
+    The model loads on first use, or ahead of it with ``preload``: in a worker process (the
+    default, see ``resources.embedding_worker``) whose model then serves every later call, or
+    in a background thread of this process.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        batch_size: int = 32,
+        device: str = "auto",
+        worker: bool = True,
+    ):
         self.model_name = model
         self.batch_size = batch_size
         self.device_setting = device
+        self.use_worker = worker
         self._model_lock = threading.Lock()
+        self._preload_lock = threading.Lock()
+        self._worker: EmbeddingWorker | None = None
+        self._in_process = False  # the model is loaded, or loading, in this process
+        self._loaded: Any = None
 
-    @cached_property
+    @property
+    def loaded(self) -> bool:
+        """Whether this process holds the model already."""
+        return self._loaded is not None
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process that runs the model, if this embedder started one."""
+        return self._worker.pid if self._worker is not None else None
+
+    def preload(self, *, in_process: bool | None = None) -> None:
+        """Start loading the model now, without waiting; a no-op once loaded or loading.
+
+        Callers that will embed soon (an ingest run with pending entries) call this first,
+        so the model's import and load overlap their own extraction and chunking. The model
+        loads in a worker process when the embedder was built with ``worker=True`` (every
+        later ``embed`` then runs there), or in a background thread of this process
+        (``in_process=True``: a server that embeds queries concurrently with ingestion).
+        """
+        with self._preload_lock:
+            if self._in_process or self._worker is not None:
+                return
+            if not (self.use_worker if in_process is None else not in_process):
+                self._in_process = True
+                threading.Thread(
+                    target=lambda: self._model, name="alien-model-load", daemon=True
+                ).start()
+                return
+            from resources.embedding_worker import EmbeddingWorker
+
+            self._worker = EmbeddingWorker(self.model_name, self.batch_size, self.device_setting)
+
+    @property
     def _model(self) -> Any:
-        with self._model_lock:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
+        """The model in this process, loaded by the first caller; the others wait for it."""
+        if self._loaded is None:
+            self._in_process = True
+            with self._model_lock:
+                if self._loaded is None:
+                    self._loaded = self._load()
+        return self._loaded
 
-            hf_logging.disable_progress_bar()
+    def _load(self) -> Any:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        path = resolve_model_path(self.model_name)  # fails fast, before the long import
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
-            return SentenceTransformer(
-                str(resolve_model_path(self.model_name)),
-                device=resolve_device(self.device_setting),
-                local_files_only=True,
-            )
+        hf_logging.disable_progress_bar()
+        return SentenceTransformer(
+            str(path), device=resolve_device(self.device_setting), local_files_only=True
+        )
 
     @cached_property
     def tokenizer(self) -> ModelTokenizer:
@@ -119,6 +176,15 @@ class Embedder:
         """Vectors for ``texts`` (float32, shape (len(texts), dimension), unit length)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        worker = self._worker
+        if worker is not None:
+            try:
+                return worker.embed(texts)
+            except Exception:
+                if not worker.alive:  # it died (say, killed for memory): the retry loads here
+                    with self._preload_lock:
+                        self._worker = None
+                raise
         vectors = self._model.encode(
             list(texts),
             batch_size=self.batch_size,

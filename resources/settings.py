@@ -26,6 +26,12 @@ class AlienSettings(BaseSettings):
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=4096)
     embedding_device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    embedding_worker: bool = Field(
+        default=True,
+        description="When an ingest run starts in a process without the model, load it in a "
+        "child process (overlapping the import with extraction and chunking); false loads it "
+        "in a background thread of this process instead.",
+    )
     ocr_languages: str = Field(default="eng", description="Tesseract languages, e.g. eng+fra")
     ocr_dpi: int = Field(default=200, ge=72, le=600)
     stemmer_language: str = Field(default="english", description="Snowball stemmer language")

@@ -25,14 +25,17 @@ from resources.vectors import VectorIndex
 
 
 @lru_cache(maxsize=4)
-def shared_embedder(model: str, batch_size: int, device: str) -> Embedder:
+def shared_embedder(model: str, batch_size: int, device: str, worker: bool = True) -> Embedder:
     """The process's embedder (the model is not tenant data, so tenants share it)."""
-    return Embedder(model=model, batch_size=batch_size, device=device)
+    return Embedder(model=model, batch_size=batch_size, device=device, worker=worker)
 
 
 def get_embedder(settings: AlienSettings) -> Embedder:
     return shared_embedder(
-        settings.embedding_model, settings.embedding_batch_size, settings.embedding_device
+        settings.embedding_model,
+        settings.embedding_batch_size,
+        settings.embedding_device,
+        settings.embedding_worker,
     )
 
 

@@ -55,6 +55,20 @@ def _manifest_count(home: Path, tenant: str, asset: str) -> int:
         return 0
 
 
+def _embedding_workers_of(parent: int) -> list[int]:
+    """Live embedding worker processes started by ``parent`` (it passes its pid on argv)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(") ", 1)[1][0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+            continue
+        if b"resources.embedding_worker" in argv and str(parent).encode() in argv and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory):
     """`alien ingest` of the shared PDFs, SIGKILLed during embedding, then run again."""
@@ -66,8 +80,12 @@ def acme(tmp_path_factory):
         assert killed.poll() is None, killed.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    workers = _embedding_workers_of(killed.pid)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
+    deadline = time.monotonic() + 10
+    while _embedding_workers_of(killed.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
     embedded_before_kill = _manifest_count(home, "acme", "embeddings")
     started = time.monotonic()
     rerun = _json(home, "ingest", str(PDFS), "--tenant", "acme")
@@ -75,6 +93,8 @@ def acme(tmp_path_factory):
     return {
         "home": home,
         "killed_returncode": killed.returncode,
+        "workers_before_kill": workers,
+        "workers_after_kill": _embedding_workers_of(killed.pid),
         "embedded_before_kill": embedded_before_kill,
         "rerun": rerun,
         "rerun_seconds": rerun_seconds,
@@ -87,6 +107,9 @@ def _stores(home: Path, tenant: str):
 
 def test_interrupted_ingest_recovers_with_no_duplicate_or_missing_chunk(acme):
     assert acme["killed_returncode"] == -signal.SIGKILL
+    # the model ran in a worker process, and the kill took the worker with it
+    assert len(acme["workers_before_kill"]) == 1
+    assert acme["workers_after_kill"] == []
     rerun = acme["rerun"]
     assert rerun["run_success"]
     # The killed run had finished some entries; the rerun embedded only the rest.

@@ -1,0 +1,177 @@
+"""The embedding model in a process of its own, loaded while the caller does other work.
+
+Importing sentence-transformers (with transformers and torch) and loading the model takes
+10 to 13 s on this project's 2-core machines, mostly single-threaded Python that holds the
+GIL. A background thread therefore overlaps poorly with the pipeline's own Python work
+(extraction, chunking, Dagster's bookkeeping). A child process overlaps fully: it imports and
+loads on one core while the parent registers, extracts and chunks on the other, and then runs
+the model on every core while the parent waits for vectors.
+
+The parent talks to it over a socket pair with ``multiprocessing.connection`` framing:
+a request is a list of texts, an answer is a float32 array or an error message. The child
+exits when the parent closes its end, and is killed with the parent (``PR_SET_PDEATHSIG``),
+so a parent killed mid-run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the child imports nothing before it has tied its life to the parent's
+    import numpy as np
+
+# How long the parent waits for the child to import and load before giving up.
+LOAD_TIMEOUT_S = 600.0
+
+
+class EmbeddingWorkerError(RuntimeError):
+    """The worker failed to load the model, failed on a request, or died."""
+
+
+class EmbeddingWorker:
+    """Client side: starts the child at once and answers ``embed`` through it."""
+
+    def __init__(self, model: str, batch_size: int, device: str) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # ``-m`` must find this package also where it is not installed (a source checkout).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_import_root(), env.get("PYTHONPATH")]))
+        if os.path.isdir(model):  # a model directory given relative to the caller's cwd
+            model = os.path.abspath(model)
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "resources.embedding_worker",
+                str(os.getpid()),
+                str(child.fileno()),
+                model,
+                str(batch_size),
+                device,
+            ],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        child.close()
+        self._conn = Connection(parent.detach())
+        self._lock = threading.Lock()
+        self._ready = False
+        atexit.register(self.close)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def _await_ready(self) -> None:
+        if self._ready:
+            return
+        if not self._conn.poll(LOAD_TIMEOUT_S):
+            self.close()
+            raise EmbeddingWorkerError(f"embedding worker not ready after {LOAD_TIMEOUT_S:.0f} s")
+        self._receive()
+        self._ready = True
+
+    def _receive(self) -> np.ndarray | None:
+        try:
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as err:
+            code = self._proc.poll()
+            raise EmbeddingWorkerError(f"embedding worker exited (status {code})") from err
+        if kind == "error":
+            raise EmbeddingWorkerError(value)
+        return value
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            self._await_ready()
+            self._conn.send(list(texts))
+            vectors = self._receive()
+        assert vectors is not None
+        return vectors
+
+    def close(self) -> None:
+        """End the child (it exits on end of input) and reap it."""
+        if self._conn.closed:
+            return
+        self._conn.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _import_root() -> str:
+    """The directory that holds the ``resources`` package (so ``-m`` finds it)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent dies; exit if it has already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the line above took effect
+        os._exit(0)
+
+
+def serve(fd: int, model: str, batch_size: int, device: str) -> None:
+    """Child side: load the model, then answer requests until the parent hangs up.
+
+    A parent that hangs up ends the child at once (``os._exit``): nothing is left to flush,
+    and tearing down torch's modules at interpreter exit takes seconds.
+    """
+    conn = Connection(fd)
+
+    def reply(kind: str, value: object) -> None:
+        try:
+            conn.send((kind, value))
+        except OSError:  # the parent has gone
+            os._exit(0)
+
+    from resources.embedder import Embedder
+
+    embedder = Embedder(model=model, batch_size=batch_size, device=device, worker=False)
+    try:
+        embedder.embed(["warm up"])
+    except Exception as err:  # the parent raises it on its first request
+        reply("error", f"embedding model failed to load: {type(err).__name__}: {err}")
+        os._exit(1)
+    reply("ready", None)
+    while True:
+        try:
+            texts = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            vectors = embedder.embed(texts)
+        except Exception as err:
+            reply("error", f"{type(err).__name__}: {err}")
+        else:
+            reply("vectors", vectors)
+
+
+if __name__ == "__main__":
+    _die_with_parent(int(sys.argv[1]))
+    serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])

@@ -1,0 +1,120 @@
+"""The embedder: the real model in this process, in a worker process, and loaded ahead of use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from resources.embedder import Embedder
+from resources.embedding_worker import EmbeddingWorkerError
+from tests.conftest import REPO
+
+TEXTS = [
+    "The boundary layer separates from the wing at high angles of attack.",
+    "Debian Live images boot from a USB stick.",
+    "",
+    "camlidl generates stubs for COM interfaces " * 40,  # longer than the model's window
+]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) counts as gone
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ", 1)[1][0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Embedder:
+    embedder = Embedder(worker=False)
+    embedder.embed(["warm up"])
+    return embedder
+
+
+def test_worker_gives_the_in_process_vectors(in_process: Embedder) -> None:
+    embedder = Embedder(worker=True)
+    embedder.preload()
+    pid = embedder.worker_pid
+    assert pid is not None and _alive(pid)
+    vectors = embedder.embed(TEXTS)
+    # the model ran in the worker: this embedder never loaded it here
+    assert not embedder.loaded
+    expected = in_process.embed(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+    # a second preload is a no-op: still the same worker
+    embedder.preload()
+    assert embedder.worker_pid == pid
+    assert embedder._worker is not None
+    embedder._worker.close()
+    assert not _alive(pid)
+
+
+def test_preload_in_process_keeps_the_model_here(in_process: Embedder) -> None:
+    embedder = Embedder(worker=True)
+    embedder.preload(in_process=True)
+    assert embedder.worker_pid is None
+    np.testing.assert_allclose(embedder.embed(TEXTS[:2]), in_process.embed(TEXTS[:2]), atol=1e-6)
+    assert embedder.loaded
+    # once the model is here, a later preload starts no worker (the API server's case)
+    embedder.preload()
+    assert embedder.worker_pid is None
+
+
+def test_worker_reports_a_model_that_cannot_load(tmp_path) -> None:
+    embedder = Embedder(model=str(tmp_path / "no-such-model"), worker=True)
+    embedder.preload()
+    with pytest.raises(EmbeddingWorkerError, match=r"no-such-model.*never downloaded"):
+        embedder.embed(["text"])
+
+
+def test_worker_dies_with_its_parent() -> None:
+    """A parent killed with SIGKILL (say, mid-ingest) leaves no worker behind."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from resources.embedder import Embedder
+        e = Embedder(worker=True)
+        e.preload()
+        print(e.worker_pid, flush=True)
+        time.sleep(120)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    assert _alive(pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def test_a_dead_worker_fails_the_call_and_the_next_call_runs_here(in_process: Embedder) -> None:
+    embedder = Embedder(worker=True)
+    embedder.preload()
+    pid = embedder.worker_pid
+    assert pid is not None
+    embedder.embed(["load first"])
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(EmbeddingWorkerError, match="exited"):
+        embedder.embed(TEXTS)
+    assert embedder.worker_pid is None
+    np.testing.assert_allclose(embedder.embed(TEXTS), in_process.embed(TEXTS), atol=1e-6)
+    assert embedder.loaded
