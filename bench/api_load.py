@@ -18,8 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,14 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 CRANFIELD = REPO.parent / "shared" / "data" / "cranfield"
-BIN = Path(sys.executable).parent
 TENANT = "load"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def summary(latencies: list[float], seconds: float, errors: int) -> dict:
@@ -117,6 +108,7 @@ def main() -> None:
     from search_latency import build
 
     from alien.credentials import create_api_key
+    from data_api.local import LocalServer
     from resources.settings import AlienSettings
     from resources.stores import TenantRegistry
 
@@ -141,14 +133,8 @@ def main() -> None:
             ALIEN_API_RATE_BURST="100000",
             ALIEN_API_WORKER_POLL_SECONDS="1",
         )
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = (home / "serve.log").open("w")
-        server = subprocess.Popen(
-            [str(BIN / "alien"), "serve", "--port", str(port)], env=env, stdout=log, stderr=log
-        )
-        try:
-            _wait_ready(url, server, home / "serve.log")
+        with LocalServer(env, home / "serve.log") as server:
+            url = server.url
             headers = {"Authorization": f"Bearer {key}"}
 
             def search(client: httpx.Client, n: int) -> httpx.Response:
@@ -193,29 +179,12 @@ def main() -> None:
             bg.join()
             report[f"search_during_uploads_{args.search_rate:g}_per_s"] = during
             report["seconds_until_all_uploads_indexed"] = round(waited, 1)
-        finally:
-            server.terminate()
-            server.wait(60)
-            log.close()
         report["integrity"] = _integrity(stores, docs)
     if args.json:
         print(json.dumps(report, indent=2))
         return
     for name, value in report.items():
         print(f"{name:<40} {value}")
-
-
-def _wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
-    """Until /v1/ready answers 200 (the model is loaded); the server's log if it dies."""
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(log.read_text())
-        try:
-            if httpx.get(f"{url}/v1/ready", timeout=30).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
 
 
 def _wait_indexed(url: str, headers: dict[str, str], expected: int, deadline: float) -> float:

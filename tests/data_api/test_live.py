@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pypdfium2 as pdfium
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from data_api.local import LocalServer
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
 from tests.conftest import PDFS
@@ -46,12 +46,6 @@ class Live:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _key(env: dict[str, str], tenant: str, scopes: str) -> str:
     out = subprocess.run(
         [str(BIN / "alien"), "keys", "create", "--tenant", tenant, "--scopes", scopes, "--json"],
@@ -78,32 +72,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         "live": _key(env, "live", "read,search,write"),
         "fuzz": _key(env, "fuzz", "read,search,write"),
     }
-    port = _free_port()
-    log = (home / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "alien"), "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (home / "serve.log").read_text()
-            time.sleep(0.5)
-        else:
-            pytest.fail("alien serve did not become ready:\n" + (home / "serve.log").read_text())
-        yield Live(url, home, env, keys)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    with LocalServer(env, home / "serve.log") as server:
+        yield Live(server.url, home, env, keys)
 
 
 def _phrase(pdf: Path, page: int) -> str:
