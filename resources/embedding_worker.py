@@ -69,6 +69,7 @@ class EmbeddingWorker:
         self._conn = Connection(parent.detach())
         self._lock = threading.Lock()
         self._ready = False
+        self._hung_up = False
         atexit.register(self.close)
 
     @property
@@ -77,7 +78,7 @@ class EmbeddingWorker:
 
     @property
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        return not self._hung_up and self._proc.poll() is None
 
     def _await_ready(self) -> None:
         if self._ready:
@@ -92,7 +93,13 @@ class EmbeddingWorker:
         try:
             kind, value = self._conn.recv()
         except (EOFError, OSError) as err:
-            code = self._proc.poll()
+            # Its end of the socket closed: it has exited, or is exiting (reap it).
+            self._hung_up = True
+            try:
+                code = self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                code = self._proc.wait()
             raise EmbeddingWorkerError(f"embedding worker exited (status {code})") from err
         if kind == "error":
             raise EmbeddingWorkerError(value)
