@@ -108,7 +108,8 @@ class Embedder:
         with self._preload_lock:
             if self._in_process or self._worker is not None:
                 return
-            if not (self.use_worker if in_process is None else not in_process):
+            use_worker = self.use_worker if in_process is None else not in_process
+            if not use_worker:
                 self._in_process = True
                 threading.Thread(
                     target=lambda: self._model, name="alien-model-load", daemon=True
