@@ -41,10 +41,7 @@ class EmbeddingWorker:
 
     def __init__(self, model: str, batch_size: int, device: str) -> None:
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TRANSFORMERS_OFFLINE", "1")
-        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        env = dict(os.environ)  # the child's Embedder sets the offline switches itself
         # ``-m`` must find this package also where it is not installed (a source checkout).
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_import_root(), env.get("PYTHONPATH")]))
         if os.path.isdir(model):  # a model directory given relative to the caller's cwd
@@ -95,11 +92,7 @@ class EmbeddingWorker:
         except (EOFError, OSError) as err:
             # Its end of the socket closed: it has exited, or is exiting (reap it).
             self._hung_up = True
-            try:
-                code = self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                code = self._proc.wait()
+            code = self._reap()
             raise EmbeddingWorkerError(f"embedding worker exited (status {code})") from err
         if kind == "error":
             raise EmbeddingWorkerError(value)
@@ -118,11 +111,15 @@ class EmbeddingWorker:
         if self._conn.closed:
             return
         self._conn.close()
+        self._reap()
+
+    def _reap(self) -> int:
+        """The child's exit status, once it has exited (killed if it takes over 5 s)."""
         try:
-            self._proc.wait(timeout=5)
+            return self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            self._proc.wait()
+            return self._proc.wait()
 
 
 def _import_root() -> str:
