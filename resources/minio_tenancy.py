@@ -8,8 +8,10 @@ For tenant T, with bucket ``alien-T``:
 - a bucket policy on ``alien-T`` that refuses requests not made over TLS when the cluster
   uses TLS, so a misconfigured client cannot move a tenant's objects in clear.
 
-The user and IAM policy need MinIO's admin API (``MinioAdmin``), which no server here offers;
-the bucket policy is standard S3 and is checked against an S3-protocol server in the tests.
+The user and IAM policy need MinIO's admin API (``MinioAdmin``). Current MinIO attaches a
+policy with ``attach_policy``; servers on the older admin API (MinIO's gateway code, which the
+test suite's JuiceFS S3 gateway runs) answer that call with 426 and take ``policy_set``
+instead, so both are tried in that order.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ import json
 from typing import Any
 
 from minio import Minio
+from minio.error import MinioAdminException
 
 from resources.s3objects import bucket_name
+
+# How a server without the newer policy-attach call refuses it: 426 XMinioAdminVersionMismatch
+# (gateway-era MinIO), 404 or 501 (older or partial admin APIs).
+OLD_ADMIN_API_STATUSES = {"426", "404", "501"}
 
 
 def tenant_access_key(tenant: str, prefix: str = "alien") -> str:
@@ -98,7 +105,12 @@ def provision_tenant_user(
     access, secret = tenant_access_key(tenant, prefix), tenant_secret_key(cluster_secret, tenant)
     admin.policy_add(bucket, policy=iam_policy(bucket))
     admin.user_add(access, secret)
-    admin.attach_policy([bucket], user=access)
+    try:
+        admin.attach_policy([bucket], user=access)
+    except MinioAdminException as err:
+        if str(err._code) not in OLD_ADMIN_API_STATUSES:
+            raise
+        admin.policy_set(bucket, user=access)  # the admin API before attach/detach
     return access, secret
 
 

@@ -73,6 +73,15 @@ class S3ObjectStore:
         if not self.client.bucket_exists(self.bucket):
             return False
         self.delete_prefix("")
+        # Servers that keep objects in a file system (MinIO's gateway and FS modes) list an
+        # emptied directory as a "prefix/" entry and refuse to remove a bucket that has one;
+        # removing the deepest ones uncovers their parents, so repeat to the key depth.
+        for _ in range(64):
+            left = [o.object_name for o in self.client.list_objects(self.bucket, recursive=True)]
+            if not left:
+                break
+            for name in left:
+                self.client.remove_object(self.bucket, name)
         self.client.remove_bucket(self.bucket)
         return True
 

@@ -91,6 +91,26 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         log.close()
 
 
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Real Meilisearch, Qdrant (JWT RBAC) and S3 with MinIO's admin API, once per session.
+
+    Their binaries come from ``make servers-install``; a missing one fails the tests that
+    need it rather than skipping them.
+    """
+    from alien.local_servers import start_servers
+
+    started = start_servers(tmp_path_factory.mktemp("servers"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def minio_server(servers: object) -> S3Server:
+    """The S3 gateway with MinIO's admin API (users and IAM policies are enforced)."""
+    return S3Server(servers.s3_endpoint, servers.s3_access_key, servers.s3_secret_key)  # type: ignore[attr-defined]
+
+
 POSTGRES_ADMIN = os.environ.get(
     "ALIEN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -1,10 +1,10 @@
-"""Per-tenant S3 access: the bucket policy on a real S3-protocol server; the tenant user and
-IAM policy on MinIO when ALIEN_TEST_MINIO_URL names one (its admin API exists nowhere here)."""
+"""Per-tenant S3 access: the TLS-only bucket policy on moto's S3 server (which enforces
+``aws:SecureTransport``); the tenant user and IAM policy on the S3 gateway with MinIO's admin
+API, which enforces them."""
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import pytest
@@ -50,21 +50,16 @@ def test_tls_only_bucket_policy_is_enforced_and_idempotent(s3_server) -> None:
     store.drop()
 
 
-MINIO = os.environ.get("ALIEN_TEST_MINIO_URL")  # host:port of a MinIO server
-
-
-@pytest.mark.skipif(MINIO is None, reason="needs MinIO's admin API: set ALIEN_TEST_MINIO_URL, "
-                    "ALIEN_TEST_MINIO_ACCESS_KEY and ALIEN_TEST_MINIO_SECRET_KEY")  # fmt: skip
-def test_tenant_user_reaches_its_bucket_only() -> None:
+def test_tenant_user_reaches_its_bucket_only(minio_server) -> None:
+    """On the S3 gateway with MinIO's admin API: each tenant's user works in its own bucket,
+    the server refuses it on the other's, and a retired user is refused everywhere."""
     from minio.credentials import StaticProvider
     from minio.minioadmin import MinioAdmin
 
-    access, secret = (
-        os.environ["ALIEN_TEST_MINIO_ACCESS_KEY"],
-        os.environ["ALIEN_TEST_MINIO_SECRET_KEY"],
-    )
-    admin = MinioAdmin(endpoint=MINIO, credentials=StaticProvider(access, secret), secure=False)
-    root = s3_client(MINIO, access, secret, False)
+    endpoint, access = minio_server.endpoint, minio_server.access_key
+    secret = minio_server.secret_key
+    admin = MinioAdmin(endpoint=endpoint, credentials=StaticProvider(access, secret), secure=False)
+    root = s3_client(endpoint, access, secret, False)
     tenants = [f"t{uuid.uuid4().hex[:8]}" for _ in range(2)]
     stores = [S3ObjectStore(root, f"alien-{t}") for t in tenants]
     try:
@@ -72,11 +67,23 @@ def test_tenant_user_reaches_its_bucket_only() -> None:
             store.create()
         key, secret_a = provision_tenant_user(admin, tenants[0], "cluster-secret")
         assert provision_tenant_user(admin, tenants[0], "cluster-secret") == (key, secret_a)
-        as_a = s3_client(MINIO, key, secret_a, False)
+        provision_tenant_user(admin, tenants[1], "cluster-secret")
+        as_a = s3_client(endpoint, key, secret_a, False)
         S3ObjectStore(as_a, stores[0].bucket).put_bytes("raw/x", b"mine")
-        with pytest.raises(S3Error):
+        stores[1].put_bytes("raw/y", b"theirs")
+        with pytest.raises(S3Error, match="AccessDenied"):
             S3ObjectStore(as_a, stores[1].bucket).put_bytes("raw/x", b"intrusion")
-    finally:
+        with pytest.raises(S3Error, match="AccessDenied"):
+            S3ObjectStore(as_a, stores[1].bucket).get_bytes("raw/y")
+        with pytest.raises(S3Error, match="AccessDenied"):
+            list(S3ObjectStore(as_a, stores[1].bucket).list("raw/"))
+        assert {b.name for b in as_a.list_buckets()} == {stores[0].bucket}
         retire_tenant_user(admin, tenants[0])
+        retire_tenant_user(admin, tenants[0])  # idempotent
+        with pytest.raises(S3Error):
+            S3ObjectStore(as_a, stores[0].bucket).get_bytes("raw/x")
+    finally:
+        for tenant in tenants:
+            retire_tenant_user(admin, tenant)
         for store in stores:
             store.drop()

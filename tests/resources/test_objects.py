@@ -1,5 +1,6 @@
 """Contract tests of the object store: the same suite against every backend that runs here
-(the embedded directory, and S3 through the minio client against a real S3-protocol server)."""
+(the embedded directory; S3 through the minio client against moto's S3 server and against the
+S3 gateway with MinIO's admin API)."""
 
 import io
 import uuid
@@ -15,12 +16,12 @@ from resources.objects import (
 from resources.s3objects import PART_SIZE, S3ObjectStore, s3_client
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "minio-gateway"])
 def store(request, tmp_path):
     if request.param == "local":
         yield LocalObjectStore(tmp_path / "objects")
         return
-    server = request.getfixturevalue("s3_server")
+    server = request.getfixturevalue("s3_server" if request.param == "s3" else "minio_server")
     client = s3_client(server.endpoint, server.access_key, server.secret_key, secure=False)
     s3 = S3ObjectStore(client, f"alien-test-{uuid.uuid4().hex[:12]}")
     assert s3.create() is True

@@ -1,7 +1,7 @@
 """Contract tests of the vector index: the embedded engine, the Qdrant backend on Qdrant's own
-local mode, and on a Qdrant server when ALIEN_TEST_QDRANT_URL names one."""
+local mode, and on the session's real Qdrant server (JWT RBAC on) through a collection-scoped
+token."""
 
-import os
 import uuid
 
 import numpy as np
@@ -9,9 +9,6 @@ import pytest
 
 from resources.qdrant import QdrantVectorIndex, tenant_token
 from resources.vectors import SqliteVectorIndex, VectorDimensionError, VectorPoint
-
-QDRANT_URL = os.environ.get("ALIEN_TEST_QDRANT_URL")
-QDRANT_KEY = os.environ.get("ALIEN_TEST_QDRANT_API_KEY")
 
 DIM = 8
 
@@ -36,16 +33,16 @@ def index(request, tmp_path):
 
     if request.param == "qdrant-local":
         client = QdrantClient(location=":memory:")
-    elif QDRANT_URL is None:
-        pytest.skip("needs a Qdrant server: set ALIEN_TEST_QDRANT_URL (and _API_KEY)")
     else:
-        client = QdrantClient(url=QDRANT_URL, api_key=QDRANT_KEY)
+        servers = request.getfixturevalue("servers")
+        client = QdrantClient(url=servers.qdrant_url, api_key=servers.qdrant_api_key)
     qdrant = QdrantVectorIndex(client, f"alien-test-{uuid.uuid4().hex[:10]}", model="m", dim=DIM)
     assert qdrant.create() is True
     assert qdrant.create() is False  # idempotent
-    if request.param == "qdrant-server" and QDRANT_KEY:
+    if request.param == "qdrant-server":
         # The data plane works with a token scoped to this one collection.
-        scoped = QdrantClient(url=QDRANT_URL, api_key=tenant_token(QDRANT_KEY, qdrant.collection))
+        token = tenant_token(servers.qdrant_api_key, qdrant.collection)
+        scoped = QdrantClient(url=servers.qdrant_url, api_key=token)
         qdrant = QdrantVectorIndex(scoped, qdrant.collection, "m", DIM)
     yield qdrant
     QdrantVectorIndex(client, qdrant.collection, "m", DIM).drop()
