@@ -103,7 +103,8 @@ def ingest_paths(
     from alien.runner import run_ingest
 
     started = time.perf_counter()
-    stores = ctx.registry.create(tenant)
+    reg = ctx.registry
+    stores = reg.open(tenant) if reg.exists(tenant) else reg.create(tenant)
     stores.catalog.ensure_dataset(dataset)
     files = list(_iter_files(paths))
     counts = {"new": 0, "unchanged": 0, "updated": 0, "failed": 0}
@@ -303,16 +304,24 @@ def check(ctx: Ctx, tenant: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--all", "show_all", is_flag=True, help="Also half-made and retained tenants.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def tenants(ctx: Ctx, as_json: bool) -> None:
-    """List provisioned tenants."""
-    names = [str(t) for t in ctx.registry.list()]
+def tenants(ctx: Ctx, show_all: bool, as_json: bool) -> None:
+    """List the tenants in the cluster catalog (ready ones, unless --all)."""
+    records = ctx.registry.records(None if show_all else ("ready",))
     if as_json:
-        _emit({"tenants": names})
-    else:
-        for name in names:
-            out.print(name)
+        _emit(
+            {"tenants": [r.public() for r in records] if show_all else [r.tenant for r in records]}
+        )
+        return
+    for record in records:
+        if not show_all:
+            out.print(record.tenant)
+            continue
+        failed = [k for k, (state, _) in record.stores.items() if state == "failed"]
+        note = f" (failed: {', '.join(sorted(failed))})" if failed else ""
+        out.print(f"{record.tenant}\t{record.state}{note}")
 
 
 @main.group()
@@ -320,18 +329,35 @@ def tenant() -> None:
     """Provision and retire a tenant's stores (what the operator does, minus Kubernetes)."""
 
 
+def _new_tenant(value: str) -> str:
+    from resources.cluster_catalog import tenant_name
+
+    try:
+        return tenant_name(value)
+    except InvalidTenantError as exc:
+        raise click.BadParameter(str(exc), param_hint="TENANT_ID") from None
+
+
 @tenant.command(name="create")
 @click.argument("tenant_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
-    """Provision every store of TENANT_ID and register its Dagster partition (idempotent)."""
-    from resources.provisioning import STEPS, provision_step
+    """Provision every store of TENANT_ID and register its Dagster partition (idempotent;
+    after a failure at any store, running it again resumes)."""
+    from alien.tenants import STEPS, provision_step
 
-    name = _tenant(tenant_id)
+    name = _new_tenant(tenant_id)
     existed = ctx.registry.exists(name)
     for step in STEPS:  # the operator's sub-handlers call the same, one per store
-        provision_step(ctx.settings, name, step)
+        try:
+            provision_step(ctx.settings, name, step)
+        except Exception as exc:
+            raise click.ClickException(
+                f"tenant {name}: {step} could not be provisioned ({type(exc).__name__}: "
+                f"{exc}); the other stores are recorded, run `alien tenant create {name}` "
+                f"again to resume or `alien tenant delete {name}` to remove what was made"
+            ) from None
     stores = {s.store: s.backend for s in ctx.registry.backends.describe()}
     if as_json:
         _emit({"tenant": name, "created": not existed, "stores": stores})
@@ -342,23 +368,51 @@ def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
 @tenant.command(name="delete")
 @click.argument("tenant_id")
 @click.option(
-    "--retain", is_flag=True, help="Keep the stores and their data; only retire the partition."
+    "--retain", is_flag=True, help="Keep the stores and their data; stop serving the tenant."
 )
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None:
-    """Retire TENANT_ID: remove its stores (unless --retain) and its partition (idempotent)."""
-    from resources.provisioning import retire_tenant
+    """Retire TENANT_ID: remove every store it has, a half-made tenant's included (unless
+    --retain), and its partition (idempotent)."""
+    from alien.tenants import retire_tenant
 
     name = _tenant(tenant_id)
-    removed = (
-        False if retain else ctx.registry.exists(name) or ctx.registry.tenant_dir(name).exists()
-    )
-    retire_tenant(ctx.settings, name, "retain" if retain else "delete")
+    try:
+        _, found = retire_tenant(ctx.settings, name, "retain" if retain else "delete")
+    except Exception as exc:
+        raise click.ClickException(f"{exc}; run the delete again once the store answers") from None
     if as_json:
-        _emit({"tenant": name, "data_removed": removed, "retained": retain})
+        _emit({"tenant": name, "found": found, "data_removed": found and not retain,
+               "retained": retain})  # fmt: skip
+    elif not found:
+        err.print(f"tenant {name} does not exist: nothing to retire")
     else:
         err.print(f"tenant {name} retired ({'data retained' if retain else 'data removed'})")
+
+
+@tenant.command(name="env")
+@click.argument("tenant_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
+    """Print the complete environment of TENANT_ID's Data API pod as KEY=VALUE lines: its
+    ConfigMap and Secret, with this control plane's store URLs. It reaches only that
+    tenant's stores and holds no cluster key; treat the output as a secret."""
+    from resources.backends import BackendConfigError
+
+    name = _tenant(tenant_id)
+    try:
+        env = ctx.registry.environment(name)
+    except UnknownTenantError as exc:
+        raise click.UsageError(str(exc)) from None
+    except BackendConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit({"config": env.config, "secrets": env.secrets})
+        return
+    for key, value in sorted(env.merged().items()):
+        click.echo(f"{key}={value}")
 
 
 @tenant.command(name="manifests")

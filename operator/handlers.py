@@ -1,4 +1,5 @@
-"""kopf handlers of the Tenant resource: thin, each calling ``resources/provisioning.py``.
+"""kopf handlers of the Tenant resource: thin, each calling ``alien/tenants.py`` (stores through
+``resources/provisioning.py``, then the Dagster partition).
 
 Run with ``kopf run --standalone operator/handlers.py`` (loaded by path: there is no Python
 package named ``operator``). Creating, resuming or changing a Tenant registers one sub-handler
@@ -11,20 +12,15 @@ tenant per ``spec.retention`` behind kopf's finalizer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from typing import Any
 
 import kopf
 
+from alien.tenants import STEPS, check_tenant, provision_step, retire_tenant
 from resources.kube import GROUP, PLURAL, VERSION, TenantSpec, tenant_objects
-from resources.provisioning import (
-    STEPS,
-    apply_kubernetes_objects,
-    check_tenant,
-    provision_step,
-    retire_tenant,
-    tenant_credentials,
-)
+from resources.provisioning import apply_kubernetes_objects, tenant_environment
 from resources.settings import AlienSettings
 
 RETRY_DELAY = 30
@@ -89,17 +85,16 @@ def summarize(status: Any, patch: kopf.Patch, **_: Any) -> None:
 
 
 def kubernetes_step(tenant: TenantSpec) -> Any:
-    """Namespace, policies, quota, account, settings, Secret (with values), Data API."""
+    """Namespace, policies, quota, account, settings, Secret (with values), Data API: the
+    Data API's environment is exactly ``tenant_environment`` (``alien tenant env``)."""
 
     def handler(patch: kopf.Patch, body: Any = None, **_: Any) -> dict[str, Any]:
-        settings = _settings()
-        objects = tenant_objects(tenant)
-        for obj in objects:
-            if obj["kind"] == "Secret":
-                obj["stringData"] = tenant_credentials(settings, tenant.tenant_id)
-            elif obj["kind"] == "Namespace" and body is not None:
-                kopf.adopt(obj, owner=body)  # deleting the Tenant takes the namespace along
         try:
+            env = tenant_environment(_settings(), tenant.tenant_id)
+            objects = tenant_objects(tenant, config=env.config, secrets=env.secrets)
+            for obj in objects:
+                if obj["kind"] == "Namespace" and body is not None:
+                    kopf.adopt(obj, owner=body)  # deleting the Tenant takes the namespace along
             count = apply_kubernetes_objects(objects)
         except Exception as err:
             patch.status.setdefault("stores", {})["kubernetes"] = _store_state(
@@ -128,8 +123,12 @@ def reconcile(spec: Any, patch: kopf.Patch, **_: Any) -> dict[str, str]:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=DRIFT_INTERVAL, idle=60, id="drift")
-def drift(spec: Any, status: Any, patch: kopf.Patch, logger: Any, **_: Any) -> dict[str, Any]:
-    """Re-check every store; recreate and report what is missing."""
+def drift(
+    spec: Any, status: Any, patch: kopf.Patch, logger: Any, body: Any = None, **_: Any
+) -> dict[str, Any]:
+    """Re-check every store; recreate and report what is missing. In a cluster, re-apply the
+    tenant's objects too: the same objects change nothing, except the Secret once its Qdrant
+    JWT enters the second half of its life (the token is fixed per half-lifetime window)."""
     tenant = _spec(spec).tenant_id
     settings = _settings()
     repaired = []
@@ -145,6 +144,10 @@ def drift(spec: Any, status: Any, patch: kopf.Patch, logger: Any, **_: Any) -> d
             continue
         stores[step] = _store_state(True, "Recreated", f"{step} was missing and was recreated")
         repaired.append(step)
+    if settings.kube_apply:
+        with contextlib.suppress(kopf.TemporaryError):  # reported in status by the step
+            kubernetes_step(_spec(spec))(patch=patch, body=body)
+        stores.update(patch.status.get("stores", {}))
     patch.status["stores"] = stores
     patch.status["conditions"] = conditions(stores)
     return {"repaired": repaired}
@@ -158,7 +161,7 @@ def retire(spec: Any, logger: Any, patch: kopf.Patch | None = None, **_: Any) ->
         patch.status["retirement"] = {"phase": "Retiring", "retention": tenant.retention,
                                       "since": _now()}  # fmt: skip
     try:
-        message = retire_tenant(_settings(), tenant.tenant_id, tenant.retention)
+        message, _ = retire_tenant(_settings(), tenant.tenant_id, tenant.retention)
     except Exception as err:
         if patch is not None:
             patch.status["retirement"] = {"phase": "Failed", "message": str(err)[:500]}

@@ -1,32 +1,47 @@
-"""Which backend each store uses, chosen by settings, and provisioning across them.
+"""Which backend each store uses: one backend object per store kind, chosen once from settings.
 
 Embedded (the default) keeps everything under ``ALIEN_HOME``. In cluster mode
-(``ALIEN_MODE=cluster``) a store with its server configured uses it: the catalog PostgreSQL
-(``ALIEN_POSTGRES_URL``), objects S3 (``ALIEN_S3_ENDPOINT``). A store whose server is not
-configured falls back to its embedded backend. ``describe`` says which is which and whether
-each answers (``alien status``).
+(``ALIEN_MODE=cluster``) a store whose server is configured uses it: the catalog PostgreSQL
+(``ALIEN_POSTGRES_URL``), objects S3 (``ALIEN_S3_ENDPOINT``), vectors Qdrant
+(``ALIEN_QDRANT_URL``), keywords Meilisearch (``ALIEN_MEILI_URL``); any other stays embedded.
+
+Two planes hold different credentials:
+
+- the **control plane** (the operator, ``alien tenant``, a CLI run with cluster keys) holds
+  the cluster's keys. It provisions and retires tenants' stores, and opens a tenant's stores
+  with that tenant's own credentials where the server has them (the catalog as the tenant's
+  role, Qdrant with a JWT for the one collection, Meilisearch with the index's key);
+- a tenant's **data plane** (``ALIEN_TENANT`` set: its Data API pod, its runs) holds only
+  that tenant's credentials, as ``tenant_environment`` gives them, and can open nothing else;
+  the servers themselves refuse those credentials anywhere else.
+
+Every backend answers the same questions (``open``, ``provision``, ``exists``, ``retire``,
+``ping``, ``tenant_env``), so nothing above this module branches on store names.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any, ClassVar
 
 from resources.analysis import Analyzer
 from resources.catalog import Catalog
 from resources.keywords import KeywordIndex, SqliteKeywordIndex
 from resources.objects import LocalObjectStore, ObjectStore
 from resources.settings import AlienSettings
-from resources.tenancy import TenantId
+from resources.tenancy import TenantId, UnknownTenantError
 from resources.vectors import SqliteVectorIndex, VectorIndex
 
 
 class BackendConfigError(ValueError):
-    """Cluster-mode settings that cannot work together."""
+    """Settings that cannot work together."""
+
+
+class ControlPlaneOnlyError(PermissionError):
+    """Provisioning or retiring asked of a tenant's data plane, which holds no cluster key."""
 
 
 @dataclass(frozen=True)
@@ -38,281 +53,620 @@ class StoreStatus:
     detail: str = ""
 
 
-class Backends:
+@dataclass
+class TenantEnvironment:
+    """The settings of one tenant's data plane: ``config`` for its ConfigMap, ``secrets`` for
+    its Secret. Together they are everything its processes need, and no cluster key."""
+
+    config: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def update(self, other: TenantEnvironment) -> None:
+        self.config.update(other.config)
+        self.secrets.update(other.secrets)
+
+    def merged(self) -> dict[str, str]:
+        return {**self.config, **self.secrets}
+
+
+def _secret(value: Any) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+class StoreBackend:
+    """One store kind's backend. Embedded backends keep files under the tenant's directory:
+    nothing to provision on a server, nothing to hand a data plane."""
+
+    kind: ClassVar[str]
+    backend: ClassVar[str]
+    server: ClassVar[bool] = False
+
     def __init__(self, settings: AlienSettings) -> None:
         self.settings = settings
-        self.cluster = settings.mode == "cluster"
-        self._known: set[str] = set()
-        self._lock = threading.Lock()
-        if self.uses_postgres and settings.cluster_secret is None:
-            raise BackendConfigError("ALIEN_POSTGRES_URL needs ALIEN_CLUSTER_SECRET")
 
-    # -- choices -------------------------------------------------------------------------
-    @property
-    def uses_postgres(self) -> bool:
-        return self.cluster and bool(self.settings.postgres_url)
+    def target(self) -> str:
+        return str(self.settings.tenants_dir)
 
-    @property
-    def uses_s3(self) -> bool:
-        return self.cluster and bool(self.settings.s3_endpoint)
+    def provision(self, tenant: TenantId, root: Path) -> None:
+        """Create the tenant's server-side part (idempotent)."""
 
-    @cached_property
-    def minio_admin(self):  # type: ignore[no-untyped-def]
-        from minio.credentials import StaticProvider
-        from minio.minioadmin import MinioAdmin
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        raise NotImplementedError
 
-        s = self.settings
-        secret = s.s3_secret_key.get_secret_value() if s.s3_secret_key else ""
-        return MinioAdmin(
-            endpoint=s.s3_endpoint or "",
-            credentials=StaticProvider(s.s3_access_key or "", secret),
-            secure=s.s3_secure,
+    def retire(self, tenant: TenantId, root: Path) -> None:
+        """Remove the tenant's server-side part (idempotent)."""
+
+    def ping(self) -> object:
+        return True
+
+    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+        return TenantEnvironment()
+
+    def status(self) -> StoreStatus:
+        return _probe(self.kind, self.backend, self.target(), self.ping)
+
+
+class TenantPlaneBackend(StoreBackend):
+    """A server backend of one tenant's data plane: it opens that tenant's store with that
+    tenant's credentials and refuses everything else."""
+
+    server = True
+
+    def only(self, tenant: TenantId) -> TenantId:
+        if tenant != self.settings.tenant:
+            raise UnknownTenantError(f"unknown tenant {tenant!r}")
+        return tenant
+
+    def refuse(self) -> ControlPlaneOnlyError:
+        return ControlPlaneOnlyError(
+            f"this process is tenant {self.settings.tenant!r}'s data plane: provisioning and "
+            "retiring need the control plane's keys"
         )
 
-    @property
-    def uses_meili(self) -> bool:
-        return self.cluster and bool(self.settings.meili_url)
+    def provision(self, tenant: TenantId, root: Path) -> None:
+        raise self.refuse()
 
-    @property
-    def _meili_master(self) -> str:
-        key = self.settings.meili_master_key
-        return key.get_secret_value() if key else ""
+    def retire(self, tenant: TenantId, root: Path) -> None:
+        raise self.refuse()
 
-    @cached_property
-    def meili_admin(self):  # type: ignore[no-untyped-def]
-        """A client with the master key: provisioning only."""
-        import meilisearch
+    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+        raise self.refuse()
 
-        return meilisearch.Client(self.settings.meili_url, self._meili_master or None)
 
-    @property
-    def uses_qdrant(self) -> bool:
-        return self.cluster and bool(self.settings.qdrant_url)
+# -- catalog ------------------------------------------------------------------------------
+class SqliteCatalogBackend(StoreBackend):
+    kind, backend = "catalog", "sqlite"
 
-    @cached_property
-    def qdrant_admin(self):  # type: ignore[no-untyped-def]
-        """A client with the cluster's API key: provisioning only, never the data plane."""
-        from qdrant_client import QdrantClient
+    def open(self, tenant: TenantId, root: Path) -> Catalog:
+        return Catalog.embedded(tenant, root / "catalog.db")
 
-        url = self.settings.qdrant_url or ""
-        if url.startswith("local:"):  # Qdrant's embedded mode (one process per path)
-            client = QdrantClient(path=url.removeprefix("local:"))
-        else:
-            client = QdrantClient(url=url, api_key=self._qdrant_key or None)
-        atexit.register(client.close)  # before interpreter teardown, not in __del__ during it
-        return client
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return (root / "catalog.db").is_file()
 
-    @property
-    def _qdrant_key(self) -> str:
-        key = self.settings.qdrant_api_key
-        return key.get_secret_value() if key else ""
+    def ping(self) -> object:
+        return self.settings.tenants_dir.parent.exists()
+
+
+class PostgresCatalogBackend(StoreBackend):
+    """A database and role per tenant, made through the admin connection; the catalog
+    connects as the tenant's role."""
+
+    kind, backend, server = "catalog", "postgresql", True
+
+    def __init__(self, settings: AlienSettings) -> None:
+        super().__init__(settings)
+        if settings.cluster_secret is None:
+            raise BackendConfigError("ALIEN_POSTGRES_URL needs ALIEN_CLUSTER_SECRET")
 
     @cached_property
-    def postgres(self):  # type: ignore[no-untyped-def]
+    def provisioner(self):  # type: ignore[no-untyped-def]
         from resources.postgres import PostgresProvisioner
 
-        secret = self.settings.cluster_secret
-        assert self.settings.postgres_url and secret is not None
-        return PostgresProvisioner(self.settings.postgres_url, secret.get_secret_value())
+        return PostgresProvisioner(
+            self.settings.postgres_url or "", _secret(self.settings.cluster_secret)
+        )
+
+    def target(self) -> str:
+        return _safe_url(self.settings.postgres_url)
+
+    def open(self, tenant: TenantId, root: Path) -> Catalog:
+        from resources.postgres import tenant_engine
+
+        return Catalog(tenant, tenant_engine(self.provisioner.describe(tenant).url))
+
+    def provision(self, tenant: TenantId, root: Path) -> None:
+        self.provisioner.create(tenant)
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return bool(self.provisioner.exists(tenant))
+
+    def retire(self, tenant: TenantId, root: Path) -> None:
+        self.provisioner.drop(tenant)
+
+    def ping(self) -> object:
+        from sqlalchemy import text
+
+        with self.provisioner.engine.connect() as conn:
+            return conn.execute(text("SELECT 1")).scalar()
+
+    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+        db = self.provisioner.describe(tenant)
+        url = db.url.set(drivername="postgresql", password=None)
+        return TenantEnvironment(
+            {"ALIEN_POSTGRES_URL": url.render_as_string(hide_password=False)},
+            {"ALIEN_POSTGRES_PASSWORD": db.password},
+        )
+
+
+class PostgresTenantCatalogBackend(TenantPlaneBackend):
+    """The data plane's catalog: the tenant's database as the tenant's role, nothing else."""
+
+    kind, backend = "catalog", "postgresql"
+
+    @cached_property
+    def engine(self):  # type: ignore[no-untyped-def]
+        from resources.postgres import sqlalchemy_url, tenant_engine
+
+        url = sqlalchemy_url(self.settings.postgres_url or "")
+        if self.settings.postgres_password is not None:
+            url = url.set(password=_secret(self.settings.postgres_password))
+        return tenant_engine(url)
+
+    def target(self) -> str:
+        return _safe_url(self.settings.postgres_url)
+
+    def open(self, tenant: TenantId, root: Path) -> Catalog:
+        return Catalog(self.only(tenant), self.engine)
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return tenant == self.settings.tenant and self.ping() == 1
+
+    def ping(self) -> object:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT 1")).scalar()
+
+
+# -- objects ------------------------------------------------------------------------------
+class LocalObjectsBackend(StoreBackend):
+    kind, backend = "objects", "directory"
+
+    def open(self, tenant: TenantId, root: Path) -> ObjectStore:
+        return LocalObjectStore(root / "objects")
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return (root / "objects").is_dir()
+
+
+class _S3Client:
+    """The S3 client of these settings' credentials."""
+
+    settings: AlienSettings
 
     @cached_property
     def s3(self):  # type: ignore[no-untyped-def]
         from resources.s3objects import s3_client
 
         s = self.settings
-        assert s.s3_endpoint
         return s3_client(
-            s.s3_endpoint,
-            s.s3_access_key or "",
-            s.s3_secret_key.get_secret_value() if s.s3_secret_key else "",
-            s.s3_secure,
+            s.s3_endpoint or "", s.s3_access_key or "", _secret(s.s3_secret_key), s.s3_secure
         )
 
-    # -- handles -------------------------------------------------------------------------
-    def catalog(self, tenant: TenantId, root: Path) -> Catalog:
-        if self.uses_postgres:
-            from resources.postgres import tenant_engine
+    def target(self) -> str:
+        return str(self.settings.s3_endpoint)
 
-            return Catalog(tenant, tenant_engine(self.postgres.describe(tenant).url))
-        return Catalog.embedded(tenant, root / "catalog.db")
 
-    def objects(self, tenant: TenantId, root: Path) -> ObjectStore:
-        if self.uses_s3:
-            from resources.s3objects import S3ObjectStore, bucket_name
+class S3ObjectsBackend(_S3Client, StoreBackend):
+    """A bucket per tenant; with MinIO's admin API, a user per tenant whose one IAM policy is
+    its bucket (the data plane's credentials)."""
 
-            return S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix))
-        return LocalObjectStore(root / "objects")
+    kind, backend, server = "objects", "s3", True
 
-    def vectors(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
-        if self.uses_qdrant:
-            from resources.qdrant import QdrantVectorIndex, collection_name
+    def bucket(self, tenant: TenantId) -> str:
+        from resources.s3objects import bucket_name
 
-            name = collection_name(tenant)
-            url = self.settings.qdrant_url or ""
-            if self._qdrant_key and not url.startswith("local:"):  # JWT RBAC: one collection
-                return QdrantVectorIndex.scoped(url, self._qdrant_key, name, model, dim)
-            return QdrantVectorIndex(self.qdrant_admin, name, model, dim)
+        return bucket_name(tenant, self.settings.s3_bucket_prefix)
+
+    @cached_property
+    def admin(self):  # type: ignore[no-untyped-def]
+        from minio.credentials import StaticProvider
+        from minio.minioadmin import MinioAdmin
+
+        s = self.settings
+        return MinioAdmin(
+            endpoint=s.s3_endpoint or "",
+            credentials=StaticProvider(s.s3_access_key or "", _secret(s.s3_secret_key)),
+            secure=s.s3_secure,
+        )
+
+    def open(self, tenant: TenantId, root: Path) -> ObjectStore:
+        from resources.s3objects import S3ObjectStore
+
+        return S3ObjectStore(self.s3, self.bucket(tenant))
+
+    def provision(self, tenant: TenantId, root: Path) -> None:
+        from resources.minio_tenancy import apply_bucket_policy, provision_tenant_user
+        from resources.s3objects import S3ObjectStore
+
+        bucket = self.bucket(tenant)
+        S3ObjectStore(self.s3, bucket).create()
+        apply_bucket_policy(self.s3, bucket, require_tls=self.settings.s3_secure)
+        if self.settings.s3_minio_admin:
+            provision_tenant_user(
+                self.admin,
+                tenant,
+                _secret(self.settings.cluster_secret),
+                self.settings.s3_bucket_prefix,
+            )
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return bool(self.s3.bucket_exists(self.bucket(tenant)))
+
+    def retire(self, tenant: TenantId, root: Path) -> None:
+        from resources.s3objects import S3ObjectStore
+
+        S3ObjectStore(self.s3, self.bucket(tenant)).drop()
+        if self.settings.s3_minio_admin:
+            from resources.minio_tenancy import retire_tenant_user
+
+            retire_tenant_user(self.admin, tenant, self.settings.s3_bucket_prefix)
+
+    def ping(self) -> object:
+        return self.s3.list_buckets()
+
+    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+        from resources.minio_tenancy import tenant_access_key, tenant_secret_key
+
+        s = self.settings
+        if not s.s3_minio_admin or s.cluster_secret is None:
+            raise BackendConfigError(
+                "a tenant's data plane needs its own S3 user: set ALIEN_S3_MINIO_ADMIN=true "
+                "(MinIO's admin API) and ALIEN_CLUSTER_SECRET; without them the only S3 "
+                "credentials are the cluster's, which never leave the control plane"
+            )
+        return TenantEnvironment(
+            {
+                "ALIEN_S3_ENDPOINT": s.s3_endpoint or "",
+                "ALIEN_S3_SECURE": str(s.s3_secure).lower(),
+                "ALIEN_S3_BUCKET": self.bucket(tenant),
+                "ALIEN_S3_ACCESS_KEY": tenant_access_key(tenant, s.s3_bucket_prefix),
+            },
+            {"ALIEN_S3_SECRET_KEY": tenant_secret_key(_secret(s.cluster_secret), tenant)},
+        )
+
+
+class S3TenantObjectsBackend(_S3Client, TenantPlaneBackend):
+    kind, backend = "objects", "s3"
+
+    def open(self, tenant: TenantId, root: Path) -> ObjectStore:
+        from resources.s3objects import S3ObjectStore
+
+        return S3ObjectStore(self.s3, self.settings.s3_bucket or "")
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return tenant == self.settings.tenant and bool(self.ping())
+
+    def ping(self) -> object:
+        return self.s3.bucket_exists(self.settings.s3_bucket or "")
+
+
+# -- vectors ------------------------------------------------------------------------------
+class EmbeddedVectorsBackend(StoreBackend):
+    kind, backend = "vectors", "embedded"
+
+    def target(self) -> str:
+        return "sqlite + numpy per tenant"
+
+    def open(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
         return SqliteVectorIndex(root / "vectors.db", model=model, dim=dim)
 
-    def keywords(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
-        if self.uses_meili:
-            import meilisearch
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return (root / "vectors.db").is_file()
 
-            from resources.meili import MeiliKeywordIndex, derive_key, index_name, key_uid
 
-            name = index_name(tenant)
-            # The data plane holds the tenant's scoped key, derived, never the master key.
-            key = (
-                derive_key(self._meili_master, key_uid(name, external=False))
-                if (self._meili_master)
-                else None
+class QdrantVectorsBackend(StoreBackend):
+    """A collection per tenant, made with the cluster's API key; handles hold a JWT that names
+    only the tenant's collection (renewed before it expires)."""
+
+    kind, backend, server = "vectors", "qdrant", True
+
+    def __init__(self, settings: AlienSettings, model: str, dim: int) -> None:
+        super().__init__(settings)
+        self.model, self.dim = model, dim
+
+    @property
+    def url(self) -> str:
+        return self.settings.qdrant_url or ""
+
+    @property
+    def local(self) -> bool:
+        return self.url.startswith("local:")  # Qdrant's embedded mode: one process per path
+
+    def target(self) -> str:
+        return self.url
+
+    def collection(self, tenant: TenantId) -> str:
+        from resources.qdrant import collection_name
+
+        return collection_name(tenant)
+
+    @cached_property
+    def admin(self):  # type: ignore[no-untyped-def]
+        """A client with the cluster's API key: provisioning only, never the data plane."""
+        from qdrant_client import QdrantClient
+
+        if self.local:
+            client = QdrantClient(path=self.url.removeprefix("local:"))
+        else:
+            client = QdrantClient(
+                url=self.url, api_key=_secret(self.settings.qdrant_api_key) or None
             )
-            return MeiliKeywordIndex(meilisearch.Client(self.settings.meili_url, key), name)
+        atexit.register(client.close)  # before interpreter teardown, not in __del__ during it
+        return client
+
+    def _index(self, tenant: TenantId, model: str, dim: int):  # type: ignore[no-untyped-def]
+        from resources.qdrant import QdrantVectorIndex
+
+        return QdrantVectorIndex(self.admin, self.collection(tenant), model, dim)
+
+    def open(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
+        from resources.qdrant import QdrantVectorIndex
+
+        key = _secret(self.settings.qdrant_api_key)
+        if key and not self.local:
+            return QdrantVectorIndex.scoped(self.url, key, self.collection(tenant), model, dim)
+        return self._index(tenant, model, dim)
+
+    def provision(self, tenant: TenantId, root: Path) -> None:
+        self._index(tenant, self.model, self.dim).create()
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return bool(self.admin.collection_exists(self.collection(tenant)))
+
+    def retire(self, tenant: TenantId, root: Path) -> None:
+        self._index(tenant, "", 0).drop()
+
+    def ping(self) -> object:
+        return self.admin.get_collections()
+
+    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+        from resources.qdrant import tenant_token, windowed_expiry
+
+        if self.local:
+            raise BackendConfigError("Qdrant's local mode (local:) cannot be shared with a pod")
+        env = TenantEnvironment(
+            {"ALIEN_QDRANT_URL": self.url, "ALIEN_QDRANT_COLLECTION": self.collection(tenant)}
+        )
+        key = _secret(self.settings.qdrant_api_key)
+        if key:
+            expires = windowed_expiry(self.settings.qdrant_token_ttl_seconds)
+            token = tenant_token(key, self.collection(tenant), expires_at=expires)
+            env.secrets["ALIEN_QDRANT_TOKEN"] = token
+        return env
+
+
+class QdrantTenantVectorsBackend(TenantPlaneBackend):
+    kind, backend = "vectors", "qdrant"
+
+    @cached_property
+    def client(self):  # type: ignore[no-untyped-def]
+        from qdrant_client import QdrantClient
+
+        token = _secret(self.settings.qdrant_token) or None
+        client = QdrantClient(url=self.settings.qdrant_url, api_key=token)
+        atexit.register(client.close)
+        return client
+
+    def target(self) -> str:
+        return self.settings.qdrant_url or ""
+
+    def open(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
+        from resources.qdrant import QdrantVectorIndex
+
+        self.only(tenant)
+        return QdrantVectorIndex(self.client, self.settings.qdrant_collection or "", model, dim)
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return tenant == self.settings.tenant and bool(self.ping())
+
+    def ping(self) -> object:
+        return self.client.collection_exists(self.settings.qdrant_collection or "")
+
+
+# -- keywords -----------------------------------------------------------------------------
+class EmbeddedKeywordsBackend(StoreBackend):
+    kind, backend = "keywords", "embedded"
+
+    def target(self) -> str:
+        return "sqlite + numpy BM25 per tenant"
+
+    def open(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
         return SqliteKeywordIndex(root / "keywords.db", analyzer=analyzer)
 
-    # -- tenants -------------------------------------------------------------------------
     def exists(self, tenant: TenantId, root: Path) -> bool:
-        """Whether the tenant is provisioned (a server's positive answer is remembered)."""
-        if not self.uses_postgres:
-            return (root / "catalog.db").is_file()
-        if str(tenant) in self._known:
-            return True
-        found = self.postgres.exists(tenant)
-        if found:
-            with self._lock:
-                self._known.add(str(tenant))
-        return found
+        return (root / "keywords.db").is_file()
 
-    def tenants(self, tenants_dir: Path) -> list[TenantId]:
-        if self.uses_postgres:
-            return self.postgres.tenants()
-        if not tenants_dir.is_dir():
-            return []
-        out = []
-        for child in sorted(tenants_dir.iterdir()):
-            if (child / "catalog.db").is_file():
-                with contextlib.suppress(ValueError):
-                    out.append(TenantId(child.name))
-        return out
 
-    STORES = ("catalog", "objects", "vectors", "keywords")
+class MeiliKeywordsBackend(StoreBackend):
+    """An index per tenant, made with the master key; handles hold the key limited to the
+    tenant's index (its value derived as Meilisearch does, so nothing stores it)."""
 
-    def provision(self, tenant: TenantId, model: str, dim: int) -> None:
-        """Create the tenant's server-side stores (idempotent); embedded ones need nothing."""
-        for store in self.STORES:
-            self.provision_store(store, tenant, model, dim)
+    kind, backend, server = "keywords", "meilisearch", True
 
-    def provision_store(self, store: str, tenant: TenantId, model: str, dim: int) -> bool:
-        """Create one store's server-side part (idempotent); False when it is embedded."""
-        if store == "catalog" and self.uses_postgres:
-            self.postgres.create(tenant)
-        elif store == "vectors" and self.uses_qdrant:
-            from resources.qdrant import QdrantVectorIndex, collection_name
+    @property
+    def master(self) -> str:
+        return _secret(self.settings.meili_master_key)
 
-            QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), model, dim).create()
-        elif store == "keywords" and self.uses_meili:
-            from resources.meili import MeiliKeywordIndex, index_name
+    def target(self) -> str:
+        return self.settings.meili_url or ""
 
-            index = MeiliKeywordIndex(self.meili_admin, index_name(tenant))
-            index.create()
-            if self._meili_master:
-                index.create_key(external=False)
-        elif store == "objects" and self.uses_s3:
-            from resources.minio_tenancy import apply_bucket_policy, provision_tenant_user
-            from resources.s3objects import S3ObjectStore, bucket_name
+    @cached_property
+    def admin(self):  # type: ignore[no-untyped-def]
+        import meilisearch
 
-            bucket = bucket_name(tenant, self.settings.s3_bucket_prefix)
-            S3ObjectStore(self.s3, bucket).create()
-            apply_bucket_policy(self.s3, bucket, require_tls=self.settings.s3_secure)
-            if self.settings.s3_minio_admin and self.settings.cluster_secret is not None:
-                provision_tenant_user(
-                    self.minio_admin,
-                    tenant,
-                    self.settings.cluster_secret.get_secret_value(),
-                    self.settings.s3_bucket_prefix,
+        return meilisearch.Client(self.settings.meili_url, self.master or None)
+
+    def index(self, tenant: TenantId) -> str:
+        from resources.meili import index_name
+
+        return index_name(tenant)
+
+    def data_key(self, tenant: TenantId) -> str | None:
+        from resources.meili import derive_key, key_uid
+
+        if not self.master:
+            return None
+        return derive_key(self.master, key_uid(self.index(tenant), external=False))
+
+    def open(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
+        import meilisearch
+
+        from resources.meili import MeiliKeywordIndex
+
+        client = meilisearch.Client(self.settings.meili_url, self.data_key(tenant))
+        return MeiliKeywordIndex(client, self.index(tenant))
+
+    def provision(self, tenant: TenantId, root: Path) -> None:
+        from resources.meili import MeiliKeywordIndex
+
+        index = MeiliKeywordIndex(self.admin, self.index(tenant))
+        index.create()
+        if self.master:
+            index.create_key(external=False)
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        from resources.meili import MeiliKeywordIndex
+
+        return MeiliKeywordIndex(self.admin, self.index(tenant)).exists()
+
+    def retire(self, tenant: TenantId, root: Path) -> None:
+        from resources.meili import MeiliKeywordIndex
+
+        index = MeiliKeywordIndex(self.admin, self.index(tenant))
+        index.drop()
+        if self.master:
+            index.delete_keys()
+
+    def ping(self) -> object:
+        return self.admin.health()
+
+    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+        env = TenantEnvironment(
+            {
+                "ALIEN_MEILI_URL": self.settings.meili_url or "",
+                "ALIEN_MEILI_INDEX": self.index(tenant),
+            }
+        )
+        key = self.data_key(tenant)
+        if key:
+            env.secrets["ALIEN_MEILI_KEY"] = key
+        return env
+
+
+class MeiliTenantKeywordsBackend(TenantPlaneBackend):
+    kind, backend = "keywords", "meilisearch"
+
+    @cached_property
+    def client(self):  # type: ignore[no-untyped-def]
+        import meilisearch
+
+        return meilisearch.Client(self.settings.meili_url, _secret(self.settings.meili_key) or None)
+
+    def target(self) -> str:
+        return self.settings.meili_url or ""
+
+    def open(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
+        from resources.meili import MeiliKeywordIndex
+
+        self.only(tenant)
+        return MeiliKeywordIndex(self.client, self.settings.meili_index or "")
+
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        from resources.meili import MeiliKeywordIndex
+
+        index = MeiliKeywordIndex(self.client, self.settings.meili_index or "")
+        return tenant == self.settings.tenant and index.exists()
+
+    def ping(self) -> object:
+        return self.client.health()
+
+
+# -- the set ------------------------------------------------------------------------------
+def _choose(settings: AlienSettings, model: str, dim: int) -> list[StoreBackend]:
+    """The backend of each store kind for these settings, in provisioning order."""
+    s, cluster, plane = settings, settings.mode == "cluster", settings.tenant_plane
+    if plane and not cluster:
+        raise BackendConfigError("ALIEN_TENANT (a tenant's data plane) needs ALIEN_MODE=cluster")
+    if plane:
+        TenantId(s.tenant or "")
+        for server, name in ((s.s3_endpoint, s.s3_bucket), (s.qdrant_url, s.qdrant_collection),
+                             (s.meili_url, s.meili_index)):  # fmt: skip
+            if server and not name:
+                raise BackendConfigError(
+                    "a tenant's data plane names its bucket, collection and index: set "
+                    "ALIEN_S3_BUCKET, ALIEN_QDRANT_COLLECTION and ALIEN_MEILI_INDEX "
+                    "(`alien tenant env T` prints them)"
                 )
-        elif store not in self.STORES:
-            raise ValueError(f"unknown store {store!r}")
-        else:
-            return False
-        return True
+    catalog: StoreBackend = SqliteCatalogBackend(s)
+    objects: StoreBackend = LocalObjectsBackend(s)
+    vectors: StoreBackend = EmbeddedVectorsBackend(s)
+    keywords: StoreBackend = EmbeddedKeywordsBackend(s)
+    if cluster and s.postgres_url:
+        catalog = PostgresTenantCatalogBackend(s) if plane else PostgresCatalogBackend(s)
+    if cluster and s.s3_endpoint:
+        objects = S3TenantObjectsBackend(s) if plane else S3ObjectsBackend(s)
+    if cluster and s.qdrant_url:
+        vectors = QdrantTenantVectorsBackend(s) if plane else QdrantVectorsBackend(s, model, dim)
+    if cluster and s.meili_url:
+        keywords = MeiliTenantKeywordsBackend(s) if plane else MeiliKeywordsBackend(s)
+    return [catalog, objects, vectors, keywords]
 
-    def store_exists(self, store: str, tenant: TenantId, root: Path) -> bool:
-        """Whether the tenant's part of ``store`` is there (drift checks); asks the server."""
-        if store == "catalog":
-            if self.uses_postgres:
-                return self.postgres.exists(tenant)
-            return (root / "catalog.db").is_file()
-        if store == "objects":
-            if self.uses_s3:
-                from resources.s3objects import bucket_name
 
-                return bool(
-                    self.s3.bucket_exists(bucket_name(tenant, self.settings.s3_bucket_prefix))
-                )
-            return (root / "objects").is_dir()
-        if store == "vectors":
-            if self.uses_qdrant:
-                from resources.qdrant import collection_name
+class Backends:
+    """The store backends of one configuration, by kind (``catalog``, ``objects``, …)."""
 
-                return bool(self.qdrant_admin.collection_exists(collection_name(tenant)))
-            return (root / "vectors.db").is_file()
-        if store == "keywords":
-            if self.uses_meili:
-                from resources.meili import MeiliKeywordIndex, index_name
+    def __init__(self, settings: AlienSettings, model: str, dim: int) -> None:
+        self.settings = settings
+        self.by_kind: dict[str, StoreBackend] = {b.kind: b for b in _choose(settings, model, dim)}
 
-                return MeiliKeywordIndex(self.meili_admin, index_name(tenant)).exists()
-            return (root / "keywords.db").is_file()
-        raise ValueError(f"unknown store {store!r}")
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.by_kind)
 
-    def retire(self, tenant: TenantId) -> None:
-        """Remove the tenant's server-side stores (idempotent)."""
-        with self._lock:
-            self._known.discard(str(tenant))
-        if self.uses_s3:
-            from resources.s3objects import S3ObjectStore, bucket_name
+    def store(self, kind: str) -> StoreBackend:
+        try:
+            return self.by_kind[kind]
+        except KeyError:
+            raise ValueError(f"unknown store {kind!r}") from None
 
-            S3ObjectStore(self.s3, bucket_name(tenant, self.settings.s3_bucket_prefix)).drop()
-            if self.settings.s3_minio_admin:
-                from resources.minio_tenancy import retire_tenant_user
+    @property
+    def catalog(self) -> Any:
+        return self.by_kind["catalog"]
 
-                retire_tenant_user(self.minio_admin, tenant, self.settings.s3_bucket_prefix)
-        if self.uses_qdrant:
-            from resources.qdrant import QdrantVectorIndex, collection_name
+    @property
+    def objects(self) -> Any:
+        return self.by_kind["objects"]
 
-            QdrantVectorIndex(self.qdrant_admin, collection_name(tenant), "", 0).drop()
-        if self.uses_meili:
-            from resources.meili import MeiliKeywordIndex, index_name
+    @property
+    def vectors(self) -> Any:
+        return self.by_kind["vectors"]
 
-            MeiliKeywordIndex(self.meili_admin, index_name(tenant)).drop()
-        if self.uses_postgres:
-            self.postgres.drop(tenant)
+    @property
+    def keywords(self) -> Any:
+        return self.by_kind["keywords"]
 
-    # -- status --------------------------------------------------------------------------
+    def tenant_environment(self, tenant: TenantId) -> TenantEnvironment:
+        """Everything tenant ``tenant``'s data plane needs, and no cluster key."""
+        env = TenantEnvironment({"ALIEN_MODE": "cluster", "ALIEN_TENANT": str(tenant)})
+        for backend in self.by_kind.values():
+            env.update(backend.tenant_env(tenant))
+        return env
+
     def describe(self) -> list[StoreStatus]:
         """Each store's backend and whether it answers now."""
         s = self.settings
-        out = []
-        if self.uses_postgres:
-            out.append(_probe("catalog", "postgresql", _safe_url(s.postgres_url), self._pg_ping))
-        else:
-            out.append(_probe("catalog", "sqlite", str(s.tenants_dir), s.tenants_dir.parent.exists))
-        if self.uses_s3:
-            out.append(_probe("objects", "s3", str(s.s3_endpoint), self.s3.list_buckets))
-        else:
-            out.append(_probe("objects", "directory", str(s.tenants_dir), lambda: True))
-        if self.uses_qdrant:
-            out.append(
-                _probe("vectors", "qdrant", str(s.qdrant_url), self.qdrant_admin.get_collections)
-            )
-        else:
-            out.append(_probe("vectors", "embedded", "sqlite + numpy per tenant", lambda: True))
-        if self.uses_meili:
-            out.append(_probe("keywords", "meilisearch", str(s.meili_url), self.meili_admin.health))
-        else:
-            out.append(
-                _probe("keywords", "embedded", "sqlite + numpy BM25 per tenant", lambda: True)
-            )
+        out = [backend.status() for backend in self.by_kind.values()]
         if s.ocr == "mistral":
             out.append(
                 _probe("ocr", "mistral", s.mistral_ocr_model, lambda: s.mistral_api_key is not None)
@@ -322,24 +676,16 @@ class Backends:
 
             out.append(_probe("ocr", "local", "pdfium + tesseract", TesseractOcr.available))
         if s.platform_url:
-            out.append(
-                _probe("platform", "http", s.platform_url, lambda: self._reach(s.platform_url))
-            )
+            out.append(_probe("platform", "http", s.platform_url, lambda: _reach(s.platform_url)))
         else:
             out.append(_probe("platform", "outbox", str(s.system_dir / "outbox.db"), lambda: True))
         return out
 
-    @staticmethod
-    def _reach(url: str | None) -> None:
-        import httpx
 
-        httpx.get(url or "", timeout=5)  # any HTTP answer means it is reachable
+def _reach(url: str | None) -> None:
+    import httpx
 
-    def _pg_ping(self) -> None:
-        from sqlalchemy import text
-
-        with self.postgres.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+    httpx.get(url or "", timeout=5)  # any HTTP answer means it is reachable
 
 
 def _safe_url(url: str | None) -> str:

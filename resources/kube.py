@@ -8,6 +8,8 @@ Secrets listed by key name only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,11 +26,14 @@ API_PORT = 8000
 SECRET_NAME = "alien-tenant-credentials"
 # The keys of the tenant's credentials Secret (values: resources/provisioning.py).
 SECRET_KEYS = (
-    "ALIEN_POSTGRES_PASSWORD",
-    "ALIEN_S3_SECRET_KEY",
-    "ALIEN_QDRANT_TOKEN",
     "ALIEN_MEILI_KEY",
+    "ALIEN_POSTGRES_PASSWORD",
+    "ALIEN_QDRANT_TOKEN",
+    "ALIEN_S3_SECRET_KEY",
 )
+# The Data API's ALIEN_HOME (locks, its Dagster instance): a writable emptyDir, the root
+# file system staying read-only.
+HOME_MOUNT = "/var/lib/alien"
 STORE_PORTS = {"postgresql": 5432, "minio": 9000, "qdrant": 6333, "meilisearch": 7700}
 
 
@@ -89,13 +94,36 @@ def tenant_objects(
     image: str = IMAGE,
     proxy_namespace: str = "alien-platform",
     stores_namespace: str = SYSTEM_NAMESPACE,
-    settings_env: dict[str, str] | None = None,
+    config: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Namespace, network policies, quota, service account, settings, credentials (names
-    only), the Data API Deployment and Service, in the order they are applied."""
+    """Namespace, network policies, quota, service account, settings, credentials, the Data
+    API Deployment and Service, in the order they are applied.
+
+    ``config`` and ``secrets`` are the tenant's data-plane environment
+    (``resources/provisioning.tenant_environment``): the ConfigMap carries ``config``, the
+    Secret ``secrets``, and the Data API container reads both, nothing else. Without
+    ``secrets`` the Secret lists its key names only (for review and GitOps).
+    """
     t, ns = spec.tenant_id, spec.namespace()
     api_labels = {"app.kubernetes.io/name": "alien-data-api", "alien.ai/tenant": t}
-    env = {"ALIEN_MODE": "cluster", "ALIEN_API_WORKER": "false", **(settings_env or {})}
+    settings = {
+        "ALIEN_HOME": HOME_MOUNT,
+        **(config or {"ALIEN_MODE": "cluster"}),
+        "ALIEN_TENANT": t,
+        "ALIEN_QUOTA_ENTRIES": str(spec.quotas.entries),
+        "ALIEN_OCR_MAX_PAGES_PER_MONTH": str(spec.quotas.ocr_pages_per_month),
+        "ALIEN_OCR": "mistral" if spec.features.mistral_ocr else "local",
+    }
+    secret: dict[str, Any] = {
+        **_meta(SECRET_NAME, ns, t),
+        "annotations": {"alien.ai/keys": ",".join(sorted(secrets) if secrets else SECRET_KEYS)},
+    }
+    pod_annotations = {}
+    if secrets is not None:
+        # A renewed credential (the Qdrant JWT) changes this, which rolls the pods onto it.
+        digest = hashlib.sha256(json.dumps(secrets, sort_keys=True).encode()).hexdigest()
+        pod_annotations["alien.ai/credentials-sha256"] = digest
     return [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": ns, "labels": {**_labels(t), "alien.ai/tenant-namespace": "true"},
@@ -148,21 +176,17 @@ def tenant_objects(
          "metadata": _meta("alien-data-api", ns, t, "data-api"),
          "automountServiceAccountToken": False},
         {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": _meta("alien-tenant-settings", ns, t),
-         "data": {**env, "ALIEN_TENANT": t,
-                  "ALIEN_QUOTA_ENTRIES": str(spec.quotas.entries),
-                  "ALIEN_OCR_MAX_PAGES_PER_MONTH": str(spec.quotas.ocr_pages_per_month),
-                  "ALIEN_OCR": "mistral" if spec.features.mistral_ocr else "local"}},
-        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-         "metadata": {**_meta(SECRET_NAME, ns, t),
-                      "annotations": {"alien.ai/keys": ",".join(SECRET_KEYS)}}},
+         "metadata": _meta("alien-tenant-settings", ns, t), "data": settings},
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": secret,
+         **({"stringData": dict(secrets)} if secrets is not None else {})},
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": _meta("alien-data-api", ns, t, "data-api"),
          "spec": {
              "replicas": 1,
              "selector": {"matchLabels": api_labels},
              "template": {
-                 "metadata": {"labels": {**api_labels, **_labels(t, "data-api")}},
+                 "metadata": {"labels": {**api_labels, **_labels(t, "data-api")},
+                              **({"annotations": pod_annotations} if pod_annotations else {})},
                  "spec": {
                      "serviceAccountName": "alien-data-api",
                      "automountServiceAccountToken": False,
@@ -172,8 +196,9 @@ def tenant_objects(
                      "containers": [{
                          "name": "data-api",
                          "image": image,
+                         # its ingest worker runs the pipeline for this tenant only
                          "args": ["alien", "serve", "--host", "0.0.0.0",
-                                  "--port", str(API_PORT), "--no-worker"],
+                                  "--port", str(API_PORT)],
                          "ports": [{"name": "http", "containerPort": API_PORT}],
                          "envFrom": [{"configMapRef": {"name": "alien-tenant-settings"}},
                                      {"secretRef": {"name": SECRET_NAME}}],
@@ -186,9 +211,11 @@ def tenant_objects(
                          "securityContext": {"allowPrivilegeEscalation": False,
                                              "readOnlyRootFilesystem": True,
                                              "capabilities": {"drop": ["ALL"]}},
-                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                          {"name": "home", "mountPath": HOME_MOUNT}],
                      }],
-                     "volumes": [{"name": "tmp", "emptyDir": {}}],
+                     "volumes": [{"name": "tmp", "emptyDir": {}},
+                                 {"name": "home", "emptyDir": {}}],
                  },
              },
          }},

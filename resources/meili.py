@@ -160,6 +160,19 @@ class MeiliKeywordIndex:
                 raise
             return self.client.get_key(spec["uid"]).key
 
+    def delete_keys(self) -> int:
+        """Delete the index's scoped keys (idempotent: a key already gone is skipped);
+        deleting an index leaves its keys behind otherwise."""
+        deleted = 0
+        for external in (False, True):
+            try:
+                self.client.delete_key(key_uid(self.name, external=external))
+                deleted += 1
+            except MeilisearchApiError as err:
+                if err.code != "api_key_not_found":
+                    raise
+        return deleted
+
     # -- writes --------------------------------------------------------------------------
     def replace_entry(self, entry_id: str, docs: Sequence[KeywordDoc]) -> None:
         keep = {d.id for d in docs}

@@ -80,19 +80,6 @@ class PostgresProvisioner:
             ).first()
         return found is not None
 
-    def tenants(self) -> list[TenantId]:
-        with self.engine.connect() as conn:
-            names = conn.execute(
-                text("SELECT datname FROM pg_database WHERE datname LIKE 'alien\\_%' ORDER BY 1")
-            ).scalars()
-            out = []
-            for name in names:
-                try:
-                    out.append(TenantId(name[len(PREFIX) :].replace("_", "-")))
-                except ValueError:
-                    continue
-            return out
-
     def create(self, tenant: TenantId) -> TenantDatabase:
         """Role, database and privileges for the tenant (idempotent; repairs a drifted password)."""
         db = self.describe(tenant)

@@ -33,13 +33,23 @@ def collection_name(tenant: str, prefix: str = "alien") -> str:
     return f"{prefix}-{tenant}"
 
 
-def tenant_token(api_key: str, collection: str, ttl_seconds: int = 3600) -> str:
+def tenant_token(
+    api_key: str, collection: str, ttl_seconds: int = 3600, *, expires_at: int | None = None
+) -> str:
     """A JWT for one collection, read-write, expiring (Qdrant's documented claim shape)."""
     claims = {
-        "exp": int(time.time()) + ttl_seconds,
+        "exp": expires_at if expires_at is not None else int(time.time()) + ttl_seconds,
         "access": [{"collection": collection, "access": "rw"}],
     }
     return jwt.encode(claims, api_key, algorithm="HS256")
+
+
+def windowed_expiry(ttl_seconds: int, now: float | None = None) -> int:
+    """An expiry fixed within each half-lifetime window: a token made with it is the same all
+    window long (re-writing a Secret changes nothing) and has between half and all of its
+    lifetime left; the next window's token renews it."""
+    half = max(ttl_seconds // 2, 1)
+    return (int(now if now is not None else time.time()) // half + 2) * half
 
 
 def point_uuid(point_id: str) -> str:

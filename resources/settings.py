@@ -49,18 +49,36 @@ class AlienSettings(BaseSettings):
 
     # -- cluster mode: server backends; a store whose URL is unset stays embedded ----------
     mode: Literal["embedded", "cluster"] = Field(default="embedded")
+    tenant: str | None = Field(
+        default=None,
+        description="Set in a tenant's data plane (its Data API pod, its run pods): this "
+        "process serves only that tenant, with that tenant's own store credentials below, "
+        "and holds no cluster key. Unset: the control plane, with the cluster's keys.",
+    )
     postgres_url: str | None = Field(
         default=None,
-        description="Admin connection, e.g. postgresql://postgres@127.0.0.1:5432/postgres; "
-        "each tenant gets its own database and role derived from it",
+        description="Control plane: the admin connection, e.g. "
+        "postgresql://postgres@127.0.0.1:5432/postgres (each tenant gets its own database and "
+        "role). Tenant data plane: the tenant's own database, as its own role.",
+    )
+    postgres_password: SecretStr | None = Field(
+        default=None, description="Tenant data plane: the tenant role's password"
+    )
+    cluster_database: str = Field(
+        default="alien_cluster",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The cluster catalog's database (the tenant registry) on that server",
     )
     cluster_secret: SecretStr | None = Field(
         default=None,
         description="Secret the per-tenant store passwords are derived from (HMAC-SHA256)",
     )
     s3_endpoint: str | None = Field(default=None, description="host:port of MinIO or any S3")
-    s3_access_key: str | None = None
+    s3_access_key: str | None = Field(
+        default=None, description="The cluster's S3 key; in a tenant's data plane, its user's"
+    )
     s3_secret_key: SecretStr | None = None
+    s3_bucket: str | None = Field(default=None, description="Tenant data plane: its bucket")
     s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint")
     s3_minio_admin: bool = Field(
         default=False,
@@ -81,6 +99,10 @@ class AlienSettings(BaseSettings):
     meili_master_key: SecretStr | None = Field(
         default=None, description="Provisions indexes and derives each tenant's scoped key"
     )
+    meili_index: str | None = Field(default=None, description="Tenant data plane: its index")
+    meili_key: SecretStr | None = Field(
+        default=None, description="Tenant data plane: the key limited to its index"
+    )
     qdrant_url: str | None = Field(
         default=None,
         description="e.g. http://qdrant:6333; local:/path is Qdrant's embedded mode "
@@ -88,6 +110,18 @@ class AlienSettings(BaseSettings):
     )
     qdrant_api_key: SecretStr | None = Field(
         default=None, description="The cluster's key: provisions, and signs per-tenant JWTs"
+    )
+    qdrant_collection: str | None = Field(
+        default=None, description="Tenant data plane: its collection"
+    )
+    qdrant_token: SecretStr | None = Field(
+        default=None, description="Tenant data plane: a JWT whose access names only its collection"
+    )
+    qdrant_token_ttl_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=3600,
+        description="Lifetime of the JWT written into a tenant's Secret (the operator renews "
+        "it when half of it is left)",
     )
 
     cluster_id: str = Field(default="local", description="This data cluster's name to the platform")
@@ -129,6 +163,11 @@ class AlienSettings(BaseSettings):
     service_token_audience: str = Field(default="alien-data-cluster")
     service_token_leeway_seconds: int = Field(default=30, ge=0, le=300)
     service_token_max_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
+
+    @property
+    def tenant_plane(self) -> bool:
+        """Whether this process is one tenant's data plane (``ALIEN_TENANT`` is set)."""
+        return self.tenant is not None
 
     @property
     def tenants_dir(self) -> Path:

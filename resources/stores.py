@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from resources.analysis import get_analyzer
-from resources.backends import Backends
+from resources.backends import Backends, ControlPlaneOnlyError, TenantEnvironment
 from resources.catalog import Catalog
+from resources.cluster_catalog import ClusterCatalog, TenantRecord, TenantState, tenant_name
 from resources.embedder import Embedder
 from resources.keywords import KeywordIndex
 from resources.objects import ObjectStore
@@ -40,23 +41,47 @@ def get_embedder(settings: AlienSettings) -> Embedder:
 
 
 _BACKENDS: dict[tuple[tuple[str, str], ...], Backends] = {}
-_BACKENDS_LOCK = threading.Lock()
+_CLUSTER: dict[tuple[str, ...], ClusterCatalog] = {}
+_CACHE_LOCK = threading.Lock()
 
 
-def _backends(settings: AlienSettings) -> Backends:
-    """One ``Backends`` (and so one pool per server) per distinct configuration: every
-    setting is part of the key, secrets included, so no two configurations share one."""
+def _settings_key(settings: AlienSettings) -> tuple[tuple[str, str], ...]:
+    """Every setting, secrets included, so no two configurations share a cached object."""
 
     def reveal(value: object) -> object:
         return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
-    key = tuple(
+    return tuple(
         (name, str(reveal(getattr(settings, name)))) for name in sorted(type(settings).model_fields)
     )
-    with _BACKENDS_LOCK:
+
+
+def _backends(settings: AlienSettings) -> Backends:
+    """One ``Backends`` (and so one pool per server) per distinct configuration."""
+    key = _settings_key(settings)
+    with _CACHE_LOCK:
         if key not in _BACKENDS:
-            _BACKENDS[key] = Backends(settings)
+            embedder = get_embedder(settings)
+            _BACKENDS[key] = Backends(settings, embedder.model_name, embedder.dimension)
         return _BACKENDS[key]
+
+
+def cluster_catalog(settings: AlienSettings) -> ClusterCatalog:
+    """The tenant registry of these settings (control plane only): PostgreSQL in cluster
+    mode with a catalog server, else SQLite under ``ALIEN_HOME/system``."""
+    if settings.tenant_plane:
+        raise ControlPlaneOnlyError("a tenant's data plane has no access to the tenant registry")
+    if settings.mode == "cluster" and settings.postgres_url:
+        key: tuple[str, ...] = ("pg", settings.postgres_url, settings.cluster_database)
+    else:
+        key = ("sqlite", str(settings.system_dir / "cluster.db"))
+    with _CACHE_LOCK:
+        if key not in _CLUSTER:
+            if key[0] == "pg":
+                _CLUSTER[key] = ClusterCatalog.postgres(key[1], key[2])
+            else:
+                _CLUSTER[key] = ClusterCatalog.sqlite(Path(key[1]), settings.tenants_dir)
+        return _CLUSTER[key]
 
 
 @dataclass
@@ -72,6 +97,7 @@ class TenantStores:
     keywords: KeywordIndex
     embedder: Embedder
     ocr: TesseractOcr
+    generation: str = ""
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
 
     @contextlib.contextmanager
@@ -93,8 +119,22 @@ class TenantStores:
         self.keywords.close()
 
 
+class RetireError(RuntimeError):
+    """Some store of a tenant could not be removed; the tenant stays registered so that a
+    later retirement finishes the work."""
+
+
+TENANT_PLANE_GENERATION = "tenant-plane"
+
+
 class TenantRegistry:
-    """Provisions, opens and retires tenants' embedded stores under ``ALIEN_HOME``."""
+    """Provisions, opens and retires tenants: the cluster catalog says which exist, the
+    backends make and reach their stores. The only place that builds store handles.
+
+    Handles are cached per process with the tenant's generation; a tenant retired or
+    re-created by another process is noticed at the next ``open``, and its old handles are
+    closed, never served.
+    """
 
     _open: ClassVar[dict[tuple[Path, str], TenantStores]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
@@ -104,26 +144,82 @@ class TenantRegistry:
         self.root = settings.tenants_dir
         self.backends = _backends(settings)
 
+    @property
+    def cluster(self) -> ClusterCatalog:
+        return cluster_catalog(self.settings)
+
     def tenant_dir(self, tenant: TenantId) -> Path:
         """Local state of the tenant: embedded stores and locks (also in cluster mode)."""
         return self.root / TenantId(tenant)
 
+    # -- which tenants exist -------------------------------------------------------------
     def exists(self, tenant: str) -> bool:
-        tenant = TenantId(tenant)
-        return self.backends.exists(tenant, self.tenant_dir(tenant))
+        return self._generation(TenantId(tenant)) is not None
+
+    def _generation(self, tenant: TenantId) -> str | None:
+        if self.settings.tenant_plane:
+            return TENANT_PLANE_GENERATION if tenant == self.settings.tenant else None
+        found = self.cluster.generation(tenant)
+        return found[0] if found is not None and found[1] == "ready" else None
 
     def list(self) -> list[TenantId]:
-        return self.backends.tenants(self.root)
+        """The tenants that are ready (a data plane: its own tenant only)."""
+        if self.settings.tenant_plane:
+            return [TenantId(self.settings.tenant or "")]
+        return [r.tenant for r in self.cluster.list()]
 
+    def records(self, states: tuple[TenantState, ...] | None = None) -> list[TenantRecord]:
+        """Every registered tenant with its provisioning state (control plane)."""
+        return self.cluster.list(states)
+
+    # -- provisioning --------------------------------------------------------------------
     def create(self, tenant: str) -> TenantStores:
-        """Provision the tenant's stores (idempotent) and open them."""
-        tenant = TenantId(tenant)
-        embedder = get_embedder(self.settings)
-        self.backends.provision(tenant, embedder.model_name, embedder.dimension)
-        stores = self._build(tenant)
-        stores.catalog.create()
-        return stores
+        """Provision every store of the tenant (idempotent, resumable) and open them."""
+        tenant = tenant_name(tenant)
+        for kind in self.backends.kinds:
+            self.provision_store(tenant, kind)
+        return self.open(tenant)
 
+    def provision_store(self, tenant: str, kind: str) -> str:
+        """Bring one store of the tenant into existence and record it in the cluster catalog;
+        the tenant is ready once every store is. A failure is recorded with its reason."""
+        tenant = tenant_name(tenant)
+        backend = self.backends.store(kind)
+        record = self.cluster.begin(tenant)
+        root = self.tenant_dir(tenant)
+        try:
+            if not backend.exists(tenant, root):
+                self.forget(tenant)  # handles on a vanished store must not be reused
+            backend.provision(tenant, root)
+            root.mkdir(parents=True, exist_ok=True)
+            stores = self._build(tenant, record.generation)  # makes the embedded files
+            if kind == "catalog":
+                stores.catalog.create()  # migrations and the tenant row, as the tenant's role
+        except Exception as err:
+            self.cluster.record_store(tenant, kind, "failed", f"{type(err).__name__}: {err}")
+            raise
+        message = f"{kind}: {backend.backend} {'server store' if backend.server else 'store'} ready"
+        self.cluster.record_store(tenant, kind, "ready", message)
+        done = self.cluster.get(tenant)
+        if done is not None and all(
+            done.stores.get(k, ("pending", ""))[0] == "ready" for k in self.backends.kinds
+        ):
+            self.cluster.set_state(tenant, "ready")
+        return message
+
+    def store_exists(self, tenant: str, kind: str) -> bool:
+        """Whether the tenant's part of store ``kind`` is there now (drift checks)."""
+        tenant = TenantId(tenant)
+        return self.backends.store(kind).exists(tenant, self.tenant_dir(tenant))
+
+    def environment(self, tenant: str) -> TenantEnvironment:
+        """The complete environment of the tenant's data plane (``alien tenant env``)."""
+        tenant = TenantId(tenant)
+        if not self.exists(tenant):
+            raise UnknownTenantError(f"unknown tenant {tenant!r}")
+        return self.backends.tenant_environment(tenant)
+
+    # -- handles -------------------------------------------------------------------------
     def forget(self, tenant: str) -> None:
         """Close and drop this process's handles of the tenant (the next use reopens)."""
         with self._guard:
@@ -131,52 +227,81 @@ class TenantRegistry:
         if stores is not None:
             stores.close()
 
-    def handles(self, tenant: str) -> TenantStores:
-        """The tenant's handles without checking that it is provisioned (provisioning only)."""
-        return self._build(TenantId(tenant))
-
     def open(self, tenant: str) -> TenantStores:
         tenant = TenantId(tenant)
-        if not self.exists(tenant):
+        generation = self._generation(tenant)
+        if generation is None:
             raise UnknownTenantError(f"unknown tenant {tenant!r}")
-        return self._build(tenant)
+        stores = self._build(tenant, generation)
+        if self.settings.tenant_plane and not self.backends.catalog.server:
+            stores.catalog.create()  # an embedded catalog in a data plane: made on first use
+        return stores
 
-    def _build(self, tenant: TenantId) -> TenantStores:
+    def _build(self, tenant: TenantId, generation: str) -> TenantStores:
         key = (self.root, str(tenant))
+        stale = None
         with self._guard:
             cached = self._open.get(key)
-            if cached is not None:
+            if cached is not None and cached.generation == generation:
+                return cached
+            stale = self._open.pop(key, None)  # retired or re-created since: never reused
+        if stale is not None:
+            stale.close()
+        with self._guard:
+            cached = self._open.get(key)
+            if cached is not None and cached.generation == generation:
                 return cached
             root = self.tenant_dir(tenant)
             root.mkdir(parents=True, exist_ok=True)
             embedder = get_embedder(self.settings)
+            b = self.backends
             stores = TenantStores(
                 tenant=tenant,
                 settings=self.settings,
                 root=root,
-                catalog=self.backends.catalog(tenant, root),
-                objects=self.backends.objects(tenant, root),
-                vectors=self.backends.vectors(
-                    tenant, root, embedder.model_name, embedder.dimension
-                ),
-                keywords=self.backends.keywords(
+                catalog=b.catalog.open(tenant, root),
+                objects=b.objects.open(tenant, root),
+                vectors=b.vectors.open(tenant, root, embedder.model_name, embedder.dimension),
+                keywords=b.keywords.open(
                     tenant, root, get_analyzer(self.settings.stemmer_language)
                 ),
                 embedder=embedder,
                 ocr=TesseractOcr(self.settings.ocr_languages),
+                generation=generation,
             )
             self._open[key] = stores
             return stores
 
-    def drop(self, tenant: str) -> bool:
-        """Retire the tenant: close handles and remove every store (idempotent)."""
+    # -- retirement ----------------------------------------------------------------------
+    def retain(self, tenant: str) -> bool:
+        """Stop serving the tenant but keep its stores and data; whether it was registered."""
         tenant = TenantId(tenant)
-        with self._guard:
-            stores = self._open.pop((self.root, str(tenant)), None)
-        if stores is not None:
-            stores.close()
-        existed = self.exists(tenant) or self.tenant_dir(tenant).exists()
-        self.backends.retire(tenant)
-        path = self.tenant_dir(tenant)
-        shutil.rmtree(path, ignore_errors=True)
+        found = self.cluster.get(tenant) is not None
+        if found:
+            self.cluster.set_state(tenant, "retained")
+        self.forget(tenant)
+        return found
+
+    def drop(self, tenant: str) -> bool:
+        """Retire the tenant: remove every store, whatever its recorded state (a half-made
+        tenant included), then its row. Idempotent; whether there was anything to remove."""
+        tenant = TenantId(tenant)
+        self.forget(tenant)
+        root = self.tenant_dir(tenant)
+        record = self.cluster.get(tenant)
+        existed = record is not None or root.exists()
+        failures = []
+        for kind in reversed(self.backends.kinds):
+            backend = self.backends.store(kind)
+            try:
+                existed = backend.exists(tenant, root) or existed
+                backend.retire(tenant, root)
+            except Exception as err:
+                failures.append(f"{kind}: {type(err).__name__}: {err}")
+                if record is not None:
+                    self.cluster.record_store(tenant, kind, "failed", f"retire: {failures[-1]}")
+        if failures:
+            raise RetireError(f"tenant {tenant} not fully retired: " + "; ".join(failures))
+        shutil.rmtree(root, ignore_errors=True)
+        self.cluster.remove(tenant)
         return existed

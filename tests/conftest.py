@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +127,22 @@ def postgres() -> Iterator[object]:
 
     provisioner = PostgresProvisioner(POSTGRES_ADMIN, CLUSTER_SECRET)
     try:
-        provisioner.tenants()
+        provisioner.exists("probe-tenant")
     except OperationalError as err:
         pytest.skip(f"needs PostgreSQL at {POSTGRES_ADMIN}: {err.orig}")
     yield provisioner
     provisioner.close()
+
+
+@pytest.fixture
+def cluster_database(postgres: object) -> Iterator[str]:
+    """A cluster catalog (tenant registry) database of this test's own, dropped after it."""
+    from sqlalchemy import text
+
+    name = f"alien_cluster_t{uuid.uuid4().hex[:10]}"
+    yield name
+    with postgres.engine.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def pdf_pages(source: Path, pages: list[int], password: str | None = None) -> bytes:

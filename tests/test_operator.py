@@ -18,7 +18,7 @@ from kopf._core.actions.execution import handler_var
 from kopf._core.intents.registries import ChangingRegistry
 from kopf._core.reactor.subhandling import subregistry_var
 
-from resources.provisioning import STEPS, check_tenant
+from alien.tenants import STEPS, check_tenant
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
 from tests.conftest import CLUSTER_SECRET, POSTGRES_ADMIN
@@ -197,7 +197,11 @@ def test_kopf_runner_against_a_real_cluster(tmp_path: Path) -> None:  # pragma: 
 
 @pytest.fixture
 def cluster(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: Any, postgres: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_server: Any,
+    postgres: Any,
+    cluster_database: str,
 ) -> AlienSettings:
     """Cluster mode on this machine's servers: PostgreSQL, the S3-protocol server, Qdrant's
     embedded mode; the keyword index stays embedded (no Meilisearch can run here)."""
@@ -213,6 +217,7 @@ def cluster(
         "ALIEN_S3_SECURE": "false",
         "ALIEN_QDRANT_URL": f"local:{tmp_path / 'qdrant'}",
         "ALIEN_QDRANT_API_KEY": "qdrant-cluster-key-of-at-least-32-bytes",
+        "ALIEN_CLUSTER_DATABASE": cluster_database,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -220,8 +225,9 @@ def cluster(
 
 
 def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSettings) -> None:
+    from resources.backends import BackendConfigError
     from resources.postgres import identifier, role_password
-    from resources.provisioning import tenant_credentials
+    from resources.provisioning import tenant_environment
     from resources.qdrant import collection_name
     from resources.s3objects import bucket_name
 
@@ -232,9 +238,9 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
         status = _run_all(handlers, spec, {})
         ready = {c["type"]: c["status"] for c in status["conditions"]}
         assert set(ready.values()) == {"True"}, status["conditions"]
-        assert backends.postgres.exists(tenant)
-        assert backends.s3.bucket_exists(bucket_name(tenant))
-        assert backends.qdrant_admin.collection_exists(collection_name(tenant))
+        assert backends.catalog.provisioner.exists(tenant)
+        assert backends.objects.s3.bucket_exists(bucket_name(tenant))
+        assert backends.vectors.admin.collection_exists(collection_name(tenant))
         rerun = _run_all(handlers, spec, status)  # re-run: no change, no error
         assert [(c["type"], c["status"]) for c in rerun["conditions"]] == [
             (c["type"], c["status"]) for c in status["conditions"]
@@ -242,9 +248,9 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
 
         # Drift on three servers at once: a dropped database, bucket and collection.
         TenantRegistry(cluster).forget(tenant)
-        backends.postgres.drop(tenant)
-        backends.s3.remove_bucket(bucket_name(tenant))
-        backends.qdrant_admin.delete_collection(collection_name(tenant))
+        backends.catalog.provisioner.drop(tenant)
+        backends.objects.s3.remove_bucket(bucket_name(tenant))
+        backends.vectors.admin.delete_collection(collection_name(tenant))
         missing = {k for k, v in check_tenant(cluster, tenant).items() if not v}
         assert missing == {"catalog", "objects", "vectors"}
         patch = kopf.Patch()
@@ -255,11 +261,16 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
         assert stores.catalog.engine.url.username == identifier(tenant)  # its own role
         assert stores.catalog.status_counts() == {}
 
-        credentials = tenant_credentials(cluster, tenant)
-        assert credentials["ALIEN_POSTGRES_PASSWORD"] == role_password(CLUSTER_SECRET, tenant)
-        assert set(credentials) == {"ALIEN_POSTGRES_PASSWORD", "ALIEN_QDRANT_TOKEN"}
+        catalog_env = backends.catalog.tenant_env(tenant)
+        assert catalog_env.secrets == {
+            "ALIEN_POSTGRES_PASSWORD": role_password(CLUSTER_SECRET, tenant)
+        }
+        # Neither the S3 server without MinIO's admin API (no tenant user) nor Qdrant's local
+        # mode can give a tenant's pod credentials of its own: the environment is refused.
+        with pytest.raises(BackendConfigError):
+            tenant_environment(cluster, tenant)
     finally:
         handlers.retire(spec=spec, logger=_Logger())
     assert not any(check_tenant(cluster, tenant).values())
-    assert not backends.postgres.exists(tenant)
-    assert not backends.s3.bucket_exists(bucket_name(tenant))
+    assert not backends.catalog.provisioner.exists(tenant)
+    assert not backends.objects.s3.bucket_exists(bucket_name(tenant))

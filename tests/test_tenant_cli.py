@@ -33,13 +33,18 @@ def test_create_and_delete_are_idempotent(tmp_path: Path, monkeypatch: pytest.Mo
     assert instance.has_dynamic_partition(TENANTS, "globex")
 
     retained = _run("tenant", "delete", "globex", "--retain")
-    assert retained == {"tenant": "globex", "data_removed": False, "retained": True}
-    assert _run("tenants")["tenants"] == ["globex"]  # the data stays
+    assert retained == {"tenant": "globex", "found": True, "data_removed": False, "retained": True}
+    assert _run("tenants")["tenants"] == []  # no longer served...
+    assert [(t["tenant"], t["state"]) for t in _run("tenants", "--all")["tenants"]] == [
+        ("globex", "retained")
+    ]
+    assert (tmp_path / "tenants" / "globex" / "catalog.db").is_file()  # ...but the data stays
     assert not instance.has_dynamic_partition(TENANTS, "globex")
 
     assert _run("tenant", "delete", "globex")["data_removed"] is True
-    assert _run("tenant", "delete", "globex")["data_removed"] is False  # idempotent
-    assert _run("tenants")["tenants"] == []
+    again = _run("tenant", "delete", "globex")  # idempotent, and says there was nothing
+    assert again["found"] is False and again["data_removed"] is False
+    assert _run("tenants", "--all")["tenants"] == []
     assert not (tmp_path / "tenants" / "globex").exists()
 
 
@@ -47,3 +52,7 @@ def test_invalid_tenant_ids_are_usage_errors(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("ALIEN_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["tenant", "create", "Not_Valid"])
     assert result.exit_code == 2 and "invalid tenant id" in result.output
+    for reserved in ("dagster", "system", "postgres", "cluster"):
+        result = CliRunner().invoke(main, ["tenant", "create", reserved])
+        assert result.exit_code == 2 and "reserved" in result.output, result.output
+    assert not (tmp_path / "tenants").exists()
