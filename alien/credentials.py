@@ -46,6 +46,12 @@ class Principal:
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
 
+    @property
+    def rate_key(self) -> str:
+        """Whose budget a request spends: a tenant's key, or one end user behind the proxy,
+        so no tenant and no end user can use up another's."""
+        return f"{self.tenant}|{self.id}|{self.on_behalf_of or ''}"
+
 
 def parse_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     wanted = {s.strip() for s in scopes if s.strip()}

@@ -46,8 +46,10 @@ def use_home(settings: AlienSettings) -> None:
 
 
 def dagster_yaml(settings: AlienSettings) -> str:
-    """The instance configuration for these settings."""
-    if settings.mode != "cluster" or not settings.postgres_url:
+    """The instance configuration for these settings. A tenant's data plane keeps its runs
+    in SQLite under its own ``ALIEN_HOME``: it holds no credential for the cluster's
+    Dagster database."""
+    if settings.mode != "cluster" or not settings.postgres_url or settings.tenant_plane:
         return DAGSTER_YAML
     import json
 

@@ -77,6 +77,7 @@ def create_app(settings: AlienSettings | None = None, *, worker: bool | None = N
     app.state.system_audit = system_audit
     app.state.worker = None
     app.state.model_ready = False
+    app.state.readiness = system.ReadinessProbe(app)
     for router in (datasets.router, entries.router, search.router, system.router):
         app.include_router(router)
     _install_error_handlers(app)

@@ -219,7 +219,7 @@ class Door:
                 return _responder(audit_unavailable())
             return _responder(err)
         state["ctx"] = ctx
-        wait = self.limiter.take(ctx.principal.id)
+        wait = self.limiter.take(ctx.principal.rate_key)
         if wait > 0:
             err = ApiError(
                 429,

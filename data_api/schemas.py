@@ -147,11 +147,5 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
-class Check(BaseModel):
-    ok: bool
-    detail: str | None = None
-
-
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
-    checks: dict[str, Check]

@@ -47,6 +47,10 @@ FIELDS = ["id", "entry_id", "dataset", "chunk_index", "page", "start", "end", "t
 class MeiliTaskError(RuntimeError):
     """A Meilisearch task ended ``failed`` (or timed out); the message is the server's."""
 
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def index_name(tenant: str, prefix: str = "alien") -> str:
     return f"{prefix}-{tenant}"
@@ -117,7 +121,8 @@ class MeiliKeywordIndex:
         status = getattr(done, "status", None)
         if status != "succeeded":
             error = getattr(done, "error", None)
-            raise MeiliTaskError(f"task {uid} on {self.name} {status}: {error}")
+            code = error.get("code") if isinstance(error, dict) else None
+            raise MeiliTaskError(f"task {uid} on {self.name} {status}: {error}", code)
 
     # -- provisioning --------------------------------------------------------------------
     def create(self) -> bool:
@@ -142,9 +147,11 @@ class MeiliKeywordIndex:
         return True
 
     def drop(self) -> bool:
+        """Delete the index (idempotent): whether there was one. The missing index can be
+        refused at once or by the deletion task, depending on the server."""
         try:
             self._wait(self.client.delete_index(self.name))
-        except MeilisearchApiError as err:
+        except (MeilisearchApiError, MeiliTaskError) as err:
             if err.code == "index_not_found":
                 return False
             raise

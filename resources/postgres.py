@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from resources.tenancy import TenantId
@@ -121,7 +122,8 @@ class PostgresProvisioner:
 
 
 def ensure_database(admin_url: str, name: str) -> URL:
-    """A database of the cluster itself (not a tenant's), owned by the admin role; its URL."""
+    """A database of the cluster itself (not a tenant's), owned by the admin role, that no
+    other role may connect to (tenants' roles included); its URL."""
     url = sqlalchemy_url(admin_url)
     engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
@@ -130,7 +132,12 @@ def ensure_database(admin_url: str, name: str) -> URL:
                 text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
             ).first()
             if not found:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
+                try:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+                except (ProgrammingError, IntegrityError) as err:  # made meanwhile elsewhere
+                    if "already exists" not in str(err) and "duplicate" not in str(err):
+                        raise
+            conn.execute(text(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC'))
     finally:
         engine.dispose()
     return url.set(database=name)

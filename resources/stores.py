@@ -136,7 +136,9 @@ class TenantRegistry:
     closed, never served.
     """
 
-    _open: ClassVar[dict[tuple[Path, str], TenantStores]] = {}
+    # Keyed by the configuration's backends too: handles made with one configuration's
+    # credentials are never handed out under another's.
+    _open: ClassVar[dict[tuple[int, Path, str], TenantStores]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, settings: AlienSettings) -> None:
@@ -223,7 +225,7 @@ class TenantRegistry:
     def forget(self, tenant: str) -> None:
         """Close and drop this process's handles of the tenant (the next use reopens)."""
         with self._guard:
-            stores = self._open.pop((self.root, str(TenantId(tenant))), None)
+            stores = self._open.pop(self._key(TenantId(tenant)), None)
         if stores is not None:
             stores.close()
 
@@ -237,8 +239,11 @@ class TenantRegistry:
             stores.catalog.create()  # an embedded catalog in a data plane: made on first use
         return stores
 
+    def _key(self, tenant: TenantId) -> tuple[int, Path, str]:
+        return (id(self.backends), self.root, str(tenant))
+
     def _build(self, tenant: TenantId, generation: str) -> TenantStores:
-        key = (self.root, str(tenant))
+        key = self._key(tenant)
         stale = None
         with self._guard:
             cached = self._open.get(key)

@@ -1,15 +1,21 @@
-"""Liveness, readiness (every store checked) and Prometheus metrics: no tenant data here."""
+"""Liveness, readiness and Prometheus metrics: unauthenticated, so they name no tenant and
+count nothing of a tenant's."""
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from data_api.schemas import Check, Health, Readiness
+from data_api.schemas import Health, Readiness
 from resources.stores import TenantRegistry
 
 router = APIRouter(tags=["system"])
+log = logging.getLogger("alien.api")
 
 
 @router.get("/v1/health")
@@ -20,29 +26,49 @@ def health() -> Health:
 
 @router.get("/v1/ready", responses={503: {"model": Readiness, "description": "Not ready"}})
 def ready(request: Request) -> Readiness:
-    """Every store answers for every tenant, the audit log is writable, the model is loaded."""
-    app = request.app
-    checks = {
-        "audit_log": _check(lambda: app.state.system_audit.records(limit=1)),
-        "embedder": _check(lambda: _model_loaded(app)),
-    }
-    registry: TenantRegistry = app.state.registry
-    try:
-        tenants = registry.list()
-    except Exception as err:  # the tenants directory itself is unreadable
-        tenants = []
-        checks["tenants"] = Check(ok=False, detail=str(err))
-    for tenant in tenants:
-        stores = registry.open(tenant)
-        checks[f"{tenant}/catalog"] = _check(stores.catalog.status_counts)
-        checks[f"{tenant}/objects"] = _check(lambda s=stores: s.objects.exists("raw/.probe"))
-        checks[f"{tenant}/vectors"] = _check(stores.vectors.count)
-        checks[f"{tenant}/keywords"] = _check(stores.keywords.count)
-    ok = all(c.ok for c in checks.values())
-    body = Readiness(status="ready" if ok else "not_ready", checks=checks)
+    """Whether this service can serve: its stores answer, the audit log is writable, the model
+    is loaded. Only up or down: which check failed goes to the service's log (and
+    ``alien status``), never to an unauthenticated caller."""
+    ok = request.app.state.readiness.ready()
+    body = Readiness(status="ready" if ok else "not_ready")
     if not ok:
         return JSONResponse(body.model_dump(), status_code=503)  # type: ignore[return-value]
     return body
+
+
+class ReadinessProbe:
+    """The checks behind ``/v1/ready``, run at most once per ``interval`` seconds however
+    often the probe is called: a store's server, not each tenant's data, is what is checked,
+    so the cost does not grow with the number of tenants."""
+
+    def __init__(self, app: object, interval: float = 2.0) -> None:
+        self.app = app
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._at = -float("inf")
+        self._ok = False
+
+    def ready(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._at < self.interval:
+                return self._ok
+            failed = {name: detail for name, detail in self._checks() if detail is not None}
+            if failed:
+                log.warning("not ready: %s", "; ".join(f"{k}: {v}" for k, v in failed.items()))
+            self._ok, self._at = not failed, time.monotonic()
+            return self._ok
+
+    def _checks(self) -> list[tuple[str, str | None]]:
+        state = self.app.state  # type: ignore[attr-defined]
+        registry: TenantRegistry = state.registry
+        out = [
+            ("audit_log", _failure(lambda: state.system_audit.records(limit=1))),
+            ("embedder", None if state.model_ready else "the embedding model is still loading"),
+        ]
+        for backend in registry.backends.by_kind.values():
+            status = backend.status()
+            out.append((status.store, None if status.ok else status.detail or "not reachable"))
+        return out
 
 
 @router.get(
@@ -57,14 +83,9 @@ def metrics(request: Request) -> Response:
     )
 
 
-def _model_loaded(app: object) -> None:
-    if not getattr(app.state, "model_ready", False):  # type: ignore[attr-defined]
-        raise RuntimeError("the embedding model is still loading")
-
-
-def _check(probe: object) -> Check:
+def _failure(probe: object) -> str | None:
     try:
         probe()  # type: ignore[operator]
     except Exception as err:
-        return Check(ok=False, detail=f"{type(err).__name__}: {err}"[:300])
-    return Check(ok=True)
+        return f"{type(err).__name__}: {err}"[:300]
+    return None
