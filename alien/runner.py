@@ -106,6 +106,7 @@ def run_ingest(
     """Materialize every pipeline asset for ``tenant`` and wait for the result."""
     from alien_assets import defs
     from alien_assets.assets import FULL_REFRESH_TAG
+    from resources.dagster_resources import AlienStoresResource
 
     register_partition(settings, tenant)
     instance = dagster_instance(settings)
@@ -121,6 +122,7 @@ def run_ingest(
             tags=tags,
             run_config=QUIET_LOGS,
             raise_on_error=False,
+            resources={"stores": AlienStoresResource.for_settings(settings)},
         )
     error = None
     if not result.success:

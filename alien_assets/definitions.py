@@ -19,6 +19,7 @@ defs = dg.Definitions(
     jobs=[ingest_job, metadata_sync_job],
     schedules=[metadata_sync_schedule],
     sensors=[ingestion_sensor, metadata_change_sensor],
-    # Settings (ALIEN_HOME and the rest) are read from the environment when a run starts.
+    # The code server's settings (ALIEN_HOME and the rest, read once when a run's resources
+    # are built); in-process runs (`alien ingest`, the API worker) pass their own settings.
     resources={"stores": AlienStoresResource()},
 )

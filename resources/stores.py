@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from resources.analysis import get_analyzer
-from resources.backends import Backends, ControlPlaneOnlyError, TenantEnvironment
+from resources.backends import (
+    BackendConfigError,
+    Backends,
+    ControlPlaneOnlyError,
+    TenantEnvironment,
+)
 from resources.catalog import Catalog
 from resources.cluster_catalog import ClusterCatalog, TenantRecord, TenantState, tenant_name
 from resources.embedder import Embedder
@@ -217,6 +222,8 @@ class TenantRegistry:
     def environment(self, tenant: str) -> TenantEnvironment:
         """The complete environment of the tenant's data plane (``alien tenant env``)."""
         tenant = TenantId(tenant)
+        if self.settings.mode != "cluster":
+            raise BackendConfigError("a tenant's data plane exists in cluster mode only")
         if not self.exists(tenant):
             raise UnknownTenantError(f"unknown tenant {tenant!r}")
         return self.backends.tenant_environment(tenant)

@@ -1,6 +1,7 @@
-"""The foundation's flow in cluster mode: PostgreSQL catalog (a database and role for the
-tenant), objects on a real S3-protocol server, embedded vectors and keywords, and Dagster's
-runs stored in PostgreSQL through dagster-postgres."""
+"""The foundation's flow in cluster mode on every real server: the PostgreSQL catalog (a
+database and role for the tenant), objects on the S3 gateway with MinIO's admin API, vectors
+on Qdrant (JWT RBAC), keywords on Meilisearch, and Dagster's runs stored in PostgreSQL
+through dagster-postgres."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from alien.layout import raw_key
+from alien.local_servers import LocalServers
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
-from tests.conftest import CLUSTER_SECRET, PDFS, POSTGRES_ADMIN, S3Server
+from tests.conftest import CLUSTER_SECRET, PDFS, POSTGRES_ADMIN
 
 ALIEN = str(Path(sys.executable).with_name("alien"))
 
 
-def _env(home: Path, s3: S3Server) -> dict[str, str]:
+def _env(home: Path, servers: LocalServers, cluster_database: str) -> dict[str, str]:
     return dict(
         os.environ,
         ALIEN_HOME=str(home),
@@ -30,10 +32,8 @@ def _env(home: Path, s3: S3Server) -> dict[str, str]:
         ALIEN_MODE="cluster",
         ALIEN_POSTGRES_URL=POSTGRES_ADMIN,
         ALIEN_CLUSTER_SECRET=CLUSTER_SECRET,
-        ALIEN_S3_ENDPOINT=s3.endpoint,
-        ALIEN_S3_ACCESS_KEY=s3.access_key,
-        ALIEN_S3_SECRET_KEY=s3.secret_key,
-        ALIEN_S3_SECURE="false",
+        ALIEN_CLUSTER_DATABASE=cluster_database,
+        **servers.cluster_settings(),
     )
 
 
@@ -52,9 +52,9 @@ def _settings(env: dict[str, str]) -> AlienSettings:
 
 @pytest.mark.slow
 def test_ingest_search_delete_rerun_in_cluster_mode(
-    tmp_path: Path, s3_server: S3Server, postgres: object
+    tmp_path: Path, servers: LocalServers, postgres: object, cluster_database: str
 ) -> None:
-    env = _env(tmp_path / "home", s3_server)
+    env = _env(tmp_path / "home", servers, cluster_database)
     tenant = f"c-{uuid.uuid4().hex[:10]}"
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -65,8 +65,8 @@ def test_ingest_search_delete_rerun_in_cluster_mode(
     assert {s["store"]: s["backend"] for s in status["stores"]} == {
         "catalog": "postgresql",
         "objects": "s3",
-        "vectors": "embedded",  # no Qdrant URL: the embedded backend
-        "keywords": "embedded",  # no Meilisearch URL: the embedded backend
+        "vectors": "qdrant",
+        "keywords": "meilisearch",
         "ocr": "local",
         "platform": "outbox",
     }
