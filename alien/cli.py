@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -329,11 +330,9 @@ def tenant() -> None:
     """Provision and retire a tenant's stores (what the operator does, minus Kubernetes)."""
 
 
-def _new_tenant(value: str) -> str:
-    from resources.cluster_catalog import tenant_name
-
+def _new_tenant(ctx: Ctx, value: str) -> str:
     try:
-        return tenant_name(value)
+        return ctx.registry.new_name(value)
     except InvalidTenantError as exc:
         raise click.BadParameter(str(exc), param_hint="TENANT_ID") from None
 
@@ -347,7 +346,7 @@ def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
     after a failure at any store, running it again resumes)."""
     from alien.tenants import STEPS, provision_step
 
-    name = _new_tenant(tenant_id)
+    name = _new_tenant(ctx, tenant_id)
     existed = ctx.registry.exists(name)
     for step in STEPS:  # the operator's sub-handlers call the same, one per store
         try:
@@ -397,7 +396,8 @@ def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None
 @click.pass_obj
 def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
     """Print the complete environment of TENANT_ID's Data API pod as KEY=VALUE lines: its
-    ConfigMap and Secret, with this control plane's store URLs. It reaches only that
+    ConfigMap and Secret, with this control plane's store URLs and settings (values
+    sh-quoted where needed, so `set -a; . FILE` reads them back). It reaches only that
     tenant's stores and holds no cluster key; treat the output as a secret."""
     from resources.backends import BackendConfigError
 
@@ -412,7 +412,7 @@ def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
         _emit({"config": env.config, "secrets": env.secrets})
         return
     for key, value in sorted(env.merged().items()):
-        click.echo(f"{key}={value}")
+        click.echo(f"{key}={shlex.quote(value)}")  # sh-quoted where needed (a PEM key)
 
 
 @tenant.command(name="manifests")

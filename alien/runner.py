@@ -27,7 +27,6 @@ DAGSTER_YAML = f"""\
 telemetry:
   enabled: false
 """
-DAGSTER_DATABASE = "alien_dagster"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -53,7 +52,7 @@ def dagster_yaml(settings: AlienSettings) -> str:
         return DAGSTER_YAML
     import json
 
-    from resources.postgres import ensure_database
+    from resources.postgres import DAGSTER_DATABASE, ensure_database
 
     url = ensure_database(settings.postgres_url, DAGSTER_DATABASE)
     # dagster-postgres speaks psycopg2; the URL names it so SQLAlchemy does not guess.

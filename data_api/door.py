@@ -87,7 +87,11 @@ class RequestContext:
 
 
 class RateLimiter:
-    """A token bucket per principal: ``rate`` requests per second, bursts up to ``burst``."""
+    """A token bucket per key (tenant, principal, end user): ``rate`` requests per second,
+    bursts up to ``burst``. Buckets that have refilled are the same as none, so they are
+    dropped once there are many: end users behind the proxy cannot grow it without bound."""
+
+    MAX_BUCKETS = 10_000
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
@@ -95,10 +99,16 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def _evict(self, now: float) -> None:
+        refill = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < refill}
+
     def take(self, principal: str) -> float:
         """0 when allowed, else the seconds to wait before the next request is."""
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) >= self.MAX_BUCKETS:
+                self._evict(now)
             tokens, last = self._buckets.get(principal, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             if tokens >= 1.0:

@@ -87,19 +87,19 @@ class StoreBackend:
     def target(self) -> str:
         return str(self.settings.tenants_dir)
 
-    def provision(self, tenant: TenantId, root: Path) -> None:
+    def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         """Create the tenant's server-side part (idempotent)."""
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
         raise NotImplementedError
 
-    def retire(self, tenant: TenantId, root: Path) -> None:
+    def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         """Remove the tenant's server-side part (idempotent)."""
 
     def ping(self) -> object:
         return True
 
-    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+    def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         return TenantEnvironment()
 
     def status(self) -> StoreStatus:
@@ -123,13 +123,13 @@ class TenantPlaneBackend(StoreBackend):
             "retiring need the control plane's keys"
         )
 
-    def provision(self, tenant: TenantId, root: Path) -> None:
+    def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         raise self.refuse()
 
-    def retire(self, tenant: TenantId, root: Path) -> None:
+    def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         raise self.refuse()
 
-    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+    def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         raise self.refuse()
 
 
@@ -137,7 +137,7 @@ class TenantPlaneBackend(StoreBackend):
 class SqliteCatalogBackend(StoreBackend):
     kind, backend = "catalog", "sqlite"
 
-    def open(self, tenant: TenantId, root: Path) -> Catalog:
+    def open(self, tenant: TenantId, root: Path, generation: str = "") -> Catalog:
         return Catalog.embedded(tenant, root / "catalog.db")
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
@@ -169,18 +169,18 @@ class PostgresCatalogBackend(StoreBackend):
     def target(self) -> str:
         return _safe_url(self.settings.postgres_url)
 
-    def open(self, tenant: TenantId, root: Path) -> Catalog:
+    def open(self, tenant: TenantId, root: Path, generation: str = "") -> Catalog:
         from resources.postgres import tenant_engine
 
-        return Catalog(tenant, tenant_engine(self.provisioner.describe(tenant).url))
+        return Catalog(tenant, tenant_engine(self.provisioner.describe(tenant, generation).url))
 
-    def provision(self, tenant: TenantId, root: Path) -> None:
-        self.provisioner.create(tenant)
+    def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
+        self.provisioner.create(tenant, generation)
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
         return bool(self.provisioner.exists(tenant))
 
-    def retire(self, tenant: TenantId, root: Path) -> None:
+    def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         self.provisioner.drop(tenant)
 
     def ping(self) -> object:
@@ -189,8 +189,8 @@ class PostgresCatalogBackend(StoreBackend):
         with self.provisioner.engine.connect() as conn:
             return conn.execute(text("SELECT 1")).scalar()
 
-    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
-        db = self.provisioner.describe(tenant)
+    def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
+        db = self.provisioner.describe(tenant, generation)
         url = db.url.set(drivername="postgresql", password=None)
         return TenantEnvironment(
             {"ALIEN_POSTGRES_URL": url.render_as_string(hide_password=False)},
@@ -215,7 +215,7 @@ class PostgresTenantCatalogBackend(TenantPlaneBackend):
     def target(self) -> str:
         return _safe_url(self.settings.postgres_url)
 
-    def open(self, tenant: TenantId, root: Path) -> Catalog:
+    def open(self, tenant: TenantId, root: Path, generation: str = "") -> Catalog:
         return Catalog(self.only(tenant), self.engine)
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
@@ -232,7 +232,7 @@ class PostgresTenantCatalogBackend(TenantPlaneBackend):
 class LocalObjectsBackend(StoreBackend):
     kind, backend = "objects", "directory"
 
-    def open(self, tenant: TenantId, root: Path) -> ObjectStore:
+    def open(self, tenant: TenantId, root: Path, generation: str = "") -> ObjectStore:
         return LocalObjectStore(root / "objects")
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
@@ -280,12 +280,12 @@ class S3ObjectsBackend(_S3Client, StoreBackend):
             secure=s.s3_secure,
         )
 
-    def open(self, tenant: TenantId, root: Path) -> ObjectStore:
+    def open(self, tenant: TenantId, root: Path, generation: str = "") -> ObjectStore:
         from resources.s3objects import S3ObjectStore
 
         return S3ObjectStore(self.s3, self.bucket(tenant))
 
-    def provision(self, tenant: TenantId, root: Path) -> None:
+    def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.minio_tenancy import apply_bucket_policy, provision_tenant_user
         from resources.s3objects import S3ObjectStore
 
@@ -298,12 +298,13 @@ class S3ObjectsBackend(_S3Client, StoreBackend):
                 tenant,
                 _secret(self.settings.cluster_secret),
                 self.settings.s3_bucket_prefix,
+                generation,
             )
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
         return bool(self.s3.bucket_exists(self.bucket(tenant)))
 
-    def retire(self, tenant: TenantId, root: Path) -> None:
+    def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.s3objects import S3ObjectStore
 
         S3ObjectStore(self.s3, self.bucket(tenant)).drop()
@@ -315,7 +316,7 @@ class S3ObjectsBackend(_S3Client, StoreBackend):
     def ping(self) -> object:
         return self.s3.list_buckets()
 
-    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+    def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         from resources.minio_tenancy import tenant_access_key, tenant_secret_key
 
         s = self.settings
@@ -332,16 +333,21 @@ class S3ObjectsBackend(_S3Client, StoreBackend):
                 "ALIEN_S3_BUCKET": self.bucket(tenant),
                 "ALIEN_S3_ACCESS_KEY": tenant_access_key(tenant, s.s3_bucket_prefix),
             },
-            {"ALIEN_S3_SECRET_KEY": tenant_secret_key(_secret(s.cluster_secret), tenant)},
+            {
+                "ALIEN_S3_SECRET_KEY": tenant_secret_key(
+                    _secret(s.cluster_secret), tenant, generation
+                )
+            },
         )
 
 
 class S3TenantObjectsBackend(_S3Client, TenantPlaneBackend):
     kind, backend = "objects", "s3"
 
-    def open(self, tenant: TenantId, root: Path) -> ObjectStore:
+    def open(self, tenant: TenantId, root: Path, generation: str = "") -> ObjectStore:
         from resources.s3objects import S3ObjectStore
 
+        self.only(tenant)
         return S3ObjectStore(self.s3, self.settings.s3_bucket or "")
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
@@ -358,7 +364,9 @@ class EmbeddedVectorsBackend(StoreBackend):
     def target(self) -> str:
         return "sqlite + numpy per tenant"
 
-    def open(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
+    def open(
+        self, tenant: TenantId, root: Path, model: str, dim: int, generation: str = ""
+    ) -> VectorIndex:
         return SqliteVectorIndex(root / "vectors.db", model=model, dim=dim)
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
@@ -410,7 +418,9 @@ class QdrantVectorsBackend(StoreBackend):
 
         return QdrantVectorIndex(self.admin, self.collection(tenant), model, dim)
 
-    def open(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
+    def open(
+        self, tenant: TenantId, root: Path, model: str, dim: int, generation: str = ""
+    ) -> VectorIndex:
         from resources.qdrant import QdrantVectorIndex
 
         key = _secret(self.settings.qdrant_api_key)
@@ -418,32 +428,34 @@ class QdrantVectorsBackend(StoreBackend):
             return QdrantVectorIndex.scoped(self.url, key, self.collection(tenant), model, dim)
         return self._index(tenant, model, dim)
 
-    def provision(self, tenant: TenantId, root: Path) -> None:
+    def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         self._index(tenant, self.model, self.dim).create()
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
         return bool(self.admin.collection_exists(self.collection(tenant)))
 
-    def retire(self, tenant: TenantId, root: Path) -> None:
+    def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         self._index(tenant, "", 0).drop()
 
     def ping(self) -> object:
         return self.admin.get_collections()
 
-    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+    def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         from resources.qdrant import tenant_token, windowed_expiry
 
         if self.local:
             raise BackendConfigError("Qdrant's local mode (local:) cannot be shared with a pod")
-        env = TenantEnvironment(
-            {"ALIEN_QDRANT_URL": self.url, "ALIEN_QDRANT_COLLECTION": self.collection(tenant)}
-        )
         key = _secret(self.settings.qdrant_api_key)
-        if key:
-            expires = windowed_expiry(self.settings.qdrant_token_ttl_seconds)
-            token = tenant_token(key, self.collection(tenant), expires_at=expires)
-            env.secrets["ALIEN_QDRANT_TOKEN"] = token
-        return env
+        if not key:
+            raise BackendConfigError(
+                "a tenant's data plane needs a JWT for its collection: set ALIEN_QDRANT_API_KEY "
+                "(with JWT RBAC on the server); a Qdrant without a key admits every tenant"
+            )
+        expires = windowed_expiry(self.settings.qdrant_token_ttl_seconds)
+        return TenantEnvironment(
+            {"ALIEN_QDRANT_URL": self.url, "ALIEN_QDRANT_COLLECTION": self.collection(tenant)},
+            {"ALIEN_QDRANT_TOKEN": tenant_token(key, self.collection(tenant), expires_at=expires)},
+        )
 
 
 class QdrantTenantVectorsBackend(TenantPlaneBackend):
@@ -461,7 +473,9 @@ class QdrantTenantVectorsBackend(TenantPlaneBackend):
     def target(self) -> str:
         return self.settings.qdrant_url or ""
 
-    def open(self, tenant: TenantId, root: Path, model: str, dim: int) -> VectorIndex:
+    def open(
+        self, tenant: TenantId, root: Path, model: str, dim: int, generation: str = ""
+    ) -> VectorIndex:
         from resources.qdrant import QdrantVectorIndex
 
         self.only(tenant)
@@ -481,7 +495,9 @@ class EmbeddedKeywordsBackend(StoreBackend):
     def target(self) -> str:
         return "sqlite + numpy BM25 per tenant"
 
-    def open(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
+    def open(
+        self, tenant: TenantId, root: Path, analyzer: Analyzer, generation: str = ""
+    ) -> KeywordIndex:
         return SqliteKeywordIndex(root / "keywords.db", analyzer=analyzer)
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
@@ -512,53 +528,58 @@ class MeiliKeywordsBackend(StoreBackend):
 
         return index_name(tenant)
 
-    def data_key(self, tenant: TenantId) -> str | None:
+    def data_key(self, tenant: TenantId, generation: str) -> str | None:
         from resources.meili import derive_key, key_uid
 
         if not self.master:
             return None
-        return derive_key(self.master, key_uid(self.index(tenant), external=False))
+        uid = key_uid(self.index(tenant), external=False, generation=generation)
+        return derive_key(self.master, uid)
 
-    def open(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
+    def open(
+        self, tenant: TenantId, root: Path, analyzer: Analyzer, generation: str = ""
+    ) -> KeywordIndex:
         import meilisearch
 
         from resources.meili import MeiliKeywordIndex
 
-        client = meilisearch.Client(self.settings.meili_url, self.data_key(tenant))
+        client = meilisearch.Client(self.settings.meili_url, self.data_key(tenant, generation))
         return MeiliKeywordIndex(client, self.index(tenant))
 
-    def provision(self, tenant: TenantId, root: Path) -> None:
+    def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.meili import MeiliKeywordIndex
 
         index = MeiliKeywordIndex(self.admin, self.index(tenant))
         index.create()
         if self.master:
-            index.create_key(external=False)
+            index.create_key(external=False, generation=generation)
+            if generation:
+                index.delete_keys(generations=("",))  # a key from before generations
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
         from resources.meili import MeiliKeywordIndex
 
         return MeiliKeywordIndex(self.admin, self.index(tenant)).exists()
 
-    def retire(self, tenant: TenantId, root: Path) -> None:
+    def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.meili import MeiliKeywordIndex
 
         index = MeiliKeywordIndex(self.admin, self.index(tenant))
         index.drop()
         if self.master:
-            index.delete_keys()
+            index.delete_keys(generations=(generation, "") if generation else ("",))
 
     def ping(self) -> object:
         return self.admin.health()
 
-    def tenant_env(self, tenant: TenantId) -> TenantEnvironment:
+    def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         env = TenantEnvironment(
             {
                 "ALIEN_MEILI_URL": self.settings.meili_url or "",
                 "ALIEN_MEILI_INDEX": self.index(tenant),
             }
         )
-        key = self.data_key(tenant)
+        key = self.data_key(tenant, generation)
         if key:
             env.secrets["ALIEN_MEILI_KEY"] = key
         return env
@@ -576,7 +597,9 @@ class MeiliTenantKeywordsBackend(TenantPlaneBackend):
     def target(self) -> str:
         return self.settings.meili_url or ""
 
-    def open(self, tenant: TenantId, root: Path, analyzer: Analyzer) -> KeywordIndex:
+    def open(
+        self, tenant: TenantId, root: Path, analyzer: Analyzer, generation: str = ""
+    ) -> KeywordIndex:
         from resources.meili import MeiliKeywordIndex
 
         self.only(tenant)
@@ -593,6 +616,22 @@ class MeiliTenantKeywordsBackend(TenantPlaneBackend):
 
 
 # -- the set ------------------------------------------------------------------------------
+# Settings a tenant's data plane takes over from the control plane as they are. Not among
+# them: cluster keys, and the HS256 service-token secret (shared by every tenant's pod, it
+# would let one pod mint tokens for another tenant: tenant pods take the platform's public
+# key, ALIEN_SERVICE_TOKEN_PUBLIC_KEY, instead).
+DATA_PLANE_SETTINGS = (
+    "embedding_model", "embedding_batch_size", "embedding_device", "embedding_worker",
+    "ocr", "ocr_languages", "ocr_dpi", "mistral_ocr_model", "ocr_max_pages_per_run",
+    "stemmer_language", "max_file_bytes", "max_text_bytes",
+    "fusion", "fusion_keyword_weight", "fusion_k", "fusion_depth",
+    "api_max_page_size", "api_max_top_k", "api_snippet_chars", "api_rate_per_second",
+    "api_rate_burst", "api_worker", "api_worker_poll_seconds",
+    "service_token_public_key", "service_token_issuer", "service_token_audience",
+    "service_token_leeway_seconds", "service_token_max_lifetime_seconds", "cluster_id",
+)  # fmt: skip
+
+
 def _choose(settings: AlienSettings, model: str, dim: int) -> list[StoreBackend]:
     """The backend of each store kind for these settings, in provisioning order."""
     s, cluster, plane = settings, settings.mode == "cluster", settings.tenant_plane
@@ -656,11 +695,20 @@ class Backends:
     def keywords(self) -> Any:
         return self.by_kind["keywords"]
 
-    def tenant_environment(self, tenant: TenantId) -> TenantEnvironment:
-        """Everything tenant ``tenant``'s data plane needs, and no cluster key."""
+    def tenant_environment(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
+        """Everything tenant ``tenant``'s data plane needs, and no cluster key: this control
+        plane's processing and API settings (so both embed with the same model, say) and
+        each store's URL, names and tenant credentials."""
+        s = self.settings
         env = TenantEnvironment({"ALIEN_MODE": "cluster", "ALIEN_TENANT": str(tenant)})
+        for name in DATA_PLANE_SETTINGS:
+            value = getattr(s, name)
+            if value is not None:
+                env.config[f"ALIEN_{name.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
         for backend in self.by_kind.values():
-            env.update(backend.tenant_env(tenant))
+            env.update(backend.tenant_env(tenant, generation))
         return env
 
     def describe(self) -> list[StoreStatus]:

@@ -24,7 +24,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from resources.tenancy import InvalidTenantError, TenantId
 
@@ -38,7 +38,8 @@ RESERVED_TENANTS = frozenset(
     }
 )  # fmt: skip
 
-TenantState = Literal["provisioning", "ready", "retained"]
+# provisioning -> ready -> (retiring -> gone) | retained; only ready tenants are served.
+TenantState = Literal["provisioning", "ready", "retiring", "retained"]
 StoreState = Literal["pending", "ready", "failed"]
 
 
@@ -103,7 +104,11 @@ class ClusterCatalog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        _metadata.create_all(engine)
+        try:
+            _metadata.create_all(engine)
+        except (IntegrityError, ProgrammingError, OperationalError):
+            # Two processes creating a new catalog at once: the other one won; check again.
+            _metadata.create_all(engine)
 
     @classmethod
     def sqlite(cls, path: Path, adopt_from: Path | None = None) -> ClusterCatalog:
@@ -168,8 +173,8 @@ class ClusterCatalog:
     def begin(self, tenant: str) -> TenantRecord:
         """The tenant's row, made now in state ``provisioning`` if it has none (idempotent).
 
-        A retained tenant being created again goes back to ``provisioning``, keeping its
-        generation: its stores and data are the same ones.
+        A retained tenant (or one whose retirement stopped half-way) being created again goes
+        back to ``provisioning``, keeping its generation: its stores are the same ones.
         """
         tenant = tenant_name(tenant)
         now = _now()
@@ -189,7 +194,7 @@ class ClusterCatalog:
                 conn.execute(
                     tenants_table.update()
                     .where(tenants_table.c.tenant == str(tenant))
-                    .where(tenants_table.c.state == "retained")
+                    .where(tenants_table.c.state.in_(["retained", "retiring"]))
                     .values(state="provisioning", updated_at=now)
                 )
         record = self.get(tenant)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
@@ -76,9 +77,11 @@ def index_settings() -> dict[str, Any]:
 KEY_NAMESPACE = uuid.UUID("2d5c8f7e-3b1a-4c6d-9e0f-7a8b9c0d1e2f")
 
 
-def key_uid(index: str, *, external: bool) -> str:
-    """A fixed uid per (index, purpose): creating the key again is a no-op, not a new key."""
-    return str(uuid.uuid5(KEY_NAMESPACE, f"{'external' if external else 'data-plane'}:{index}"))
+def key_uid(index: str, *, external: bool, generation: str = "") -> str:
+    """A fixed uid per (index, purpose, tenant generation): creating the key again is a
+    no-op, not a new key; a tenant created afresh under an old name gets new keys."""
+    name = f"{'external' if external else 'data-plane'}:{index}"
+    return str(uuid.uuid5(KEY_NAMESPACE, name + (f":{generation}" if generation else "")))
 
 
 def derive_key(master_key: str, uid: str) -> str:
@@ -87,11 +90,13 @@ def derive_key(master_key: str, uid: str) -> str:
     return hmac.new(master_key.encode(), uid.encode(), hashlib.sha256).hexdigest()
 
 
-def key_spec(index: str, *, external: bool, expires_at: str | None = None) -> dict[str, Any]:
+def key_spec(
+    index: str, *, external: bool, expires_at: str | None = None, generation: str = ""
+) -> dict[str, Any]:
     """The body of ``POST /keys`` for a key limited to one tenant's index."""
     actions = EXTERNAL_ACTIONS if external else DATA_PLANE_ACTIONS
     return {
-        "uid": key_uid(index, external=external),
+        "uid": key_uid(index, external=external, generation=generation),
         "name": f"alien-{'external' if external else 'data-plane'}-{index}"[:255],
         "description": f"alien {'external search' if external else 'data plane'} key for {index}",
         "actions": list(actions),
@@ -157,9 +162,9 @@ class MeiliKeywordIndex:
             raise
         return True
 
-    def create_key(self, *, external: bool) -> str:
+    def create_key(self, *, external: bool, generation: str = "") -> str:
         """Create the tenant's scoped key (idempotent: it has a fixed uid); its value."""
-        spec = key_spec(self.name, external=external)
+        spec = key_spec(self.name, external=external, generation=generation)
         try:
             return self.client.create_key(spec).key
         except MeilisearchApiError as err:
@@ -167,13 +172,13 @@ class MeiliKeywordIndex:
                 raise
             return self.client.get_key(spec["uid"]).key
 
-    def delete_keys(self) -> int:
-        """Delete the index's scoped keys (idempotent: a key already gone is skipped);
-        deleting an index leaves its keys behind otherwise."""
+    def delete_keys(self, generations: Iterable[str] = ("",)) -> int:
+        """Delete the index's scoped keys of these tenant generations (idempotent: a key
+        already gone is skipped); deleting an index leaves its keys behind otherwise."""
         deleted = 0
-        for external in (False, True):
+        for generation, external in itertools.product(generations, (False, True)):
             try:
-                self.client.delete_key(key_uid(self.name, external=external))
+                self.client.delete_key(key_uid(self.name, external=external, generation=generation))
                 deleted += 1
             except MeilisearchApiError as err:
                 if err.code != "api_key_not_found":

@@ -35,10 +35,11 @@ def tenant_access_key(tenant: str, prefix: str = "alien") -> str:
     return bucket_name(tenant, prefix)
 
 
-def tenant_secret_key(cluster_secret: str, tenant: str) -> str:
-    return hmac.new(
-        cluster_secret.encode(), f"s3-user:{tenant}".encode(), hashlib.sha256
-    ).hexdigest()
+def tenant_secret_key(cluster_secret: str, tenant: str, generation: str = "") -> str:
+    """The tenant user's secret, derived; with the tenant's generation, so a tenant created
+    afresh under an old name gets a new one."""
+    context = f"s3-user:{tenant}" + (f":{generation}" if generation else "")
+    return hmac.new(cluster_secret.encode(), context.encode(), hashlib.sha256).hexdigest()
 
 
 def iam_policy(bucket: str) -> dict[str, Any]:
@@ -98,11 +99,12 @@ def apply_bucket_policy(client: Minio, bucket: str, *, require_tls: bool) -> Non
 
 
 def provision_tenant_user(
-    admin: Any, tenant: str, cluster_secret: str, prefix: str = "alien"
+    admin: Any, tenant: str, cluster_secret: str, prefix: str = "alien", generation: str = ""
 ) -> tuple[str, str]:
     """User + IAM policy for the tenant through ``minio.MinioAdmin`` (idempotent)."""
     bucket = bucket_name(tenant, prefix)
-    access, secret = tenant_access_key(tenant, prefix), tenant_secret_key(cluster_secret, tenant)
+    access = tenant_access_key(tenant, prefix)
+    secret = tenant_secret_key(cluster_secret, tenant, generation)
     admin.policy_add(bucket, policy=iam_policy(bucket))
     admin.user_add(access, secret)
     try:

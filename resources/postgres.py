@@ -21,6 +21,9 @@ from sqlalchemy.pool import NullPool
 from resources.tenancy import TenantId
 
 PREFIX = "alien_"
+# Databases of the cluster itself on the same server (the registry's is a setting too).
+DAGSTER_DATABASE = "alien_dagster"
+CLUSTER_DATABASES = frozenset({"alien_cluster", DAGSTER_DATABASE})
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,12 @@ def identifier(tenant: TenantId) -> str:
     return PREFIX + str(TenantId(tenant)).replace("-", "_")
 
 
-def role_password(secret: str, tenant: TenantId) -> str:
+def role_password(secret: str, tenant: TenantId, generation: str = "") -> str:
     """The tenant role's password: derived, so nothing stores it (the operator writes it
-    into the tenant namespace's Secret)."""
-    return hmac.new(secret.encode(), f"postgres-role:{tenant}".encode(), hashlib.sha256).hexdigest()
+    into the tenant namespace's Secret). The tenant's generation is part of it, so a tenant
+    deleted and created again under the same name never takes its old password back."""
+    context = f"postgres-role:{tenant}" + (f":{generation}" if generation else "")
+    return hmac.new(secret.encode(), context.encode(), hashlib.sha256).hexdigest()
 
 
 def tenant_engine(url: URL) -> Engine:
@@ -68,9 +73,9 @@ class PostgresProvisioner:
         self.secret = secret
         self.engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", pool_size=2)
 
-    def describe(self, tenant: TenantId) -> TenantDatabase:
+    def describe(self, tenant: TenantId, generation: str = "") -> TenantDatabase:
         name = identifier(tenant)
-        password = role_password(self.secret, tenant)
+        password = role_password(self.secret, tenant, generation)
         url = self.admin_url.set(username=name, password=password, database=name)
         return TenantDatabase(TenantId(tenant), name, name, password, url)
 
@@ -81,9 +86,9 @@ class PostgresProvisioner:
             ).first()
         return found is not None
 
-    def create(self, tenant: TenantId) -> TenantDatabase:
+    def create(self, tenant: TenantId, generation: str = "") -> TenantDatabase:
         """Role, database and privileges for the tenant (idempotent; repairs a drifted password)."""
-        db = self.describe(tenant)
+        db = self.describe(tenant, generation)
         quoted = f'"{db.role}"'
         with self.engine.connect() as conn:
             role_exists = conn.execute(

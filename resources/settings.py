@@ -151,6 +151,12 @@ class AlienSettings(BaseSettings):
         "(turn off where the Dagster daemon's ingestion sensor does it)",
     )
     api_worker_poll_seconds: float = Field(default=5.0, gt=0)
+    ingest_in_data_plane: bool = Field(
+        default=False,
+        description="Each tenant's Data API pod ingests its own uploads with its own "
+        "credentials (as the operator deploys it): the control plane's ingestion sensor then "
+        "only registers partitions and launches no runs",
+    )
     service_token_secret: SecretStr | None = Field(
         default=None,
         description="HS256 secret shared with the platform proxy (service tokens are refused "

@@ -20,7 +20,13 @@ from resources.backends import (
     TenantEnvironment,
 )
 from resources.catalog import Catalog
-from resources.cluster_catalog import ClusterCatalog, TenantRecord, TenantState, tenant_name
+from resources.cluster_catalog import (
+    ClusterCatalog,
+    ReservedTenantError,
+    TenantRecord,
+    TenantState,
+    tenant_name,
+)
 from resources.embedder import Embedder
 from resources.keywords import KeywordIndex
 from resources.objects import ObjectStore
@@ -180,9 +186,19 @@ class TenantRegistry:
         return self.cluster.list(states)
 
     # -- provisioning --------------------------------------------------------------------
+    def new_name(self, tenant: str) -> TenantId:
+        """A name a tenant may be created with: well formed, not reserved, and not mapping to
+        one of the cluster's own databases (``alien_cluster``, ``alien_dagster``)."""
+        from resources.postgres import CLUSTER_DATABASES, identifier
+
+        tenant = tenant_name(tenant)
+        if identifier(tenant) in {self.settings.cluster_database, *CLUSTER_DATABASES}:
+            raise ReservedTenantError(f"tenant name {tenant!r} is the cluster's own database")
+        return tenant
+
     def create(self, tenant: str) -> TenantStores:
         """Provision every store of the tenant (idempotent, resumable) and open them."""
-        tenant = tenant_name(tenant)
+        tenant = self.new_name(tenant)
         for kind in self.backends.kinds:
             self.provision_store(tenant, kind)
         return self.open(tenant)
@@ -190,14 +206,14 @@ class TenantRegistry:
     def provision_store(self, tenant: str, kind: str) -> str:
         """Bring one store of the tenant into existence and record it in the cluster catalog;
         the tenant is ready once every store is. A failure is recorded with its reason."""
-        tenant = tenant_name(tenant)
+        tenant = self.new_name(tenant)
         backend = self.backends.store(kind)
         record = self.cluster.begin(tenant)
         root = self.tenant_dir(tenant)
         try:
             if not backend.exists(tenant, root):
                 self.forget(tenant)  # handles on a vanished store must not be reused
-            backend.provision(tenant, root)
+            backend.provision(tenant, root, record.generation)
             root.mkdir(parents=True, exist_ok=True)
             stores = self._build(tenant, record.generation)  # makes the embedded files
             if kind == "catalog":
@@ -224,9 +240,10 @@ class TenantRegistry:
         tenant = TenantId(tenant)
         if self.settings.mode != "cluster":
             raise BackendConfigError("a tenant's data plane exists in cluster mode only")
-        if not self.exists(tenant):
+        generation = self._generation(tenant)
+        if generation is None:
             raise UnknownTenantError(f"unknown tenant {tenant!r}")
-        return self.backends.tenant_environment(tenant)
+        return self.backends.tenant_environment(tenant, generation)
 
     # -- handles -------------------------------------------------------------------------
     def forget(self, tenant: str) -> None:
@@ -240,6 +257,7 @@ class TenantRegistry:
         tenant = TenantId(tenant)
         generation = self._generation(tenant)
         if generation is None:
+            self.forget(tenant)  # handles of a tenant retired elsewhere: closed, not kept
             raise UnknownTenantError(f"unknown tenant {tenant!r}")
         stores = self._build(tenant, generation)
         if self.settings.tenant_plane and not self.backends.catalog.server:
@@ -271,11 +289,13 @@ class TenantRegistry:
                 tenant=tenant,
                 settings=self.settings,
                 root=root,
-                catalog=b.catalog.open(tenant, root),
-                objects=b.objects.open(tenant, root),
-                vectors=b.vectors.open(tenant, root, embedder.model_name, embedder.dimension),
+                catalog=b.catalog.open(tenant, root, generation),
+                objects=b.objects.open(tenant, root, generation),
+                vectors=b.vectors.open(
+                    tenant, root, embedder.model_name, embedder.dimension, generation
+                ),
                 keywords=b.keywords.open(
-                    tenant, root, get_analyzer(self.settings.stemmer_language)
+                    tenant, root, get_analyzer(self.settings.stemmer_language), generation
                 ),
                 embedder=embedder,
                 ocr=TesseractOcr(self.settings.ocr_languages),
@@ -298,16 +318,18 @@ class TenantRegistry:
         """Retire the tenant: remove every store, whatever its recorded state (a half-made
         tenant included), then its row. Idempotent; whether there was anything to remove."""
         tenant = TenantId(tenant)
+        record = self.cluster.get(tenant)
+        if record is not None:
+            self.cluster.set_state(tenant, "retiring")  # no longer served from here on
         self.forget(tenant)
         root = self.tenant_dir(tenant)
-        record = self.cluster.get(tenant)
         existed = record is not None or root.exists()
         failures = []
         for kind in reversed(self.backends.kinds):
             backend = self.backends.store(kind)
             try:
                 existed = backend.exists(tenant, root) or existed
-                backend.retire(tenant, root)
+                backend.retire(tenant, root, record.generation if record else "")
             except Exception as err:
                 failures.append(f"{kind}: {type(err).__name__}: {err}")
                 if record is not None:

@@ -43,7 +43,8 @@ def ingestion_sensor(
     known = set(context.instance.get_dynamic_partitions(TENANTS))
     new_partitions = [t for t in tenants if t not in known]
     requests = []
-    for tenant in tenants:
+    # Where each tenant's own Data API pod ingests, a run here would do the same work twice.
+    for tenant in [] if registry.settings.ingest_in_data_plane else tenants:
         fingerprint = work_fingerprint(registry.open(tenant))
         if fingerprint is None:
             cursor.pop(tenant, None)

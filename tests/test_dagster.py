@@ -87,9 +87,22 @@ def _evaluate(instance, settings, cursor=None):
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"stores": AlienStoresResource(home=str(settings.home))},
+        resources={"stores": AlienStoresResource.for_settings(settings)},
     )
     return ingestion_sensor(context)
+
+
+def test_sensor_launches_nothing_where_data_planes_ingest(settings, registry):
+    """Where each tenant's Data API pod runs its own worker, the control plane's sensor only
+    registers partitions: the same work is never ingested twice."""
+    instance = dg.DagsterInstance.ephemeral()
+    busy = registry.create("busy-tenant")
+    busy.objects.put_bytes("inbox/new.txt", b"dropped into the inbox")
+    pods = settings.model_copy(update={"ingest_in_data_plane": True})
+    result = _evaluate(instance, pods)
+    assert isinstance(result, dg.SensorResult) and result.run_requests == []
+    (partitions,) = result.dynamic_partitions_requests
+    assert partitions.partition_keys == ["busy-tenant"]
 
 
 def test_sensor_requests_one_run_per_tenant_with_work(settings, registry):

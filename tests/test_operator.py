@@ -261,9 +261,10 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
         assert stores.catalog.engine.url.username == identifier(tenant)  # its own role
         assert stores.catalog.status_counts() == {}
 
-        catalog_env = backends.catalog.tenant_env(tenant)
+        generation = TenantRegistry(cluster).cluster.get(tenant).generation
+        catalog_env = backends.catalog.tenant_env(tenant, generation)
         assert catalog_env.secrets == {
-            "ALIEN_POSTGRES_PASSWORD": role_password(CLUSTER_SECRET, tenant)
+            "ALIEN_POSTGRES_PASSWORD": role_password(CLUSTER_SECRET, tenant, generation)
         }
         # Neither the S3 server without MinIO's admin API (no tenant user) nor Qdrant's local
         # mode can give a tenant's pod credentials of its own: the environment is refused.

@@ -277,7 +277,7 @@ def _assert_nothing_left(postgres: Any, servers: LocalServers, tenant: str) -> N
     from minio.credentials import StaticProvider
     from minio.minioadmin import MinioAdmin
 
-    from resources.meili import index_name, key_uid
+    from resources.meili import index_name
 
     name = identifier(tenant)
     with postgres.engine.connect() as conn:
@@ -304,9 +304,39 @@ def _assert_nothing_left(postgres: Any, servers: LocalServers, tenant: str) -> N
     meili = meilisearch.Client(servers.meili_url, servers.meili_master_key)
     with pytest.raises(MeilisearchApiError):
         meili.get_index(index_name(tenant))
-    for external in (False, True):
-        with pytest.raises(MeilisearchApiError):
-            meili.get_key(key_uid(index_name(tenant), external=external))
+    keys = meili.get_keys({"limit": 1000}).results
+    assert [k.uid for k in keys if index_name(tenant) in (k.indexes or [])] == []
+
+
+def test_a_tenant_created_again_never_takes_its_old_credentials_back(
+    control: dict[str, str], servers: LocalServers
+) -> None:
+    """Whoever kept a deleted tenant's environment reaches nothing of a new tenant that
+    takes the same name: the derived credentials include the tenant's generation."""
+    tenant = f"r{uuid.uuid4().hex[:8]}"
+    alien(control, "tenant", "create", tenant, "--json")
+    old = tenant_env(control, tenant)
+    alien(control, "tenant", "delete", tenant, "--json")
+    alien(control, "tenant", "create", tenant, "--json")
+    try:
+        new = tenant_env(control, tenant)
+        for name in ("ALIEN_POSTGRES_PASSWORD", "ALIEN_S3_SECRET_KEY", "ALIEN_MEILI_KEY"):
+            assert old[name] != new[name], name
+        with pytest.raises(MeilisearchApiError) as refused:
+            meilisearch.Client(old["ALIEN_MEILI_URL"], old["ALIEN_MEILI_KEY"]).index(
+                new["ALIEN_MEILI_INDEX"]
+            ).search("anything")
+        assert refused.value.status_code in (401, 403)
+        stale = s3_client(old["ALIEN_S3_ENDPOINT"], old["ALIEN_S3_ACCESS_KEY"],
+                          old["ALIEN_S3_SECRET_KEY"], False)  # fmt: skip
+        with pytest.raises(S3Error, match=r"SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied"):
+            list(S3ObjectStore(stale, new["ALIEN_S3_BUCKET"]).list(""))
+        fresh = s3_client(new["ALIEN_S3_ENDPOINT"], new["ALIEN_S3_ACCESS_KEY"],
+                          new["ALIEN_S3_SECRET_KEY"], False)  # fmt: skip
+        assert list(S3ObjectStore(fresh, new["ALIEN_S3_BUCKET"]).list("")) == []
+        _pg_connect(new)
+    finally:
+        alien(control, "tenant", "delete", tenant, "--json")
 
 
 def test_the_cluster_catalog_lists_only_created_tenants(

@@ -4,6 +4,7 @@ uploads are idempotent; the audit log is part of every request; limits hold."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,20 @@ def test_rate_limit_is_per_principal(tmp_path: Path) -> None:
     denied = [r for r in stores.catalog.audit.records(limit=10) if r.status_code == 429]
     assert len(denied) == 2
     registry.drop("tenant-r")
+
+
+def test_refilled_rate_buckets_are_dropped() -> None:
+    from data_api.door import RateLimiter
+
+    limiter = RateLimiter(rate=100.0, burst=1)
+    limiter.MAX_BUCKETS = 50
+    for user in range(500):
+        assert limiter.take(f"t|service:p|user-{user}") == 0.0
+        if user % 50 == 49:
+            time.sleep(0.02)  # every bucket so far refills meanwhile
+    assert len(limiter._buckets) <= 50
+    assert limiter.take("t|service:p|live") == 0.0
+    assert limiter.take("t|service:p|live") > 0  # a bucket in use is kept
 
 
 def test_service_tokens_are_limited_per_tenant_and_end_user(tmp_path: Path) -> None:
