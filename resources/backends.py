@@ -429,12 +429,20 @@ class QdrantVectorsBackend(StoreBackend):
         return self._index(tenant, model, dim)
 
     def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
+        from resources.qdrant import register_generation
+
         self._index(tenant, self.model, self.dim).create()
+        if generation and not self.local:
+            register_generation(self.admin, tenant, generation)
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
         return bool(self.admin.collection_exists(self.collection(tenant)))
 
     def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
+        from resources.qdrant import forget_generation
+
+        if not self.local:
+            forget_generation(self.admin, tenant)  # its tokens stop working now
         self._index(tenant, "", 0).drop()
 
     def ping(self) -> object:
@@ -452,9 +460,12 @@ class QdrantVectorsBackend(StoreBackend):
                 "(with JWT RBAC on the server); a Qdrant without a key admits every tenant"
             )
         expires = windowed_expiry(self.settings.qdrant_token_ttl_seconds)
+        token = tenant_token(
+            key, self.collection(tenant), expires_at=expires, generation=generation or None
+        )
         return TenantEnvironment(
             {"ALIEN_QDRANT_URL": self.url, "ALIEN_QDRANT_COLLECTION": self.collection(tenant)},
-            {"ALIEN_QDRANT_TOKEN": tenant_token(key, self.collection(tenant), expires_at=expires)},
+            {"ALIEN_QDRANT_TOKEN": token},
         )
 
 

@@ -22,6 +22,7 @@ import jwt
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from resources.vectors import VectorHit, VectorPoint, as_vector
 
@@ -33,15 +34,62 @@ def collection_name(tenant: str, prefix: str = "alien") -> str:
     return f"{prefix}-{tenant}"
 
 
+# The cluster's own collection of tenant generations (an underscore: never a tenant's name).
+GENERATIONS = "alien_generations"
+_GENERATION_NS = uuid.UUID("0b1e4c2a-5d7f-4e8a-9c3b-6f2d1a0e9b47")
+
+
 def tenant_token(
-    api_key: str, collection: str, ttl_seconds: int = 3600, *, expires_at: int | None = None
+    api_key: str,
+    collection: str,
+    ttl_seconds: int = 3600,
+    *,
+    expires_at: int | None = None,
+    generation: str | None = None,
 ) -> str:
-    """A JWT for one collection, read-write, expiring (Qdrant's documented claim shape)."""
-    claims = {
+    """A JWT for one collection, read-write, expiring (Qdrant's documented claim shape).
+
+    With ``generation``, the token is also valid only while the cluster's generations
+    collection holds that tenant generation (Qdrant's ``value_exists`` claim, checked by the
+    server on every request): retiring the tenant revokes its tokens at once, and a tenant
+    created again under the same name never accepts the old ones.
+    """
+    claims: dict[str, object] = {
         "exp": expires_at if expires_at is not None else int(time.time()) + ttl_seconds,
         "access": [{"collection": collection, "access": "rw"}],
     }
+    if generation:
+        claims["value_exists"] = {
+            "collection": GENERATIONS,
+            "matches": [{"key": "generation", "value": generation}],
+        }
     return jwt.encode(claims, api_key, algorithm="HS256")
+
+
+def register_generation(admin: QdrantClient, tenant: str, generation: str) -> None:
+    """Record the tenant's current generation (idempotent), making its tokens valid."""
+    if not admin.collection_exists(GENERATIONS):
+        try:
+            admin.create_collection(
+                GENERATIONS, vectors_config=qm.VectorParams(size=1, distance=qm.Distance.DOT)
+            )
+        except UnexpectedResponse as err:  # made meanwhile by another process
+            if err.status_code != 409:
+                raise
+        admin.create_payload_index(GENERATIONS, "generation", qm.PayloadSchemaType.KEYWORD)
+    point = qm.PointStruct(
+        id=str(uuid.uuid5(_GENERATION_NS, tenant)),
+        vector=[1.0],
+        payload={"tenant": tenant, "generation": generation},
+    )
+    admin.upsert(GENERATIONS, [point], wait=True)
+
+
+def forget_generation(admin: QdrantClient, tenant: str) -> None:
+    """Remove the tenant's generation (idempotent): every token made for it stops working."""
+    if admin.collection_exists(GENERATIONS):
+        selector = qm.PointIdsList(points=[str(uuid.uuid5(_GENERATION_NS, tenant))])
+        admin.delete(GENERATIONS, selector, wait=True)
 
 
 def windowed_expiry(ttl_seconds: int, now: float | None = None) -> int:

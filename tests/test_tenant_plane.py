@@ -320,8 +320,17 @@ def test_a_tenant_created_again_never_takes_its_old_credentials_back(
     alien(control, "tenant", "create", tenant, "--json")
     try:
         new = tenant_env(control, tenant)
-        for name in ("ALIEN_POSTGRES_PASSWORD", "ALIEN_S3_SECRET_KEY", "ALIEN_MEILI_KEY"):
+        for name in ("ALIEN_POSTGRES_PASSWORD", "ALIEN_S3_SECRET_KEY", "ALIEN_MEILI_KEY",
+                     "ALIEN_QDRANT_TOKEN"):  # fmt: skip
             assert old[name] != new[name], name
+        with pytest.raises(UnexpectedResponse) as stale_token:
+            QdrantClient(url=old["ALIEN_QDRANT_URL"], api_key=old["ALIEN_QDRANT_TOKEN"]).count(
+                new["ALIEN_QDRANT_COLLECTION"]
+            )
+        assert stale_token.value.status_code == 401
+        fresh_token = QdrantClient(url=new["ALIEN_QDRANT_URL"], api_key=new["ALIEN_QDRANT_TOKEN"])
+        assert fresh_token.count(new["ALIEN_QDRANT_COLLECTION"]).count == 0
+        fresh_token.close()
         with pytest.raises(MeilisearchApiError) as refused:
             meilisearch.Client(old["ALIEN_MEILI_URL"], old["ALIEN_MEILI_KEY"]).index(
                 new["ALIEN_MEILI_INDEX"]
