@@ -250,7 +250,7 @@ def main() -> None:
     servers = start_servers(workdir)
     print(f"# Meilisearch {MEILISEARCH_VERSION}, Qdrant {QDRANT_VERSION} (JWT RBAC) and the")
     print(f"# JuiceFS {JUICEFS_VERSION} S3 gateway with MinIO's admin API, state in {workdir}.")
-    print("# In another shell, export these (plus ALIEN_POSTGRES_URL) and use `alien` as usual:")
+    print("# In another shell, export these (the PostgreSQL URL is this machine's) and use alien:")
     print("export ALIEN_MODE=cluster")
     print("export ALIEN_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
     print(f"export ALIEN_CLUSTER_SECRET={secrets.token_urlsafe(24)}")

@@ -190,8 +190,18 @@ class PostgresCatalogBackend(StoreBackend):
             return conn.execute(text("SELECT 1")).scalar()
 
     def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
+        from sqlalchemy.engine import URL
+
         db = self.provisioner.describe(tenant, generation)
-        url = db.url.set(drivername="postgresql", password=None)
+        # The password goes to the Secret only (URL.set cannot clear it: build the URL anew).
+        url = URL.create(
+            "postgresql",
+            username=db.url.username,
+            host=db.url.host,
+            port=db.url.port,
+            database=db.url.database,
+            query=db.url.query,
+        )
         return TenantEnvironment(
             {"ALIEN_POSTGRES_URL": url.render_as_string(hide_password=False)},
             {"ALIEN_POSTGRES_PASSWORD": db.password},
@@ -314,7 +324,9 @@ class S3ObjectsBackend(_S3Client, StoreBackend):
             retire_tenant_user(self.admin, tenant, self.settings.s3_bucket_prefix)
 
     def ping(self) -> object:
-        return self.s3.list_buckets()
+        # One HEAD, whatever the number of tenants' buckets (a listing would grow with it).
+        self.s3.bucket_exists(f"{self.settings.s3_bucket_prefix}-probe")
+        return True
 
     def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         from resources.minio_tenancy import tenant_access_key, tenant_secret_key
@@ -404,12 +416,12 @@ class QdrantVectorsBackend(StoreBackend):
         """A client with the cluster's API key: provisioning only, never the data plane."""
         from qdrant_client import QdrantClient
 
+        from resources.qdrant import server_client
+
         if self.local:
             client = QdrantClient(path=self.url.removeprefix("local:"))
         else:
-            client = QdrantClient(
-                url=self.url, api_key=_secret(self.settings.qdrant_api_key) or None
-            )
+            client = server_client(self.url, _secret(self.settings.qdrant_api_key) or None)
         atexit.register(client.close)  # before interpreter teardown, not in __del__ during it
         return client
 
@@ -474,10 +486,10 @@ class QdrantTenantVectorsBackend(TenantPlaneBackend):
 
     @cached_property
     def client(self):  # type: ignore[no-untyped-def]
-        from qdrant_client import QdrantClient
+        from resources.qdrant import server_client
 
         token = _secret(self.settings.qdrant_token) or None
-        client = QdrantClient(url=self.settings.qdrant_url, api_key=token)
+        client = server_client(self.settings.qdrant_url or "", token)
         atexit.register(client.close)
         return client
 

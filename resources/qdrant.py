@@ -13,6 +13,7 @@ payload, so the interface is the embedded index's. Writes wait for the server
 from __future__ import annotations
 
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections import Counter
@@ -98,6 +99,16 @@ def windowed_expiry(ttl_seconds: int, now: float | None = None) -> int:
     lifetime left; the next window's token renews it."""
     half = max(ttl_seconds // 2, 1)
     return (int(now if now is not None else time.time()) // half + 2) * half
+
+
+def server_client(url: str, api_key: str | None) -> QdrantClient:
+    """A client of a Qdrant server. Its warning about a key sent without TLS is kept, except
+    to a loopback address, where nothing leaves the machine (local try-outs, tests)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    with warnings.catch_warnings():
+        if host in ("127.0.0.1", "localhost", "::1"):
+            warnings.filterwarnings("ignore", "Api key is used with an insecure connection")
+        return QdrantClient(url=url, api_key=api_key)
 
 
 def point_uuid(point_id: str) -> str:
@@ -263,7 +274,7 @@ class _ScopedQdrantIndex(QdrantVectorIndex):
     def client(self) -> QdrantClient:
         if self._client is None or time.time() >= self._renew_at:
             token = tenant_token(self._key, self.collection, self._ttl)
-            self._client = QdrantClient(url=self._url, api_key=token)
+            self._client = server_client(self._url, token)
             self._renew_at = time.time() + self._ttl * 0.8
         return self._client
 

@@ -120,10 +120,15 @@ def test_create_rerun_drift_and_retire_on_embedded_stores(
 
 
 def test_an_unreachable_store_is_a_temporary_error_and_the_others_proceed(
-    handlers: ModuleType, embedded: AlienSettings, monkeypatch: pytest.MonkeyPatch, postgres: Any
+    handlers: ModuleType,
+    embedded: AlienSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres: Any,
+    cluster_database: str,
 ) -> None:
     tenant = f"op-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("ALIEN_MODE", "cluster")
+    monkeypatch.setenv("ALIEN_CLUSTER_DATABASE", cluster_database)
     monkeypatch.setenv("ALIEN_POSTGRES_URL", POSTGRES_ADMIN)
     monkeypatch.setenv("ALIEN_CLUSTER_SECRET", CLUSTER_SECRET)
     monkeypatch.setenv("ALIEN_S3_ENDPOINT", "127.0.0.1:1")  # nothing listens there
@@ -148,6 +153,10 @@ def test_an_unreachable_store_is_a_temporary_error_and_the_others_proceed(
         assert (
             conditions["Ready"]["status"] == "False" and "objects" in conditions["Ready"]["message"]
         )
+        # The registry says the same: half-made, not served, the objects store failed.
+        record = TenantRegistry(AlienSettings()).cluster.get(tenant)
+        assert record.state == "provisioning" and record.stores["objects"][0] == "failed"
+        assert not TenantRegistry(AlienSettings()).exists(tenant)
     finally:
         postgres.drop(tenant)
 

@@ -100,6 +100,8 @@ def test_each_tenants_credentials_are_refused_on_the_others_stores(
     env_a, env_b = tenant_env(control, a), tenant_env(control, b)
     for env, tenant in ((env_a, a), (env_b, b)):
         assert env["ALIEN_TENANT"] == tenant and env["ALIEN_MODE"] == "cluster"
+        # The password is in the Secret's key alone, not in the ConfigMap's URL.
+        assert make_url(env["ALIEN_POSTGRES_URL"]).password is None
         assert not set(CLUSTER_KEYS) & set(env)
         for secret in (CLUSTER_SECRET, servers.meili_master_key, servers.qdrant_api_key,
                        servers.s3_secret_key):  # fmt: skip
