@@ -158,17 +158,19 @@ class LocalServers:
         self.processes.clear()
 
     # -- one server each -----------------------------------------------------------------
-    def start_meilisearch(self) -> None:
+    def start_meilisearch(self, master_key: str | None = None) -> None:
         port, data = free_port(), self.workdir / "meilisearch"
         data.mkdir(parents=True, exist_ok=True)
-        self.meili_master_key = secrets.token_urlsafe(24)
+        self.meili_master_key = master_key or secrets.token_hex(20)
         server = _spawn(
             "meilisearch",
             [
                 str(meilisearch_binary()),
                 *("--http-addr", f"127.0.0.1:{port}", "--db-path", str(data / "db")),
                 *("--dump-dir", str(data / "dumps"), "--snapshot-dir", str(data / "snaps")),
-                *("--master-key", self.meili_master_key, "--no-analytics"),
+                # key=value: a value starting with "-" must never read as an option
+                f"--master-key={self.meili_master_key}",
+                "--no-analytics",
                 *("--max-indexing-threads", "1"),
             ],
             data,
@@ -180,7 +182,7 @@ class LocalServers:
     def start_qdrant(self) -> None:
         http, grpc, data = free_port(), free_port(), self.workdir / "qdrant"
         data.mkdir(parents=True, exist_ok=True)
-        self.qdrant_api_key = secrets.token_urlsafe(24)
+        self.qdrant_api_key = secrets.token_hex(20)
         server = _spawn(
             "qdrant",
             [str(qdrant_binary()), "--disable-telemetry"],
@@ -213,7 +215,7 @@ class LocalServers:
             capture_output=True,
         )
         self.s3_access_key = "alien-root"
-        self.s3_secret_key = secrets.token_urlsafe(24)
+        self.s3_secret_key = secrets.token_hex(20)
         server = _spawn(
             "juicefs",
             [
@@ -233,9 +235,11 @@ def start_servers(workdir: Path) -> LocalServers:
     """Start Meilisearch, Qdrant (JWT RBAC on) and the S3 gateway; stop all if one fails."""
     servers = LocalServers(workdir)
     try:
-        servers.start_meilisearch()
-        servers.start_qdrant()
-        servers.start_s3()
+        for start in (servers.start_meilisearch, servers.start_qdrant, servers.start_s3):
+            try:
+                start()
+            except ServerStartError:  # once more, on new ports (another process took one)
+                start()
     except BaseException:
         servers.stop()
         raise
@@ -253,7 +257,7 @@ def main() -> None:
     print("# In another shell, export these (the PostgreSQL URL is this machine's) and use alien:")
     print("export ALIEN_MODE=cluster")
     print("export ALIEN_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/postgres")
-    print(f"export ALIEN_CLUSTER_SECRET={secrets.token_urlsafe(24)}")
+    print(f"export ALIEN_CLUSTER_SECRET={secrets.token_hex(20)}")
     for key, value in servers.cluster_settings().items():
         print(f"export {key}={value}")
     print("# Ctrl-C stops the servers.", flush=True)

@@ -132,6 +132,9 @@ class TenantPlaneBackend(StoreBackend):
     def tenant_env(self, tenant: TenantId, generation: str = "") -> TenantEnvironment:
         raise self.refuse()
 
+    def exists(self, tenant: TenantId, root: Path) -> bool:
+        return tenant == self.settings.tenant and bool(self.ping())
+
 
 # -- catalog ------------------------------------------------------------------------------
 class SqliteCatalogBackend(StoreBackend):
@@ -227,9 +230,6 @@ class PostgresTenantCatalogBackend(TenantPlaneBackend):
 
     def open(self, tenant: TenantId, root: Path, generation: str = "") -> Catalog:
         return Catalog(self.only(tenant), self.engine)
-
-    def exists(self, tenant: TenantId, root: Path) -> bool:
-        return tenant == self.settings.tenant and self.ping() == 1
 
     def ping(self) -> object:
         from sqlalchemy import text
@@ -361,9 +361,6 @@ class S3TenantObjectsBackend(_S3Client, TenantPlaneBackend):
 
         self.only(tenant)
         return S3ObjectStore(self.s3, self.settings.s3_bucket or "")
-
-    def exists(self, tenant: TenantId, root: Path) -> bool:
-        return tenant == self.settings.tenant and bool(self.ping())
 
     def ping(self) -> object:
         return self.s3.bucket_exists(self.settings.s3_bucket or "")
@@ -503,9 +500,6 @@ class QdrantTenantVectorsBackend(TenantPlaneBackend):
 
         self.only(tenant)
         return QdrantVectorIndex(self.client, self.settings.qdrant_collection or "", model, dim)
-
-    def exists(self, tenant: TenantId, root: Path) -> bool:
-        return tenant == self.settings.tenant and bool(self.ping())
 
     def ping(self) -> object:
         return self.client.collection_exists(self.settings.qdrant_collection or "")
