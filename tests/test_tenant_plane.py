@@ -247,17 +247,32 @@ def _dead(url_or_endpoint: str) -> str:
     return f"127.0.0.1:{port}"
 
 
-@pytest.mark.parametrize("store", ["objects", "vectors", "keywords"])
+@pytest.mark.parametrize("store", ["catalog", "objects", "vectors", "keywords"])
 def test_a_failed_creation_resumes_and_a_delete_leaves_nothing(
-    control: dict[str, str], servers: LocalServers, postgres: Any, store: str
+    control: dict[str, str],
+    servers: LocalServers,
+    postgres: Any,
+    store: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    setting = {"objects": "ALIEN_S3_ENDPOINT", "vectors": "ALIEN_QDRANT_URL",
-               "keywords": "ALIEN_MEILI_URL"}[store]  # fmt: skip
-    broken = {**control, setting: _dead(control[setting])}
     resumed, retired = (f"f{uuid.uuid4().hex[:8]}" for _ in range(2))
+    if store == "catalog":
+        # The registry lives on the same PostgreSQL server, so "down" is the tenant's own
+        # database step failing as a lost connection does, while the registry answers.
+        from resources.postgres import PostgresProvisioner
 
-    for tenant in (resumed, retired):
-        output = alien(broken, "tenant", "create", tenant, ok=False)
+        def lost(self: object, tenant: str, generation: str = "") -> None:
+            raise OperationalError("CREATE ROLE", {}, Exception("server closed the connection"))
+
+        with monkeypatch.context() as patched:
+            patched.setattr(PostgresProvisioner, "create", lost)
+            outputs = [alien(control, "tenant", "create", t, ok=False) for t in (resumed, retired)]
+    else:
+        setting = {"objects": "ALIEN_S3_ENDPOINT", "vectors": "ALIEN_QDRANT_URL",
+                   "keywords": "ALIEN_MEILI_URL"}[store]  # fmt: skip
+        broken = {**control, setting: _dead(control[setting])}
+        outputs = [alien(broken, "tenant", "create", t, ok=False) for t in (resumed, retired)]
+    for output in outputs:
         assert f"{store} could not be provisioned" in output
     assert alien(control, "tenants", "--json") == {"tenants": []}  # half-made: not a tenant
     half = alien(control, "tenants", "--all", "--json")["tenants"]
