@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from resources.catalog import DEFAULT_DATASET, EntryStatus
 from resources.settings import AlienSettings
@@ -665,17 +667,24 @@ def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_jso
         "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome", "status"
     )
     for r in records:
-        table.add_row(
-            r["at"],
-            r["tenant"] or "",
-            r["principal"],
-            r["on_behalf_of"] or "",
-            r["action"],
-            r["entry_id"] or "",
-            r["outcome"],
-            str(r["status_code"] or ""),
-        )
+        cells = (r["at"], r["tenant"], r["principal"], r["on_behalf_of"], r["action"],
+                 r["entry_id"], r["outcome"], r["status_code"])  # fmt: skip
+        table.add_row(*(terminal_safe(c) for c in cells))
     out.print(table)
+
+
+def terminal_safe(value: object) -> Text:
+    """A cell as literal text: control and format characters shown escaped (``\\x1b``,
+    ``\\u202e``), never sent to the terminal, and no rich markup interpreted. An end user's
+    name comes from the platform's token and may hold anything."""
+    text = "" if value is None else str(value)
+    shown = "".join(
+        ch
+        if unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
+        else ch.encode("unicode_escape").decode()
+        for ch in text
+    )
+    return Text(shown)
 
 
 @main.command()

@@ -105,6 +105,21 @@ def is_api_key(token: str) -> bool:
     return token.startswith(KEY_PREFIX + "_")
 
 
+_REFUSALS = (
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.ImmatureSignatureError, "not yet valid"),
+    (jwt.InvalidIssuedAtError, "bad iat"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidAlgorithmError, "algorithm not accepted"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
+def _refusal(err: Exception) -> str:
+    return next((text for kind, text in _REFUSALS if isinstance(err, kind)), "refused")
+
+
 class ServiceTokens:
     """Checks (and, for tests and development, mints) the platform proxy's tokens."""
 
@@ -142,8 +157,18 @@ class ServiceTokens:
             )
         except jwt.ExpiredSignatureError:
             raise CredentialError("service token expired") from None
+        except jwt.MissingRequiredClaimError as err:
+            raise CredentialError(f"service token lacks the {err.claim!r} claim") from None
         except jwt.PyJWTError as err:
-            raise CredentialError(f"invalid service token: {err}") from None
+            # A fixed phrase per kind of refusal: the library's own text can carry internals.
+            raise CredentialError(f"invalid service token: {_refusal(err)}") from None
+        except (TypeError, ValueError):  # claims of the wrong type PyJWT did not check
+            raise CredentialError("invalid service token: malformed claims") from None
+        if not all(
+            isinstance(claims[c], int | float) and not isinstance(claims[c], bool)
+            for c in ("exp", "iat")
+        ):
+            raise CredentialError("invalid service token: exp and iat must be numbers")
         lifetime = claims["exp"] - claims["iat"]
         if lifetime > s.service_token_max_lifetime_seconds:
             raise CredentialError(

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -152,9 +153,19 @@ def _upstream_of(stores: TenantStores, step: str) -> dict[str, tuple[str, str]]:
     }
 
 
+# An absolute file-system path inside a message (a spool file, a library's install path).
+_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def public_reason(text: str, limit: int = 500) -> str:
+    """A failure reason fit for the tenant: no server file paths, bounded length."""
+    return _PATH.sub("<path>", text)[:limit]
+
+
 def _fail(
     stores: TenantStores, step: str, eid: str, input_hash: str, sha: str, reason: str
 ) -> None:
+    reason = public_reason(reason)
     stores.catalog.record_manifest(
         step, [ManifestRecord(eid, input_hash, sha, output_key=None, error=reason)]
     )
@@ -271,7 +282,7 @@ def run_ocr_output(
                             )
                         )
             except OcrBudgetExceeded as err:  # left pending: the next run has a new budget
-                stores.catalog.set_status([eid], EntryStatus.PENDING, str(err))
+                stores.catalog.set_status([eid], EntryStatus.PENDING, public_reason(str(err)))
                 report.details["deferred"] = report.details.get("deferred", 0) + 1
                 continue
             except ExtractionError as err:

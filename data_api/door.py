@@ -7,6 +7,7 @@ enforced on the bytes as they arrive, not after the body has been buffered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.concurrency import run_in_threadpool
 
 from alien.credentials import (
     CredentialError,
@@ -40,6 +42,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("alien.api")
+# Every request's headers together (the bearer credential included): more is refused, 431.
+MAX_HEADER_BYTES = 16 * 1024
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
 UPLOAD_PATH = "/v1/entries"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers and the small form fields beside the file
@@ -177,11 +181,12 @@ class Door:
         state = scope.setdefault("state", {})
         request_id = _request_id(scope)
         state["request_id"] = request_id
-        status_holder = {"status": 500}
+        status_holder = {"status": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -189,6 +194,13 @@ class Door:
 
         try:
             path = scope["path"]
+            if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+                await _responder(
+                    ApiError(
+                        431, "headers_too_large", f"request headers exceed {MAX_HEADER_BYTES} bytes"
+                    )
+                )(send_with_id)
+                return
             if path.startswith("/v1/") and path not in PUBLIC_PATHS:
                 refusal = await self._admit(scope, state, request_id)
                 if refusal is not None:
@@ -199,7 +211,24 @@ class Door:
                     if refusal is not None:
                         await refusal(send_with_id)
                         return
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                # Never a bare 500: the request id goes back, the failure into the audit log
+                # (and the traceback into this service's log only).
+                log.exception("request %s failed", request_id)
+                if status_holder["started"]:
+                    raise
+                ctx = state.get("ctx")
+                if ctx is not None:
+                    with contextlib.suppress(Exception):
+                        await run_in_threadpool(
+                            ctx.audit, "request", "error", status_code=500, detail="internal_error"
+                        )
+                await _responder(
+                    ApiError(500, "internal_error",
+                             f"the request failed on the server; quote request id {request_id}")
+                )(send_with_id)  # fmt: skip
         finally:
             # The route template, or a fixed label: paths never become label values.
             route = scope.get("route")
@@ -215,8 +244,6 @@ class Door:
         self, scope: Scope, state: dict[str, Any], request_id: str
     ) -> Callable[[Send], Awaitable[None]] | None:
         """Store the request's context in ``state``, or return the refusal to send."""
-        from starlette.concurrency import run_in_threadpool
-
         token = _bearer(scope)
         try:
             if token is None:

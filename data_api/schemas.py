@@ -12,7 +12,14 @@ from resources.catalog import Dataset, Entry
 
 DatasetName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", examples=["manuals"])]
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-MetadataValue = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictFloat | StrictBool
+# Only what every store holds as JSON: finite floats (NaN, Infinity and 1e400 are refused, as
+# JSON has no such values) and 64-bit integers.
+MetadataValue = (
+    Annotated[StrictStr, Field(max_length=256)]
+    | Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    | StrictBool
+)
 _CLOSED = {"additionalProperties": False}  # keys outside the pattern are refused
 Metadata = Annotated[dict[LabelKey, MetadataValue], Field(max_length=32, json_schema_extra=_CLOSED)]
 Mode = Literal["hybrid", "vector", "keyword"]

@@ -180,3 +180,21 @@ def test_dataset_filter(tenant, mode):
     run_all(tenant)
     hits = search(tenant, "ocean ships", mode=mode, top_k=10, dataset="other")
     assert hits and {h.dataset for h in hits} == {"other"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("cannot open /tmp/alien-spool/x1.pdf: bad", "cannot open <path>: bad"),
+        (
+            "corrupt PDF: Failed to load document (/work/.venv/lib/pdfium.so)",
+            "corrupt PDF: Failed to load document (<path>)",
+        ),
+        ("page 3/5 is empty", "page 3/5 is empty"),
+        ("see https://example.com/a/b", "see https://example.com/a/b"),
+    ],
+)
+def test_failure_reasons_carry_no_server_paths(raw: str, shown: str) -> None:
+    from alien.pipeline import public_reason
+
+    assert public_reason(raw) == shown

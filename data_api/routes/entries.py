@@ -364,6 +364,14 @@ def clean_file_name(name: str | None) -> str:
         raise ApiError(
             400, "invalid_file_name", "the file name has control characters or is not UTF-8"
         )
+    if any(unicodedata.category(ch) == "Cf" for ch in name):
+        # Bidirectional overrides and zero-width characters make a name read as another
+        # (``invoice\u202efdp.exe`` shows as ``invoiceexe.pdf``).
+        raise ApiError(
+            400,
+            "invalid_file_name",
+            "the file name has invisible or bidirectional-control characters",
+        )
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
         raise ApiError(400, "invalid_file_name", "the file name must not be a path")
     if len(name.encode()) > 255:

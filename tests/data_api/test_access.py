@@ -176,12 +176,17 @@ def test_service_token_for_tenant_b_sees_only_b(client: TestClient, world: World
     [
         ({"exp": int(time.time()) - 120, "iat": int(time.time()) - 150}, "expired"),
         ({"exp": int(time.time()) + 3600}, "lives"),
-        ({"aud": "someone-else"}, "Audience"),
+        ({"aud": "someone-else"}, "audience"),
         ({"iss": "impostor"}, "issuer"),
         ({"tenant": "no-such-tenant"}, "lacks"),
         ({"tenant": "../etc"}, "invalid tenant"),
         ({"sub": None}, "sub"),
         ({"tenant": None}, "tenant"),
+        # Numeric strings pass PyJWT's own checks; they once ended in a 500.
+        ({"exp": str(int(time.time()) + 60)}, "must be numbers"),
+        ({"iat": str(int(time.time()))}, "must be numbers"),
+        ({"exp": "soon"}, "invalid service token"),
+        ({"iat": [1]}, "invalid service token"),
     ],
     ids=[
         "expired",
@@ -192,6 +197,10 @@ def test_service_token_for_tenant_b_sees_only_b(client: TestClient, world: World
         "bad-tenant",
         "no-user",
         "no-tenant",
+        "exp-numeric-string",
+        "iat-numeric-string",
+        "exp-word",
+        "iat-list",
     ],
 )
 def test_bad_service_tokens_are_401(
@@ -200,7 +209,9 @@ def test_bad_service_tokens_are_401(
     token = world.token("tenant-a", **claims)
     response = client.get("/v1/entries", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
-    assert reason in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert reason in message
+    assert " at 0x" not in message and "<" not in message  # no library internals
 
 
 def test_clock_skew_within_leeway_is_accepted(client: TestClient, world: World) -> None:

@@ -75,3 +75,28 @@ def test_service_token_needs_the_secret(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("ALIEN_SERVICE_TOKEN_SECRET", raising=False)
     result = CliRunner().invoke(main, ["service-token", "--tenant", "acme", "--user", "u"])
     assert result.exit_code == 1 and "ALIEN_SERVICE_TOKEN_SECRET" in result.output
+
+
+def test_audit_shows_control_characters_escaped(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An end user's name comes from the platform's token: terminal escapes, bidi overrides
+    and rich markup in it are shown as text, never acted on."""
+    from alien.credentials import ServiceTokens
+
+    _run("keys", "create", "--tenant", "acme")  # provisions the tenant
+    settings = AlienSettings(home=home, api_worker=False, service_token_secret=SECRET)
+    hostile = "eve\x1b[2J\x1b]0;pwned\x07\u202e[bold red]x[/]"
+    token = ServiceTokens(settings).mint("acme", hostile, ["read"])
+    with TestClient(create_app(settings)) as client:
+        answer = client.get("/v1/entries", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+    import alien.cli
+
+    monkeypatch.setattr(alien.cli.out, "width", 400)  # no cell cut short
+    shown = CliRunner().invoke(main, ["audit", "--tenant", "acme"])
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.output and "\x07" not in shown.output
+    assert "\u202e" not in shown.output
+    assert "\\x1b[2J" in shown.output and "\\u202e" in shown.output
+    assert "[bold red]x[/]" in shown.output  # markup shown literally

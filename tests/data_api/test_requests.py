@@ -91,6 +91,19 @@ BAD_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
         400,
         "invalid_file_name",
     ),
+    *(
+        (
+            f"name-{kind}",
+            {"files": {"file": (name, b"x y z", "text/plain")}},
+            400,
+            "invalid_file_name",
+        )
+        for kind, name in (
+            ("bidi-override", "invoice\u202efdp.txt"),
+            ("zero-width", "re\u200bport.txt"),
+            ("bom", "\ufeffnotes.txt"),
+        )
+    ),
     ("empty-file", {"files": {"file": ("e.txt", b"", "text/plain")}}, 422, "empty_file"),
     (
         "no-file",
@@ -112,6 +125,18 @@ BAD_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
         },
         422,
         "invalid_metadata",
+    ),
+    *(
+        (
+            f"metadata-{name}",
+            {
+                "data": {"metadata": f'{{"a": {raw}}}'},
+                "files": {"file": ("m.txt", b"words", "text/plain")},
+            },
+            422,
+            "invalid_metadata",
+        )
+        for name, raw in (("nan", "NaN"), ("infinity", "Infinity"), ("overflow", "1e400"))
     ),
     (
         "bad-dataset",
@@ -206,6 +231,22 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("unknown-route", "GET", "/v1/everything", {}, 404, "not_found"),
     ("wrong-method", "PUT", "/v1/search", {"json": {}}, 405, "method_not_allowed"),
     ("long-entry-id", "GET", "/v1/entries/" + "x" * 100, {}, 422, "invalid_request"),
+    # Values JSON cannot hold: once stored, they broke every metadata-filtered search (500).
+    *(
+        (
+            f"search-metadata-{name}",
+            "POST",
+            "/v1/search",
+            {"content": b'{"query": "x", "metadata": {"a": %s}}' % raw},
+            422,
+            "invalid_request",
+        )
+        for name, raw in (
+            ("nan", b"NaN"),
+            ("infinity", b"-Infinity"),
+            ("overflow", b"1e400"),
+        )
+    ),
 ]
 
 
@@ -482,3 +523,33 @@ def test_health_ready_and_metrics(client: TestClient, world: World) -> None:
     openapi = client.get("/openapi.json").json()
     top_k = openapi["components"]["schemas"]["SearchRequest"]["properties"]["top_k"]
     assert top_k["maximum"] == world.settings.api_max_top_k
+
+
+def test_a_server_failure_is_answered_with_its_request_id_and_audited(
+    client: TestClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that ends in 500 used to leave no audit row and no X-Request-ID."""
+    import data_api.routes.search as search_route
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("/srv/secret/path: a bug")
+
+    monkeypatch.setattr(search_route, "run_search", broken)
+    answer = client.post("/v1/search", json={"query": "surge"}, headers=world.auth("a"))
+    assert answer.status_code == 500
+    request_id = answer.headers["x-request-id"]
+    body = answer.json()["error"]
+    assert body["code"] == "internal_error" and request_id in body["message"]
+    assert "/srv/secret" not in answer.text and "RuntimeError" not in answer.text
+    (row,) = [r for r in world.a.catalog.audit.records(limit=20) if r.request_id == request_id]
+    assert (row.outcome, row.status_code) == ("error", 500)
+
+
+def test_oversized_headers_are_refused_before_anything_else(
+    client: TestClient, world: World
+) -> None:
+    huge = {"Authorization": "Bearer " + "x" * 600_000}
+    for path in ("/v1/entries", "/v1/health"):
+        answer = client.get(path, headers=huge)
+        assert answer.status_code == 431 and answer.json()["error"]["code"] == "headers_too_large"
+    assert client.get("/v1/entries", headers=world.auth("a")).status_code == 200
