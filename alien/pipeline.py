@@ -39,7 +39,14 @@ from alien.layout import (
 )
 from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
 from resources.chunking import Chunk, chunk_pages
-from resources.extract import IMAGE_TYPES, PDF, ExtractionError, PageText, extract_pages
+from resources.extract import (
+    IMAGE_TYPES,
+    PDF,
+    DocumentLimits,
+    ExtractionError,
+    PageText,
+    extract_pages,
+)
 from resources.keywords import KeywordDoc
 from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
 from resources.settings import AlienSettings
@@ -279,6 +286,10 @@ def run_ocr_output(
                                 ocr=stores.ocr,
                                 ocr_dpi=settings.ocr_dpi,
                                 max_text_bytes=settings.max_text_bytes,
+                                limits=DocumentLimits(
+                                    max_page_pixels=settings.max_page_pixels,
+                                    max_pages=settings.max_pages_per_entry,
+                                ),
                             )
                         )
             except OcrBudgetExceeded as err:  # left pending: the next run has a new budget

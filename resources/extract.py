@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,6 +88,23 @@ def detect_media_type(name: str, head: bytes) -> str:
     return guessed or "application/octet-stream"
 
 
+@dataclass(frozen=True)
+class DocumentLimits:
+    """What one document may cost before it is read: checked before anything is rendered or
+    decoded, so a few hundred hostile bytes cannot take the memory of the whole server."""
+
+    max_page_pixels: int = 80_000_000  # one page at the OCR resolution, or one image
+    max_pages: int = 5_000
+
+    def check_pixels(self, what: str, width: float, height: float, dpi: int | None) -> None:
+        if width * height > self.max_page_pixels:
+            at = f" at {dpi} dpi" if dpi else ""
+            raise ExtractionError(
+                f"{what} would be {round(width)} x {round(height)} pixels{at}, over the cap of "
+                f"{self.max_page_pixels:,} pixels per page (ALIEN_MAX_PAGE_PIXELS)"
+            )
+
+
 def extract_pages(
     path: Path,
     media_type: str,
@@ -94,15 +112,17 @@ def extract_pages(
     ocr: OcrEngine,
     ocr_dpi: int = 300,
     max_text_bytes: int = 32 * 1024 * 1024,
+    limits: DocumentLimits | None = None,
 ) -> Iterator[PageText]:
     """Pages of text of the file at ``path``; raises ``ExtractionError`` with a reason."""
+    limits = limits or DocumentLimits()
     size = path.stat().st_size
     if size == 0:
         raise ExtractionError("empty file (0 bytes)")
     if media_type == PDF:
-        yield from _pdf_pages(path, ocr, ocr_dpi)
+        yield from _pdf_pages(path, ocr, ocr_dpi, limits)
     elif media_type in IMAGE_TYPES:
-        yield _image_page(path, ocr)
+        yield _image_page(path, ocr, limits)
     elif media_type in (TEXT, MARKDOWN, HTML):
         if size > max_text_bytes:
             raise ExtractionError(
@@ -127,7 +147,9 @@ def _decode_text(data: bytes) -> str:
         return data.decode("cp1252", errors="replace")
 
 
-def _pdf_pages(path: Path, ocr: OcrEngine, ocr_dpi: int) -> Iterator[PageText]:
+def _pdf_pages(
+    path: Path, ocr: OcrEngine, ocr_dpi: int, limits: DocumentLimits
+) -> Iterator[PageText]:
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
@@ -147,6 +169,11 @@ def _pdf_pages(path: Path, ocr: OcrEngine, ocr_dpi: int) -> Iterator[PageText]:
         count = len(doc)
         if count == 0:
             raise ExtractionError("PDF has no pages")
+        if count > limits.max_pages:
+            raise ExtractionError(
+                f"PDF has {count:,} pages, over the cap of {limits.max_pages:,} pages per entry "
+                "(ALIEN_MAX_PAGES_PER_ENTRY)"
+            )
         # pdfium is not thread-safe: pages are read and rendered here, in order, while up to
         # ``workers`` OCR subprocesses read earlier scanned pages in the background.
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr") as pool:
@@ -161,7 +188,12 @@ def _pdf_pages(path: Path, ocr: OcrEngine, ocr_dpi: int) -> Iterator[PageText]:
                     if len(text.strip()) < _MIN_TEXT_CHARS and any(
                         obj.type == pdfium_c.FPDF_PAGEOBJ_IMAGE for obj in page.get_objects()
                     ):
-                        image = page.render(scale=ocr_dpi / 72, grayscale=True).to_pil()
+                        width, height = page.get_size()  # points: known before rendering
+                        scale = ocr_dpi / 72
+                        limits.check_pixels(
+                            f"page {index + 1}", width * scale, height * scale, ocr_dpi
+                        )
+                        image = page.render(scale=scale, grayscale=True).to_pil()
                         item = pool.submit(ocr.read_image, image)
                 finally:
                     page.close()
@@ -186,13 +218,27 @@ def _resolve(page: int, item: str | Future[str]) -> PageText:
     return PageText(page=page, text=text, method="ocr" if text.strip() else "empty")
 
 
-def _image_page(path: Path, ocr: OcrEngine) -> PageText:
+def _image_page(path: Path, ocr: OcrEngine, limits: DocumentLimits) -> PageText:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow's bomb warning: the cap below is stricter
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # reads the header only: the size, not the pixels
+        with opened as image:
+            limits.check_pixels("the image", *image.size, None)
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise ExtractionError(
+                    f"the image has {frames} frames; one page per image is supported"
+                )
             image.load()
             text = ocr.read_image(image.convert("L"))
+    except Image.DecompressionBombError:
+        raise ExtractionError(
+            f"the image is over the cap of {limits.max_page_pixels:,} pixels per page "
+            "(ALIEN_MAX_PAGE_PIXELS)"
+        ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise ExtractionError(f"unreadable image: {err}") from None
     except OcrError as err:

@@ -37,6 +37,13 @@ class AlienSettings(BaseSettings):
     stemmer_language: str = Field(default="english", description="Snowball stemmer language")
     max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     max_text_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    max_page_pixels: int = Field(
+        default=80_000_000,
+        ge=1_000_000,
+        description="One page rendered for OCR at ALIEN_OCR_DPI, or one image, may have at "
+        "most this many pixels (an A0 page at 200 dpi is 62 million): checked before rendering",
+    )
+    max_pages_per_entry: int = Field(default=5_000, ge=1, description="Pages of one document")
     fusion: Literal["convex", "rrf"] = Field(
         default="convex",
         description="Hybrid fusion: convex combination of normalised scores, or reciprocal rank",

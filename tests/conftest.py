@@ -171,10 +171,45 @@ def bad_documents(directory: Path) -> dict[str, str]:
     )
     (directory / "blob.pdf").write_bytes(os.urandom(4096))
     (directory / "archive.zip").write_bytes(b"PK\x03\x04" + os.urandom(512))
+    (directory / "page-bomb.pdf").write_bytes(page_size_bomb(pages=3))
+    (directory / "pixel-bomb.png").write_bytes(pixel_bomb_png(12_000, 12_000))
     return {
         "empty.txt": "empty file",
         "corrupt.pdf": "corrupt PDF",
         "encrypted.pdf": "encrypted PDF",
         "blob.pdf": "not a PDF",
         "archive.zip": "unsupported media type",
+        "page-bomb.pdf": r"page 1 would be \d+ x \d+ pixels at \d+ dpi.*ALIEN_MAX_PAGE_PIXELS",
+        "pixel-bomb.png": "12000 x 12000 pixels.*ALIEN_MAX_PAGE_PIXELS",
     }
+
+
+def page_size_bomb(pages: int = 1) -> bytes:
+    """A PDF of a few hundred bytes per page: each page 14,400 x 14,400 points holding a
+    1 x 1 image, which OCR at 200 dpi would render as 1.6 billion pixels (the red team's)."""
+    from PIL import Image
+
+    images = [Image.new("L", (1, 1), 255) for _ in range(pages)]
+    buf = io.BytesIO()
+    # 1 pixel at 1/200 dpi spans 200 inches = 14,400 points.
+    images[0].save(buf, "PDF", resolution=0.005, save_all=True, append_images=images[1:])
+    return buf.getvalue()
+
+
+def pixel_bomb_png(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of ``width`` x ``height`` zeros: small on disk, its pixels whole
+    in memory once decoded (written row by row, so making it costs no memory either)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one byte per pixel
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )

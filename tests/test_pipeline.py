@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_bad_inputs_fail_with_reasons_and_the_rest_index(tenant, tmp_path):
     assert by_name["camlidl-manual.pdf"].status == EntryStatus.INDEXED
     for name, reason in expected.items():
         assert by_name[name].status == EntryStatus.FAILED, name
-        assert reason in by_name[name].reason
+        assert re.search(reason, by_name[name].reason), (name, by_name[name].reason)
     assert {h.entry_id for h in search(tenant, "camlidl interface", top_k=20)} == {good}
     _all_pass(tenant)
     # A failed document is not retried until it changes.

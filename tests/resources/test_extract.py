@@ -101,3 +101,54 @@ def test_media_type_detection():
     assert detect_media_type("a.md", b"# hi") == "text/markdown"
     assert detect_media_type("a.weird", b"??") == "application/octet-stream"
     assert html_to_text("<p>a</p><p>b</p>") == "a\n\nb"
+
+
+# The most one hostile document may add to a process reading it: Python with pdfium and
+# Pillow loaded peaks near 100 MB here; the bomb below would take gigabytes if rendered.
+PEAK_BOUND_MB = 300
+
+_PEAK_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from resources.extract import ExtractionError, extract_pages
+from resources.ocr import TesseractOcr
+try:
+    list(extract_pages(Path(sys.argv[1]), sys.argv[2], ocr=TesseractOcr(), ocr_dpi=200))
+    print("no error")
+except ExtractionError as err:
+    print(err)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type"), [("page-bomb.pdf", "application/pdf"), ("pixel-bomb.png", "image/png")]
+)
+def test_a_hostile_document_fails_on_its_cap_with_bounded_memory(
+    tmp_path: Path, name: str, media_type: str
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, page_size_bomb, pixel_bomb_png
+
+    path = tmp_path / name
+    path.write_bytes(page_size_bomb(3) if name.endswith(".pdf") else pixel_bomb_png(12_000, 12_000))
+    assert path.stat().st_size < 300_000  # a small file...
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path), media_type],
+        capture_output=True, text=True, timeout=120, cwd=REPO, check=True,
+    )  # fmt: skip
+    message, peak_mb = run.stdout.strip().rsplit("\n", 1)
+    assert "ALIEN_MAX_PAGE_PIXELS" in message
+    assert int(peak_mb) < PEAK_BOUND_MB, f"peak RSS {peak_mb} MB"  # ...that stays small
+
+
+def test_more_pages_than_the_cap_fail_before_any_is_read(tmp_path: Path) -> None:
+    from resources.extract import DocumentLimits
+
+    path = tmp_path / "many.pdf"
+    path.write_bytes(pdf_pages(PDFS / "camlidl-manual.pdf", [0] * 30))
+    with pytest.raises(ExtractionError, match=r"30 pages, over the cap of 20 .*PAGES_PER_ENTRY"):
+        list(extract_pages(path, "application/pdf", ocr=TesseractOcr(),
+                           limits=DocumentLimits(max_pages=20)))  # fmt: skip
