@@ -171,6 +171,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        too_large = request.scope.get("state", {}).get("body_too_large")
+        if too_large is not None and err.status_code == 400:
+            return await respond(request, too_large)
         codes = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}
         code = codes.get(err.status_code, "http_error")
         headers = dict(err.headers or {})

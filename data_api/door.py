@@ -149,8 +149,8 @@ class Metrics:
 
 
 class BodyTooLarge(ApiError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, "payload_too_large", f"the upload exceeds the limit of {limit} bytes")
+    def __init__(self, limit: int, what: str = "the upload") -> None:
+        super().__init__(413, "payload_too_large", f"{what} exceeds the limit of {limit} bytes")
 
 
 class Door:
@@ -206,11 +206,10 @@ class Door:
                 if refusal is not None:
                     await refusal(send_with_id)
                     return
-                if scope["method"] == "POST" and path == UPLOAD_PATH:
-                    refusal, receive = self._limit_upload(scope, receive, state)
-                    if refusal is not None:
-                        await refusal(send_with_id)
-                        return
+                refusal, receive = self._limit_body(scope, receive, state)
+                if refusal is not None:
+                    await refusal(send_with_id)
+                    return
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception:
@@ -307,17 +306,23 @@ class Door:
             )
         )
 
-    def _limit_upload(
+    def _limit_body(
         self, scope: Scope, receive: Receive, state: dict[str, Any]
     ) -> tuple[Callable[[Send], Awaitable[None]] | None, Receive]:
-        limit = self.settings.max_file_bytes
-        ceiling = limit + MULTIPART_OVERHEAD
+        """Stop a body at its limit while it streams in: an upload at ALIEN_MAX_FILE_BYTES,
+        any other body (JSON) at ALIEN_API_MAX_JSON_BYTES, before it is parsed."""
+        if scope["method"] == "POST" and scope["path"] == UPLOAD_PATH:
+            limit, what, action = self.settings.max_file_bytes, "the upload", "upload_entry"
+            ceiling = limit + MULTIPART_OVERHEAD
+        else:
+            limit, what, action = self.settings.api_max_json_bytes, "the request body", "request"
+            ceiling = limit
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > ceiling:
-            err = BodyTooLarge(limit)
+            err = BodyTooLarge(limit, what)
             ctx: RequestContext = state["ctx"]
             try:
-                ctx.audit("upload_entry", "denied", status_code=413, detail=err.code)
+                ctx.audit(action, "denied", status_code=413, detail=err.code)
             except Exception:
                 return _responder(audit_unavailable()), receive
             return _responder(err), receive
@@ -329,7 +334,10 @@ class Door:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > ceiling:
-                    raise BodyTooLarge(limit)
+                    # FastAPI turns any failure to read a JSON body into a 400; the app's
+                    # handler finds this and answers 413 instead.
+                    state["body_too_large"] = BodyTooLarge(limit, what)
+                    raise state["body_too_large"]
             return message
 
         return None, counted

@@ -148,6 +148,12 @@ class AlienSettings(BaseSettings):
     api_max_page_size: int = Field(default=100, ge=1, le=1000, description="List page cap")
     api_max_top_k: int = Field(default=50, ge=1, le=1000, description="Search results cap")
     api_snippet_chars: int = Field(default=300, ge=20, le=4000, description="Snippet length cap")
+    api_max_json_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request body other than an upload (search, datasets): refused "
+        "with 413 while it streams in, before it is parsed",
+    )
     api_rate_per_second: float = Field(
         default=50.0, gt=0, description="Sustained requests per second allowed per principal"
     )

@@ -553,3 +553,20 @@ def test_oversized_headers_are_refused_before_anything_else(
         answer = client.get(path, headers=huge)
         assert answer.status_code == 431 and answer.json()["error"]["code"] == "headers_too_large"
     assert client.get("/v1/entries", headers=world.auth("a")).status_code == 200
+
+
+def test_json_bodies_are_capped_before_they_are_parsed(client: TestClient, world: World) -> None:
+    """A 60 MB search body was read and parsed whole before validation."""
+    big = b'{"query": "' + b"a" * (world.settings.api_max_json_bytes + 10) + b'"}'
+    headers = {**world.auth("a"), "Content-Type": "application/json"}
+    declared = client.post("/v1/search", content=big, headers=headers)
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "payload_too_large"
+
+    def streamed():  # no Content-Length: counted while it streams in
+        for start in range(0, len(big), 8192):
+            yield big[start : start + 8192]
+
+    chunked = client.post("/v1/datasets", content=streamed(), headers=headers)
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "payload_too_large"
+    small = client.post("/v1/search", json={"query": "surge"}, headers=world.auth("a"))
+    assert small.status_code == 200
