@@ -170,6 +170,11 @@ class Door:
         self.registry = registry
         self.system_audit = system_audit
         self.limiter = limiter
+        # Refusals cost a cluster audit write each: a client address that keeps sending bad
+        # credentials is slowed down first (429, not audited again until it slows).
+        self.refusals = RateLimiter(
+            settings.api_refusal_rate_per_second, settings.api_refusal_burst
+        )
         self.metrics = metrics
         self.tokens = ServiceTokens(settings)
 
@@ -249,6 +254,13 @@ class Door:
                 raise unauthorized("authentication required: send 'Authorization: Bearer <key>'")
             ctx = await run_in_threadpool(self._resolve, token, request_id)
         except ApiError as err:
+            wait = self.refusals.take(f"refused|{_client(scope)}")
+            if wait > 0:
+                return _responder(
+                    ApiError(429, "rate_limited",
+                             f"too many refused requests from this address; retry in {wait:.0f} s",
+                             headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+                )  # fmt: skip
             try:
                 await run_in_threadpool(self._audit_refusal, scope, request_id, err)
             except Exception:

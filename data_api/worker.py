@@ -53,8 +53,11 @@ class IngestWorker:
         with self._lock:
             due, self._due = self._due, set()
         for tenant in self.registry.list():
-            if self.registry.open(tenant).catalog.has_unfinished():
-                due.add(str(tenant))
+            try:
+                if self.registry.open(tenant).catalog.has_unfinished():
+                    due.add(str(tenant))
+            except Exception:  # one tenant's broken catalog must not stop the others
+                log.exception("tenant %s: cannot read its catalog; skipped this round", tenant)
         return sorted(due)
 
     def _loop(self) -> None:

@@ -158,6 +158,10 @@ class AlienSettings(BaseSettings):
         default=50.0, gt=0, description="Sustained requests per second allowed per principal"
     )
     api_rate_burst: int = Field(default=100, ge=1, description="Requests a principal may burst")
+    api_refusal_rate_per_second: float = Field(
+        default=2.0, gt=0, description="Refused (401) requests allowed per client address"
+    )
+    api_refusal_burst: int = Field(default=50, ge=1)
     api_worker: bool = Field(
         default=True,
         description="Run the pipeline for uploaded entries inside the API process "

@@ -29,6 +29,8 @@ def api_settings(home: Path, **overrides: object) -> AlienSettings:
         "service_token_secret": SECRET,
         "api_rate_per_second": 10_000.0,
         "api_rate_burst": 10_000,
+        "api_refusal_rate_per_second": 10_000.0,
+        "api_refusal_burst": 10_000,
         "api_worker": False,
     }
     values.update(overrides)

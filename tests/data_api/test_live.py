@@ -66,6 +66,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         DAGSTER_HOME=str(home / "dagster"),
         ALIEN_API_RATE_PER_SECOND="100000",
         ALIEN_API_RATE_BURST="100000",
+        # the unauthorized fuzzing run sends thousands of bad credentials on purpose
+        ALIEN_API_REFUSAL_RATE_PER_SECOND="100000",
+        ALIEN_API_REFUSAL_BURST="100000",
         ALIEN_API_WORKER_POLL_SECONDS="1",
     )
     keys = {

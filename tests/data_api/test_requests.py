@@ -570,3 +570,33 @@ def test_json_bodies_are_capped_before_they_are_parsed(client: TestClient, world
     assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "payload_too_large"
     small = client.post("/v1/search", json={"query": "surge"}, headers=world.auth("a"))
     assert small.status_code == 200
+
+
+def test_a_tenant_with_a_corrupt_catalog_does_not_stop_the_worker(tmp_path: Path) -> None:
+    from alien.documents import register_bytes
+    from data_api.worker import IngestWorker
+    from resources.stores import TenantRegistry
+
+    settings = api_settings(tmp_path / "home")
+    registry = TenantRegistry(settings)
+    broken, fine = registry.create("tenant-x"), registry.create("tenant-y")
+    register_bytes(fine, b"pending words", dataset="default", source_uri="mem:p",
+                   source_name="p.txt")  # fmt: skip
+    broken.close()
+    registry.forget("tenant-x")
+    for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm"):
+        (registry.tenant_dir(broken.tenant) / name).unlink(missing_ok=True)
+    (registry.tenant_dir(broken.tenant) / "catalog.db").write_bytes(b"not a database" * 100)
+    assert IngestWorker(settings, registry)._tenants_waiting() == ["tenant-y"]
+
+
+def test_refused_requests_are_throttled_per_client_address(tmp_path: Path) -> None:
+    """Bad credentials cost an audit write each: past the burst, an address gets 429."""
+    settings = api_settings(tmp_path / "home", api_refusal_rate_per_second=0.01,
+                            api_refusal_burst=3)  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        codes = [
+            client.get("/v1/entries", headers={"Authorization": "Bearer nope"}).status_code
+            for _ in range(5)
+        ]
+    assert codes == [401, 401, 401, 429, 429]
