@@ -58,6 +58,12 @@ class RequestContext:
     stores: TenantStores
     request_id: str
     audited: bool = field(default=False)
+    egress: EgressBudget | None = None
+
+    def charge_egress(self, nbytes: int, action: str, **audit: Any) -> None:
+        """Count content about to be sent against the caller's egress budget."""
+        if self.egress is not None:
+            self.egress.charge(self, nbytes, action, **audit)
 
     def audit(
         self,
@@ -107,19 +113,56 @@ class RateLimiter:
         refill = self.burst / self.rate
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < refill}
 
-    def take(self, principal: str) -> float:
-        """0 when allowed, else the seconds to wait before the next request is."""
+    def take(self, principal: str, cost: float = 1.0) -> float:
+        """0 when allowed (and ``cost`` tokens taken), else the seconds to wait until it is."""
         now = time.monotonic()
         with self._lock:
             if len(self._buckets) >= self.MAX_BUCKETS:
                 self._evict(now)
             tokens, last = self._buckets.get(principal, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[principal] = (tokens - 1.0, now)
+            if tokens >= cost:
+                self._buckets[principal] = (tokens - cost, now)
                 return 0.0
             self._buckets[principal] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+            return (cost - tokens) / self.rate
+
+
+class EgressBudget:
+    """Bytes of content (originals, text, chunks, snippets) each principal may receive per
+    hour, refilled continuously: the data cluster's answer to "no bulk export", since every
+    single request is small but many of them add up to a copy of the tenant."""
+
+    def __init__(self, settings: AlienSettings) -> None:
+        self.settings = settings
+        self._buckets: dict[int, RateLimiter] = {}
+        self._lock = threading.Lock()
+
+    def budget(self, tenant: str) -> int:
+        by_tenant = self.settings.api_egress_bytes_per_hour_by_tenant
+        return int(by_tenant.get(str(tenant), self.settings.api_egress_bytes_per_hour))
+
+    def charge(self, ctx: RequestContext, nbytes: int, action: str, **audit: Any) -> None:
+        """Take ``nbytes`` from the caller's budget, or refuse (429, audited as such)."""
+        budget = self.budget(ctx.principal.tenant)
+        if budget <= 0:
+            return  # unlimited
+        with self._lock:
+            bucket = self._buckets.setdefault(budget, RateLimiter(budget / 3600.0, budget))
+        wait = bucket.take(ctx.principal.rate_key, float(nbytes))
+        if wait == 0:
+            return
+        retry = max(1, round(min(wait, 3600.0) + 0.5))
+        ctx.audit(action, "denied", status_code=429, detail="egress_budget_exceeded", **audit)
+        raise ApiError(
+            429,
+            "egress_budget_exceeded",
+            f"this answer ({nbytes} bytes) would exceed the egress budget of {budget} bytes per "
+            f"hour for this credential; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+            extra={"budget": {"bytes_per_hour": budget, "requested_bytes": nbytes,
+                              "retry_after_seconds": retry}},
+        )  # fmt: skip
 
 
 class Metrics:
@@ -177,6 +220,7 @@ class Door:
         )
         self.metrics = metrics
         self.tokens = ServiceTokens(settings)
+        self.egress = EgressBudget(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -296,7 +340,7 @@ class Door:
                 principal = Principal(tenant, f"service:{issuer}", scopes, on_behalf_of=user)
         except CredentialError as err:
             raise unauthorized(str(err)) from None
-        return RequestContext(principal, stores, request_id)
+        return RequestContext(principal, stores, request_id, egress=self.egress)
 
     def _open(self, tenant: str, refusal: str) -> TenantStores:
         """The tenant's stores (one existence check, in ``open``), or the refusal."""

@@ -19,8 +19,10 @@ class ApiError(Exception):
         entry_id: str | None = None,
         dataset: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        self.extra = extra or {}
         self.status = status
         self.code = code
         self.message = message
@@ -29,7 +31,9 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.code, self.message)
+        body = error_body(self.code, self.message)
+        body["error"].update(self.extra)
+        return body
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

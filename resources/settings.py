@@ -162,6 +162,16 @@ class AlienSettings(BaseSettings):
         default=2.0, gt=0, description="Refused (401) requests allowed per client address"
     )
     api_refusal_burst: int = Field(default=50, ge=1)
+    api_egress_bytes_per_hour: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Bytes of content (originals, text, chunks, snippets) one principal (one "
+        "end user behind the proxy) may receive per hour; 0: unlimited",
+    )
+    api_egress_bytes_per_hour_by_tenant: dict[str, int] = Field(
+        default_factory=dict,
+        description='Per-tenant budgets, JSON: {"acme": 5000000000}',
+    )
     api_worker: bool = Field(
         default=True,
         description="Run the pipeline for uploaded entries inside the API process "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from typing import Annotated, Any, Literal
@@ -179,7 +180,8 @@ def list_entries(
     rows = ctx.stores.catalog.entries(
         dataset=dataset, status=status, limit=limit + 1, offset=offset
     )
-    ctx.audit("list_entries", dataset=dataset, detail=f"{min(len(rows), limit)} entries")
+    listed = [e.id for e in rows[:limit]]  # which entries were disclosed, not only how many
+    ctx.audit("list_entries", dataset=dataset, detail=json.dumps({"entries": listed}))
     return EntryList(
         entries=[EntryPublic.of(e) for e in rows[:limit]],
         limit=limit,
@@ -212,7 +214,9 @@ def get_entry_content(entry_id: EntryIdPath, ctx: Reader) -> StreamingResponse:
     entry = _entry(ctx, entry_id)
     if not entry.object_key or not ctx.stores.objects.exists(entry.object_key):
         raise ApiError(409, "no_content", "this entry's file was refused and never stored")
-    ctx.audit("get_entry_content", entry_id=entry.id, dataset=entry.dataset)
+    where = {"entry_id": entry.id, "dataset": entry.dataset}
+    ctx.charge_egress(entry.size, "get_entry_content", **where)
+    ctx.audit("get_entry_content", **where)
     objects = ctx.stores.objects
 
     def chunks() -> Any:
@@ -246,8 +250,10 @@ def get_entry_text(
         pages = read_pages(ctx.stores, entry.id)
     except ObjectNotFoundError:
         raise _not_extracted(entry) from None
-    ctx.audit("get_entry_text", entry_id=entry.id, dataset=entry.dataset)
     window = pages[offset : offset + limit]
+    where = {"entry_id": entry.id, "dataset": entry.dataset}
+    ctx.charge_egress(sum(len(p.text.encode()) for p in window), "get_entry_text", **where)
+    ctx.audit("get_entry_text", **where)
     return EntryText(
         entry_id=entry.id,
         total_pages=len(pages),
@@ -273,7 +279,10 @@ def get_entry_chunks(
         chunks = read_chunks(ctx.stores, entry.id)
     except ObjectNotFoundError:
         raise _not_extracted(entry) from None
-    ctx.audit("get_entry_chunks", entry_id=entry.id, dataset=entry.dataset)
+    window = chunks[offset : offset + limit]
+    where = {"entry_id": entry.id, "dataset": entry.dataset}
+    ctx.charge_egress(sum(len(c.text.encode()) for c in window), "get_entry_chunks", **where)
+    ctx.audit("get_entry_chunks", **where)
     return EntryChunks(
         entry_id=entry.id,
         total_chunks=len(chunks),
@@ -287,7 +296,7 @@ def get_entry_chunks(
                 tokens=c.tokens,
                 text=c.text,
             )
-            for c in chunks[offset : offset + limit]
+            for c in window
         ],
         limit=limit,
         offset=offset,

@@ -34,21 +34,26 @@ def search(body: SearchRequest, ctx: Searcher, settings: Settings) -> SearchResp
         dataset=body.dataset,
         entries=entries,
     )
-    detail = {"query": body.query[:200], "mode": body.mode, "top_k": body.top_k}
-    detail["results"] = len(results)  # type: ignore[assignment]
+    hits = [
+        SearchHit(
+            entry_id=r.entry_id,
+            source_name=r.source_name,
+            dataset=r.dataset,
+            chunk_id=r.chunk_id,
+            page=r.page,
+            score=r.score,
+            snippet=snippet(r.text, body.query, settings.api_snippet_chars),
+        )
+        for r in results
+    ]
+    ctx.charge_egress(sum(len(h.snippet.encode()) for h in hits), "search", dataset=body.dataset)
+    # Which entries were disclosed, not only how many: the audit can say who saw what.
+    detail = {
+        "query": body.query[:200],
+        "mode": body.mode,
+        "top_k": body.top_k,
+        "results": len(hits),
+        "entries": sorted({h.entry_id for h in hits}),
+    }
     ctx.audit("search", dataset=body.dataset, detail=json.dumps(detail, ensure_ascii=False))
-    return SearchResponse(
-        mode=body.mode,
-        results=[
-            SearchHit(
-                entry_id=r.entry_id,
-                source_name=r.source_name,
-                dataset=r.dataset,
-                chunk_id=r.chunk_id,
-                page=r.page,
-                score=r.score,
-                snippet=snippet(r.text, body.query, settings.api_snippet_chars),
-            )
-            for r in results
-        ],
-    )
+    return SearchResponse(mode=body.mode, results=hits)

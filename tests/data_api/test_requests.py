@@ -600,3 +600,55 @@ def test_refused_requests_are_throttled_per_client_address(tmp_path: Path) -> No
             for _ in range(5)
         ]
     assert codes == [401, 401, 401, 429, 429]
+
+
+def test_the_egress_budget_stops_a_bulk_copy_and_is_audited(tmp_path: Path) -> None:
+    """Every request is small, but a read key once took 55 originals in 0.4 s: past its
+    bytes per hour a credential gets 429 with the budget, and the refusal is audited."""
+    from alien.credentials import create_api_key
+    from alien.documents import register_bytes
+    from alien.pipeline import run_all
+    from resources.stores import TenantRegistry
+
+    settings = api_settings(tmp_path / "home", api_egress_bytes_per_hour=5_000,
+                            api_egress_bytes_per_hour_by_tenant={"tenant-f": 0})  # fmt: skip
+    registry = TenantRegistry(settings)
+    stores, free = registry.create("tenant-e"), registry.create("tenant-f")
+    ids = []
+    for i in range(4):
+        body = f"Document {i}: ".encode() + b"surge margin of axial compressors. " * 40
+        ids.append(register_bytes(stores, body, dataset="default", source_uri=f"mem:{i}",
+                                  source_name=f"d{i}.txt").entry.id)  # fmt: skip
+    run_all(stores)
+    reader, _ = create_api_key(stores, ["read", "search"])
+    other, _ = create_api_key(stores, ["read"])
+    unlimited, _ = create_api_key(free, ["read"])
+    auth = {"Authorization": f"Bearer {reader}"}
+    with TestClient(create_app(settings)) as client:
+        codes = [client.get(f"/v1/entries/{e}/content", headers=auth).status_code for e in ids]
+        assert codes[:3] == [200, 200, 200] and codes[3] == 429  # 1,452 bytes each
+        refused = client.get(f"/v1/entries/{ids[0]}/text", headers=auth)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        error = refused.json()["error"]
+        assert error["code"] == "egress_budget_exceeded"
+        assert error["budget"]["bytes_per_hour"] == 5_000
+        # The budget is the credential's: another key of the same tenant still reads.
+        second = client.get(f"/v1/entries/{ids[3]}/content",
+                            headers={"Authorization": f"Bearer {other}"})  # fmt: skip
+        assert second.status_code == 200
+        assert client.get("/v1/entries", headers=auth).status_code == 200  # metadata is free
+        # A tenant configured without a budget is not limited.
+        register_bytes(free, b"x" * 20_000, dataset="default", source_uri="mem:big",
+                       source_name="big.txt")  # fmt: skip
+        run_all(free)
+        (big,) = free.catalog.entries()
+        for _ in range(2):
+            answer = client.get(f"/v1/entries/{big.id}/content",
+                                headers={"Authorization": f"Bearer {unlimited}"})  # fmt: skip
+            assert answer.status_code == 200
+    denied = [r for r in stores.catalog.audit.records(limit=50)
+              if r.outcome == "denied" and r.detail == "egress_budget_exceeded"]  # fmt: skip
+    assert {r.action for r in denied} == {"get_entry_content", "get_entry_text"}
+    assert all(r.status_code == 429 for r in denied)
+    for tenant in ("tenant-e", "tenant-f"):
+        registry.drop(tenant)
