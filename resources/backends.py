@@ -725,6 +725,9 @@ class Backends:
                 env.config[f"ALIEN_{name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
                 )
+        own_budget = s.api_egress_bytes_per_hour_by_tenant.get(str(tenant))
+        if own_budget is not None:  # the tenant's own egress budget, as a plain setting there
+            env.config["ALIEN_API_EGRESS_BYTES_PER_HOUR"] = str(own_budget)
         for backend in self.by_kind.values():
             env.update(backend.tenant_env(tenant, generation))
         return env
