@@ -367,6 +367,13 @@ def run_chunks(stores: TenantStores, full_refresh: bool = False) -> StepReport:
                 _fail(stores, CHUNKS, eid, input_hash, sha, reason)
                 report.failed += 1
                 continue
+            cap = stores.settings.max_chunks_per_entry
+            if len(chunks) > cap:  # before any of them costs an embedding
+                reason = (f"{len(chunks):,} chunks, over the cap of {cap:,} chunks per entry "
+                          "(ALIEN_MAX_CHUNKS_PER_ENTRY)")  # fmt: skip
+                _fail(stores, CHUNKS, eid, input_hash, sha, reason)
+                report.failed += 1
+                continue
             body = {"entry_id": eid, "chunks": [c.__dict__ for c in chunks]}
             stores.objects.put_bytes(chunks_key(eid), json.dumps(body).encode())
             stores.catalog.record_manifest(

@@ -44,6 +44,9 @@ class AlienSettings(BaseSettings):
         "most this many pixels (an A0 page at 200 dpi is 62 million): checked before rendering",
     )
     max_pages_per_entry: int = Field(default=5_000, ge=1, description="Pages of one document")
+    max_chunks_per_entry: int = Field(
+        default=20_000, ge=1, description="Chunks of one document, checked before embedding"
+    )
     fusion: Literal["convex", "rrf"] = Field(
         default="convex",
         description="Hybrid fusion: convex combination of normalised scores, or reciprocal rank",

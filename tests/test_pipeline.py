@@ -13,6 +13,7 @@ from alien.layout import chunks_key
 from alien.pipeline import CHUNKS, EMBEDDINGS, TEXT, read_chunks, run_all
 from alien.search import search
 from resources.catalog import EntryStatus
+from resources.settings import AlienSettings
 from tests.conftest import PDFS, bad_documents
 
 DOCS = {
@@ -199,3 +200,21 @@ def test_failure_reasons_carry_no_server_paths(raw: str, shown: str) -> None:
     from alien.pipeline import public_reason
 
     assert public_reason(raw) == shown
+
+
+def test_an_entry_over_the_chunk_cap_fails_before_embedding_and_the_rest_index(tmp_path):
+    from resources.stores import TenantRegistry
+
+    settings = AlienSettings(home=tmp_path / "home", max_chunks_per_entry=3)
+    stores = TenantRegistry(settings).create("tenant-c")
+    many = "\n\n".join(f"Paragraph {i}: " + "turbulent boundary layers " * 60 for i in range(8))
+    big = register_bytes(stores, many.encode(), dataset="default", source_uri="mem:big",
+                         source_name="big.txt").entry  # fmt: skip
+    small = register_bytes(stores, b"Wing flutter at transonic speed.", dataset="default",
+                           source_uri="mem:small", source_name="small.txt").entry  # fmt: skip
+    run_all(stores)
+    failed = stores.catalog.get_entry(big.id)
+    assert failed.status == EntryStatus.FAILED
+    assert "over the cap of 3 chunks per entry (ALIEN_MAX_CHUNKS_PER_ENTRY)" in failed.reason
+    assert stores.vectors.count(big.id) == 0  # never embedded
+    assert stores.catalog.get_entry(small.id).status == EntryStatus.INDEXED
