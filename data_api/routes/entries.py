@@ -163,7 +163,15 @@ async def upload_entry(
     if worker is not None and registration.outcome == "new":
         worker.notify(ctx.stores.tenant)
     response.status_code = status
-    return EntryPublic.of(entry)
+    public = EntryPublic.of(entry)
+    if registration.outcome != "new" and not ctx.principal.allows("read"):
+        # The same bytes were there already, perhaps from someone else: a key that may not
+        # read learns that they exist, not their name, metadata or processing details.
+        public = public.model_copy(
+            update={"source_name": name, "metadata": metadata, "reason": None,
+                    "pages": None, "chunks": None}
+        )  # fmt: skip
+    return public
 
 
 @router.get("", responses=error_responses())

@@ -652,3 +652,30 @@ def test_the_egress_budget_stops_a_bulk_copy_and_is_audited(tmp_path: Path) -> N
     assert all(r.status_code == 429 for r in denied)
     for tenant in ("tenant-e", "tenant-f"):
         registry.drop(tenant)
+
+
+def test_a_write_only_key_learns_nothing_from_re_uploading_known_bytes(
+    client: TestClient, world: World
+) -> None:
+    """The same bytes give the same entry (200): a key that may not read must not receive the
+    stored entry's name and metadata through it."""
+    data = b"Board minutes: the merger closes in March."
+    first = client.post(
+        "/v1/entries",
+        headers=world.auth("a"),
+        files={"file": ("secret-plan.txt", data, "text/plain")},
+        data={"metadata": '{"owner": "cfo"}'},
+    )
+    assert first.status_code == 202
+    again = client.post(
+        "/v1/entries",
+        headers=world.auth("a_write"),
+        files={"file": ("guess.txt", data, "text/plain")},
+        data={"metadata": '{"probe": true}'},
+    )
+    assert again.status_code == 200 and again.json()["entry_id"] == first.json()["entry_id"]
+    body = again.json()
+    assert body["source_name"] == "guess.txt" and body["metadata"] == {"probe": True}
+    assert "secret-plan" not in again.text and "cfo" not in again.text
+    entry = first.json()["entry_id"]
+    assert client.delete(f"/v1/entries/{entry}", headers=world.auth("a")).status_code == 204
