@@ -160,8 +160,12 @@ def _upstream_of(stores: TenantStores, step: str) -> dict[str, tuple[str, str]]:
     }
 
 
-# An absolute file-system path inside a message (a spool file, a library's install path).
-_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+# An absolute path under a server's usual roots inside a message (a spool file, a library's
+# install path); other slashes (PDF filter names, page ranges) are left as they are.
+_PATH = re.compile(
+    r"(?<![\w.:/])/(?:tmp|var|home|root|usr|opt|srv|work|mnt|data|etc|proc|run|app|lib)"
+    r"(?:/[^\s'\"()\[\]<>,;:]*)+"
+)
 
 
 def public_reason(text: str, limit: int = 500) -> str:
@@ -180,8 +184,10 @@ def _fail(
 
 
 def _unexpected(err: BaseException) -> str:
+    """The reason an entry gets for a failure nobody foresaw: its kind only; the message (a
+    server's address, a path, a query) goes to this service's log."""
     log.error("unexpected error: %s", "".join(traceback.format_exception(err)))
-    return f"internal error: {type(err).__name__}: {err}"
+    return f"internal error ({type(err).__name__}); the service log has the details"
 
 
 # -- raw_documents --------------------------------------------------------------------------
@@ -273,6 +279,15 @@ def run_ocr_output(
             try:
                 with stores.objects.local_path(entry.object_key) as path:
                     if mistral is not None and entry.media_type in (PDF, *IMAGE_TYPES):
+                        from resources.mistral_ocr import page_count
+
+                        pages_here = page_count(path, entry.media_type)
+                        if pages_here > settings.max_pages_per_entry:
+                            raise ExtractionError(
+                                f"PDF has {pages_here:,} pages, over the cap of "
+                                f"{settings.max_pages_per_entry:,} pages per entry "
+                                "(ALIEN_MAX_PAGES_PER_ENTRY)"
+                            )
                         result = mistral.process(path, entry.media_type)
                         pages = result.pages
                         stores.objects.delete_prefix(figures_prefix(eid))

@@ -147,6 +147,16 @@ class EgressBudget:
         budget = self.budget(ctx.principal.tenant)
         if budget <= 0:
             return  # unlimited
+        if nbytes > budget:
+            ctx.audit(action, "denied", status_code=429, detail="egress_budget_exceeded", **audit)
+            raise ApiError(
+                429,
+                "egress_budget_exceeded",
+                f"this answer ({nbytes} bytes) is larger than the whole egress budget of "
+                f"{budget} bytes per hour for this credential: it cannot be served",
+                extra={"budget": {"bytes_per_hour": budget, "requested_bytes": nbytes,
+                                  "retry_after_seconds": None}},
+            )  # fmt: skip
         with self._lock:
             bucket = self._buckets.setdefault(budget, RateLimiter(budget / 3600.0, budget))
         wait = bucket.take(ctx.principal.rate_key, float(nbytes))
@@ -183,6 +193,11 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.refusals_throttled = Counter(
+            "alien_api_refusals_throttled",
+            "Refused credentials answered 429 without an audit row (per-address throttle)",
+            registry=self.registry,
+        )
         self.worker_runs = Counter(
             "alien_worker_runs",
             "Pipeline runs of the in-process worker, by outcome",
@@ -213,8 +228,9 @@ class Door:
         self.registry = registry
         self.system_audit = system_audit
         self.limiter = limiter
-        # Refusals cost a cluster audit write each: a client address that keeps sending bad
-        # credentials is slowed down first (429, not audited again until it slows).
+        # Refusals cost a cluster audit write each: past a burst, an address's refusals are
+        # answered 429 and counted in the metrics instead of audited one by one. Only
+        # refusals: a valid credential from the same address (the platform proxy) is served.
         self.refusals = RateLimiter(
             settings.api_refusal_rate_per_second, settings.api_refusal_burst
         )
@@ -242,41 +258,24 @@ class Door:
             await send(message)
 
         try:
-            path = scope["path"]
-            if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
-                await _responder(
-                    ApiError(
-                        431, "headers_too_large", f"request headers exceed {MAX_HEADER_BYTES} bytes"
+            await self._handle(scope, receive, send_with_id, state)
+        except Exception:
+            # Never a bare 500, wherever it happened (a store failing while the credential is
+            # checked included): the request id goes back, the failure into the tenant's
+            # audit log when one is known, the traceback into this service's log only.
+            log.exception("request %s failed", request_id)
+            if status_holder["started"]:
+                raise
+            ctx = state.get("ctx")
+            if ctx is not None:
+                with contextlib.suppress(Exception):
+                    await run_in_threadpool(
+                        ctx.audit, "request", "error", status_code=500, detail="internal_error"
                     )
-                )(send_with_id)
-                return
-            if path.startswith("/v1/") and path not in PUBLIC_PATHS:
-                refusal = await self._admit(scope, state, request_id)
-                if refusal is not None:
-                    await refusal(send_with_id)
-                    return
-                refusal, receive = self._limit_body(scope, receive, state)
-                if refusal is not None:
-                    await refusal(send_with_id)
-                    return
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception:
-                # Never a bare 500: the request id goes back, the failure into the audit log
-                # (and the traceback into this service's log only).
-                log.exception("request %s failed", request_id)
-                if status_holder["started"]:
-                    raise
-                ctx = state.get("ctx")
-                if ctx is not None:
-                    with contextlib.suppress(Exception):
-                        await run_in_threadpool(
-                            ctx.audit, "request", "error", status_code=500, detail="internal_error"
-                        )
-                await _responder(
-                    ApiError(500, "internal_error",
-                             f"the request failed on the server; quote request id {request_id}")
-                )(send_with_id)  # fmt: skip
+            await _responder(
+                ApiError(500, "internal_error",
+                         f"the request failed on the server; quote request id {request_id}")
+            )(send_with_id)  # fmt: skip
         finally:
             # The route template, or a fixed label: paths never become label values.
             route = scope.get("route")
@@ -287,6 +286,25 @@ class Door:
             self.metrics.latency.labels(template, scope["method"]).observe(
                 time.perf_counter() - started
             )
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
+    ) -> None:
+        path = scope["path"]
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            too_large = f"request headers exceed {MAX_HEADER_BYTES} bytes"
+            await _responder(ApiError(431, "headers_too_large", too_large))(send)
+            return
+        if path.startswith("/v1/") and path not in PUBLIC_PATHS:
+            refusal = await self._admit(scope, state, state["request_id"])
+            if refusal is not None:
+                await refusal(send)
+                return
+            refusal, receive = await run_in_threadpool(self._limit_body, scope, receive, state)
+            if refusal is not None:
+                await refusal(send)
+                return
+        await self.app(scope, receive, send)
 
     async def _admit(
         self, scope: Scope, state: dict[str, Any], request_id: str
@@ -300,6 +318,7 @@ class Door:
         except ApiError as err:
             wait = self.refusals.take(f"refused|{_client(scope)}")
             if wait > 0:
+                self.metrics.refusals_throttled.inc()  # counted here, not audited one by one
                 return _responder(
                     ApiError(429, "rate_limited",
                              f"too many refused requests from this address; retry in {wait:.0f} s",

@@ -56,8 +56,8 @@ class IngestWorker:
             try:
                 if self.registry.open(tenant).catalog.has_unfinished():
                     due.add(str(tenant))
-            except Exception:  # one tenant's broken catalog must not stop the others
-                log.exception("tenant %s: cannot read its catalog; skipped this round", tenant)
+            except Exception as err:  # one tenant's broken catalog must not stop the others
+                log.warning("tenant %s: cannot read its catalog (%s); skipped", tenant, err)
         return sorted(due)
 
     def _loop(self) -> None:

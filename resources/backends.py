@@ -640,7 +640,9 @@ class MeiliTenantKeywordsBackend(TenantPlaneBackend):
 DATA_PLANE_SETTINGS = (
     "embedding_model", "embedding_batch_size", "embedding_device", "embedding_worker",
     "ocr", "ocr_languages", "ocr_dpi", "mistral_ocr_model", "ocr_max_pages_per_run",
-    "stemmer_language", "max_file_bytes", "max_text_bytes",
+    "stemmer_language", "max_file_bytes", "max_text_bytes", "max_page_pixels",
+    "max_pages_per_entry", "max_chunks_per_entry", "api_refusal_rate_per_second",
+    "api_refusal_burst",
     "fusion", "fusion_keyword_weight", "fusion_k", "fusion_depth",
     "api_max_page_size", "api_max_top_k", "api_snippet_chars", "api_max_json_bytes",
     "api_rate_per_second", "api_egress_bytes_per_hour",

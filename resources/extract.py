@@ -185,14 +185,21 @@ def _pdf_pages(
                     text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
                     textpage.close()
                     item: str | Future[str] = text
-                    if len(text.strip()) < _MIN_TEXT_CHARS and any(
-                        obj.type == pdfium_c.FPDF_PAGEOBJ_IMAGE for obj in page.get_objects()
-                    ):
+                    images = (
+                        [o for o in page.get_objects() if o.type == pdfium_c.FPDF_PAGEOBJ_IMAGE]
+                        if len(text.strip()) < _MIN_TEXT_CHARS
+                        else []
+                    )
+                    if images:
                         width, height = page.get_size()  # points: known before rendering
                         scale = ocr_dpi / 72
                         limits.check_pixels(
                             f"page {index + 1}", width * scale, height * scale, ocr_dpi
                         )
+                        for number, found in enumerate(images, 1):  # each decoded to draw it
+                            limits.check_pixels(
+                                f"image {number} on page {index + 1}", *found.get_px_size(), None
+                            )
                         image = page.render(scale=scale, grayscale=True).to_pil()
                         item = pool.submit(ocr.read_image, image)
                 finally:
@@ -227,11 +234,6 @@ def _image_page(path: Path, ocr: OcrEngine, limits: DocumentLimits) -> PageText:
             opened = Image.open(path)  # reads the header only: the size, not the pixels
         with opened as image:
             limits.check_pixels("the image", *image.size, None)
-            frames = getattr(image, "n_frames", 1)
-            if frames > 1:
-                raise ExtractionError(
-                    f"the image has {frames} frames; one page per image is supported"
-                )
             image.load()
             text = ocr.read_image(image.convert("L"))
     except Image.DecompressionBombError:

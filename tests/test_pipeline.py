@@ -193,6 +193,11 @@ def test_dataset_filter(tenant, mode):
             "corrupt PDF: Failed to load document (<path>)",
         ),
         ("page 3/5 is empty", "page 3/5 is empty"),
+        (
+            "unsupported filter [/FlateDecode/DCTDecode]",
+            "unsupported filter [/FlateDecode/DCTDecode]",
+        ),
+        ("spool /var/lib/alien/tenants/t/objects/.tmp/x", "spool <path>"),
         ("see https://example.com/a/b", "see https://example.com/a/b"),
     ],
 )

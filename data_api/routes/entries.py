@@ -167,6 +167,7 @@ async def upload_entry(
     if registration.outcome != "new" and not ctx.principal.allows("read"):
         # The same bytes were there already, perhaps from someone else: a key that may not
         # read learns that they exist, not their name, metadata or processing details.
+        # (Its status and timestamps still show; see the stop note of issue 11's first step.)
         public = public.model_copy(
             update={"source_name": name, "metadata": metadata, "reason": None,
                     "pages": None, "chunks": None}
@@ -373,6 +374,12 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
         ) from None
 
 
+# Bidirectional marks, embeddings, overrides and isolates; zero-width space; word joiner; BOM.
+_DECEPTIVE = frozenset(
+    "\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
+)
+
+
 def clean_file_name(name: str | None) -> str:
     """The file's own name, refused when empty, path-like, too long or not clean UTF-8."""
     if not name or not name.strip():
@@ -381,9 +388,10 @@ def clean_file_name(name: str | None) -> str:
         raise ApiError(
             400, "invalid_file_name", "the file name has control characters or is not UTF-8"
         )
-    if any(unicodedata.category(ch) == "Cf" for ch in name):
-        # Bidirectional overrides and zero-width characters make a name read as another
-        # (``invoice\u202efdp.exe`` shows as ``invoiceexe.pdf``).
+    if any(ch in _DECEPTIVE for ch in name):
+        # Bidirectional controls and invisible separators make a name read as another
+        # (``invoice\u202efdp.exe`` shows as ``invoiceexe.pdf``). Joiners that scripts need
+        # (ZWNJ in Persian, ZWJ in Indic scripts and emoji) stay allowed.
         raise ApiError(
             400,
             "invalid_file_name",

@@ -587,19 +587,29 @@ def test_a_tenant_with_a_corrupt_catalog_does_not_stop_the_worker(tmp_path: Path
     for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm"):
         (registry.tenant_dir(broken.tenant) / name).unlink(missing_ok=True)
     (registry.tenant_dir(broken.tenant) / "catalog.db").write_bytes(b"not a database" * 100)
+    assert registry.list() == ["tenant-x", "tenant-y"]  # listed, yet skipped
     assert IngestWorker(settings, registry)._tenants_waiting() == ["tenant-y"]
 
 
 def test_refused_requests_are_throttled_per_client_address(tmp_path: Path) -> None:
     """Bad credentials cost an audit write each: past the burst, an address gets 429."""
+    from alien.credentials import create_api_key
+    from resources.stores import TenantRegistry
+
     settings = api_settings(tmp_path / "home", api_refusal_rate_per_second=0.01,
                             api_refusal_burst=3)  # fmt: skip
+    key, _ = create_api_key(TenantRegistry(settings).create("tenant-t"), ["read"])
     with TestClient(create_app(settings)) as client:
         codes = [
             client.get("/v1/entries", headers={"Authorization": "Bearer nope"}).status_code
             for _ in range(5)
         ]
+        # The same address with a valid credential (the platform proxy's) is still served.
+        served = client.get("/v1/entries", headers={"Authorization": f"Bearer {key}"})
+        metrics = client.get("/metrics").text
     assert codes == [401, 401, 401, 429, 429]
+    assert served.status_code == 200
+    assert "alien_api_refusals_throttled_total 2.0" in metrics
 
 
 def test_the_egress_budget_stops_a_bulk_copy_and_is_audited(tmp_path: Path) -> None:
@@ -679,3 +689,20 @@ def test_a_write_only_key_learns_nothing_from_re_uploading_known_bytes(
     assert "secret-plan" not in again.text and "cfo" not in again.text
     entry = first.json()["entry_id"]
     assert client.delete(f"/v1/entries/{entry}", headers=world.auth("a")).status_code == 204
+
+
+def test_a_failure_while_the_credential_is_checked_is_answered_and_identified(
+    client: TestClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store failing during authentication (the catalog's key lookup, say) used to reach
+    Starlette's outer handler: a 500 with no request id."""
+    from resources.catalog import Catalog
+
+    def down(self: object, key_id: str) -> None:
+        raise ConnectionError("catalog server at 10.0.0.5:5432 went away")
+
+    monkeypatch.setattr(Catalog, "api_key", down)
+    answer = client.get("/v1/entries", headers=world.auth("a"))
+    assert answer.status_code == 500 and "x-request-id" in answer.headers
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert "10.0.0.5" not in answer.text
