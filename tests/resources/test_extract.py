@@ -107,8 +107,10 @@ def test_media_type_detection():
 # Pillow loaded peaks near 100 MB here; the bomb below would take gigabytes if rendered.
 PEAK_BOUND_MB = 300
 
+# VmHWM is this process's own peak; getrusage's ru_maxrss would include the parent's
+# (Linux carries it across fork and exec), which is the test runner holding a model.
 _PEAK_SCRIPT = """
-import resource, sys
+import sys
 from pathlib import Path
 from resources.extract import ExtractionError, extract_pages
 from resources.ocr import TesseractOcr
@@ -117,7 +119,8 @@ try:
     print("no error")
 except ExtractionError as err:
     print(err)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+status = Path("/proc/self/status").read_text()
+print(next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:")) // 1024)
 """
 
 
