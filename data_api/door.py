@@ -147,29 +147,34 @@ class EgressBudget:
         budget = self.budget(ctx.principal.tenant)
         if budget <= 0:
             return  # unlimited
-        if nbytes > budget:
-            ctx.audit(action, "denied", status_code=429, detail="egress_budget_exceeded", **audit)
-            raise ApiError(
-                429,
-                "egress_budget_exceeded",
-                f"this answer ({nbytes} bytes) is larger than the whole egress budget of "
-                f"{budget} bytes per hour for this credential: it cannot be served",
-                extra={"budget": {"bytes_per_hour": budget, "requested_bytes": nbytes,
-                                  "retry_after_seconds": None}},
-            )  # fmt: skip
+        if nbytes > budget:  # never servable to this credential, however long it waits
+            self._refuse(ctx, action, nbytes, budget, None, audit)
         with self._lock:
             bucket = self._buckets.setdefault(budget, RateLimiter(budget / 3600.0, budget))
         wait = bucket.take(ctx.principal.rate_key, float(nbytes))
-        if wait == 0:
-            return
-        retry = max(1, round(min(wait, 3600.0) + 0.5))
+        if wait > 0:
+            self._refuse(ctx, action, nbytes, budget, max(1, round(wait + 0.5)), audit)
+
+    @staticmethod
+    def _refuse(
+        ctx: RequestContext,
+        action: str,
+        nbytes: int,
+        budget: int,
+        retry: int | None,
+        audit: dict[str, Any],
+    ) -> None:
         ctx.audit(action, "denied", status_code=429, detail="egress_budget_exceeded", **audit)
+        if retry is None:
+            when = "it is larger than the whole budget and cannot be served"
+        else:
+            when = f"retry in {retry} s"
         raise ApiError(
             429,
             "egress_budget_exceeded",
-            f"this answer ({nbytes} bytes) would exceed the egress budget of {budget} bytes per "
-            f"hour for this credential; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
+            f"this answer ({nbytes} bytes) would exceed the egress budget of {budget} bytes "
+            f"per hour for this credential; {when}",
+            headers={"Retry-After": str(retry)} if retry is not None else None,
             extra={"budget": {"bytes_per_hour": budget, "requested_bytes": nbytes,
                               "retry_after_seconds": retry}},
         )  # fmt: skip

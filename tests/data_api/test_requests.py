@@ -706,3 +706,27 @@ def test_a_failure_while_the_credential_is_checked_is_answered_and_identified(
     assert answer.status_code == 500 and "x-request-id" in answer.headers
     assert answer.json()["error"]["code"] == "internal_error"
     assert "10.0.0.5" not in answer.text
+
+
+def test_an_answer_larger_than_the_whole_budget_says_it_cannot_be_served(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from alien.credentials import Principal
+    from data_api.door import EgressBudget
+    from data_api.errors import ApiError
+
+    audited: list[tuple] = []
+    ctx = SimpleNamespace(
+        principal=Principal("tenant-z", "key:k", frozenset({"read"})),
+        audit=lambda *args, **kwargs: audited.append((args, kwargs)),
+    )
+    budget = EgressBudget(api_settings(tmp_path, api_egress_bytes_per_hour=1_000))
+    budget.charge(ctx, 600, "get_entry_text")  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as later:
+        budget.charge(ctx, 600, "get_entry_text")  # type: ignore[arg-type]
+    assert later.value.extra["budget"]["retry_after_seconds"] >= 1
+    with pytest.raises(ApiError) as never:
+        budget.charge(ctx, 5_000, "get_entry_content")  # type: ignore[arg-type]
+    assert never.value.extra["budget"]["retry_after_seconds"] is None
+    assert "cannot be served" in never.value.message and "Retry-After" not in never.value.headers
+    assert [a[0][1] for a in audited] == ["denied", "denied"]
