@@ -305,9 +305,16 @@ class Door:
             if refusal is not None:
                 await refusal(send)
                 return
-            refusal, receive = await run_in_threadpool(self._limit_body, scope, receive, state)
-            if refusal is not None:
-                await refusal(send)
+            too_large, action, receive = self._limit_body(scope, receive, state)
+            if too_large is not None:  # declared too large: refused before it is read
+                refusal_sent: ApiError = too_large
+                try:
+                    await run_in_threadpool(
+                        state["ctx"].audit, action, "denied", status_code=413, detail=too_large.code
+                    )
+                except Exception:
+                    refusal_sent = audit_unavailable()
+                await _responder(refusal_sent)(send)
                 return
         await self.app(scope, receive, send)
 
@@ -388,9 +395,10 @@ class Door:
 
     def _limit_body(
         self, scope: Scope, receive: Receive, state: dict[str, Any]
-    ) -> tuple[Callable[[Send], Awaitable[None]] | None, Receive]:
+    ) -> tuple[BodyTooLarge | None, str, Receive]:
         """Stop a body at its limit while it streams in: an upload at ALIEN_MAX_FILE_BYTES,
-        any other body (JSON) at ALIEN_API_MAX_JSON_BYTES, before it is parsed."""
+        any other body (JSON) at ALIEN_API_MAX_JSON_BYTES, before it is parsed. A declared
+        length over the limit is returned as the refusal (with the audit action) at once."""
         if scope["method"] == "POST" and scope["path"] == UPLOAD_PATH:
             limit, what, action = self.settings.max_file_bytes, "the upload", "upload_entry"
             ceiling = limit + MULTIPART_OVERHEAD
@@ -399,13 +407,7 @@ class Door:
             ceiling = limit
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > ceiling:
-            err = BodyTooLarge(limit, what)
-            ctx: RequestContext = state["ctx"]
-            try:
-                ctx.audit(action, "denied", status_code=413, detail=err.code)
-            except Exception:
-                return _responder(audit_unavailable()), receive
-            return _responder(err), receive
+            return BodyTooLarge(limit, what), action, receive
         seen = 0
 
         async def counted() -> Message:
@@ -420,7 +422,7 @@ class Door:
                     raise state["body_too_large"]
             return message
 
-        return None, counted
+        return None, action, counted
 
 
 def audit_unavailable() -> ApiError:

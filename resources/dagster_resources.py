@@ -21,7 +21,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr, SecretStr
 
 from resources.settings import AlienSettings
-from resources.stores import TenantRegistry, TenantStores
+from resources.stores import TenantRegistry, TenantStores, settings_key
 
 # Settings objects handed to in-process runs, by a digest of their whole content.
 _IN_PROCESS: dict[str, AlienSettings] = {}
@@ -45,11 +45,7 @@ def public_settings(settings: AlienSettings) -> dict[str, str]:
 
 
 def _reference(settings: AlienSettings) -> str:
-    def reveal(value: object) -> object:
-        return value.get_secret_value() if hasattr(value, "get_secret_value") else value
-
-    whole = repr(sorted((n, reveal(getattr(settings, n))) for n in AlienSettings.model_fields))
-    ref = hashlib.sha256(whole.encode()).hexdigest()[:24]
+    ref = hashlib.sha256(repr(settings_key(settings)).encode()).hexdigest()[:24]
     _IN_PROCESS[ref] = settings
     return ref
 

@@ -56,7 +56,7 @@ _CLUSTER: dict[tuple[str, ...], ClusterCatalog] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _settings_key(settings: AlienSettings) -> tuple[tuple[str, str], ...]:
+def settings_key(settings: AlienSettings) -> tuple[tuple[str, str], ...]:
     """Every setting, secrets included, so no two configurations share a cached object."""
 
     def reveal(value: object) -> object:
@@ -69,7 +69,7 @@ def _settings_key(settings: AlienSettings) -> tuple[tuple[str, str], ...]:
 
 def _backends(settings: AlienSettings) -> Backends:
     """One ``Backends`` (and so one pool per server) per distinct configuration."""
-    key = _settings_key(settings)
+    key = settings_key(settings)
     with _CACHE_LOCK:
         if key not in _BACKENDS:
             embedder = get_embedder(settings)
@@ -179,7 +179,7 @@ class TenantRegistry:
         """The tenants that are ready (a data plane: its own tenant only)."""
         if self.settings.tenant_plane:
             return [TenantId(self.settings.tenant or "")]
-        return [r.tenant for r in self.cluster.list()]
+        return self.cluster.names()
 
     def records(self, states: tuple[TenantState, ...] | None = None) -> list[TenantRecord]:
         """Every registered tenant with its provisioning state (control plane)."""
@@ -259,28 +259,18 @@ class TenantRegistry:
         if generation is None:
             self.forget(tenant)  # handles of a tenant retired elsewhere: closed, not kept
             raise UnknownTenantError(f"unknown tenant {tenant!r}")
-        stores = self._build(tenant, generation)
-        if self.settings.tenant_plane and not self.backends.catalog.server:
-            stores.catalog.create()  # an embedded catalog in a data plane: made on first use
-        return stores
+        return self._build(tenant, generation)
 
     def _key(self, tenant: TenantId) -> tuple[int, Path, str]:
         return (id(self.backends), self.root, str(tenant))
 
     def _build(self, tenant: TenantId, generation: str) -> TenantStores:
         key = self._key(tenant)
-        stale = None
         with self._guard:
             cached = self._open.get(key)
             if cached is not None and cached.generation == generation:
                 return cached
             stale = self._open.pop(key, None)  # retired or re-created since: never reused
-        if stale is not None:
-            stale.close()
-        with self._guard:
-            cached = self._open.get(key)
-            if cached is not None and cached.generation == generation:
-                return cached
             root = self.tenant_dir(tenant)
             root.mkdir(parents=True, exist_ok=True)
             embedder = get_embedder(self.settings)
@@ -301,8 +291,12 @@ class TenantRegistry:
                 ocr=TesseractOcr(self.settings.ocr_languages),
                 generation=generation,
             )
+            if self.settings.tenant_plane and not self.backends.catalog.server:
+                stores.catalog.create()  # an embedded catalog in a data plane: made once
             self._open[key] = stores
-            return stores
+        if stale is not None:
+            stale.close()
+        return stores
 
     # -- retirement ----------------------------------------------------------------------
     def retain(self, tenant: str) -> bool:
