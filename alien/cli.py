@@ -659,16 +659,19 @@ def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_jso
         if not path.is_file():
             raise click.ClickException("the cluster's audit log is empty (no request refused)")
         log = AuditLog(sqlite_engine(path))
+        log.create()  # adds the columns newer than the release that made it
     records = [r.public() for r in log.records(limit=limit, entry_id=entry_id)]
     if as_json:
         _emit({"records": records})
         return
     table = Table(
-        "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome", "status"
-    )
+        "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome", "status",
+        "request id", "client request id",
+    )  # fmt: skip
     for r in records:
         cells = (r["at"], r["tenant"], r["principal"], r["on_behalf_of"], r["action"],
-                 r["entry_id"], r["outcome"], r["status_code"])  # fmt: skip
+                 r["entry_id"], r["outcome"], r["status_code"], r["request_id"],
+                 r["client_request_id"])  # fmt: skip
         table.add_row(*(terminal_safe(c) for c in cells))
     out.print(table)
 

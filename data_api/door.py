@@ -1,5 +1,10 @@
 """The door every request passes: request id, authentication, rate limit, upload size, metrics.
 
+Every request gets a server-generated request id (unique, whatever the caller sends): it is the
+one in the audit row, the ``X-Request-ID`` answer header and error bodies. A caller's own
+well-formed ``X-Request-ID`` is kept beside it (audit ``client_request_id``, echoed back as
+``X-Client-Request-ID``) for correlation, never trusted as an identifier.
+
 A pure ASGI middleware, so that no request under ``/v1`` reaches routing, body parsing or a
 store without a credential resolved to exactly one tenant, and so that the upload limit is
 enforced on the bytes as they arrive, not after the body has been buffered.
@@ -47,16 +52,18 @@ MAX_HEADER_BYTES = 16 * 1024
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/ready"})
 UPLOAD_PATH = "/v1/entries"
 MULTIPART_OVERHEAD = 64 * 1024  # part headers and the small form fields beside the file
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a client's id we keep and echo
 
 
 @dataclass
 class RequestContext:
-    """The resolved caller of one request: a principal, its tenant's stores, the request id."""
+    """The resolved caller of one request: a principal, its tenant's stores, the request id
+    (the server's) and the caller's own id for it, if it sent a well-formed one."""
 
     principal: Principal
     stores: TenantStores
     request_id: str
+    client_request_id: str | None = None
     audited: bool = field(default=False)
     egress: EgressBudget | None = None
 
@@ -79,6 +86,7 @@ class RequestContext:
         self.audited = True  # one attempt per request: a failure is not retried
         record = AuditRecord(
             request_id=self.request_id,
+            client_request_id=self.client_request_id,
             tenant=str(self.principal.tenant),
             principal=self.principal.id,
             on_behalf_of=self.principal.on_behalf_of,
@@ -249,8 +257,10 @@ class Door:
             return
         started = time.perf_counter()
         state = scope.setdefault("state", {})
-        request_id = _request_id(scope)
+        request_id = uuid.uuid4().hex
+        client_request_id = _client_request_id(scope)
         state["request_id"] = request_id
+        state["client_request_id"] = client_request_id
         status_holder = {"status": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
@@ -259,6 +269,8 @@ class Door:
                 status_holder["started"] = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if client_request_id is not None:
+                    headers.append((b"x-client-request-id", client_request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -301,7 +313,7 @@ class Door:
             await _responder(ApiError(431, "headers_too_large", too_large))(send)
             return
         if path.startswith("/v1/") and path not in PUBLIC_PATHS:
-            refusal = await self._admit(scope, state, state["request_id"])
+            refusal = await self._admit(scope, state)
             if refusal is not None:
                 await refusal(send)
                 return
@@ -319,14 +331,15 @@ class Door:
         await self.app(scope, receive, send)
 
     async def _admit(
-        self, scope: Scope, state: dict[str, Any], request_id: str
+        self, scope: Scope, state: dict[str, Any]
     ) -> Callable[[Send], Awaitable[None]] | None:
         """Store the request's context in ``state``, or return the refusal to send."""
+        request_id, client_request_id = state["request_id"], state["client_request_id"]
         token = _bearer(scope)
         try:
             if token is None:
                 raise unauthorized("authentication required: send 'Authorization: Bearer <key>'")
-            ctx = await run_in_threadpool(self._resolve, token, request_id)
+            ctx = await run_in_threadpool(self._resolve, token, request_id, client_request_id)
         except ApiError as err:
             wait = self.refusals.take(f"refused|{_client(scope)}")
             if wait > 0:
@@ -337,7 +350,9 @@ class Door:
                              headers={"Retry-After": str(max(1, round(wait + 0.5)))})
                 )  # fmt: skip
             try:
-                await run_in_threadpool(self._audit_refusal, scope, request_id, err)
+                await run_in_threadpool(
+                    self._audit_refusal, scope, request_id, client_request_id, err
+                )
             except Exception:
                 return _responder(audit_unavailable())
             return _responder(err)
@@ -359,7 +374,9 @@ class Door:
             return _responder(err)
         return None
 
-    def _resolve(self, token: str, request_id: str) -> RequestContext:
+    def _resolve(
+        self, token: str, request_id: str, client_request_id: str | None
+    ) -> RequestContext:
         try:
             if is_api_key(token):
                 tenant, key_id, secret = split_api_key(token)
@@ -371,7 +388,7 @@ class Door:
                 principal = Principal(tenant, f"service:{issuer}", scopes, on_behalf_of=user)
         except CredentialError as err:
             raise unauthorized(str(err)) from None
-        return RequestContext(principal, stores, request_id, egress=self.egress)
+        return RequestContext(principal, stores, request_id, client_request_id, egress=self.egress)
 
     def _open(self, tenant: str, refusal: str) -> TenantStores:
         """The tenant's stores (one existence check, in ``open``), or the refusal."""
@@ -380,11 +397,14 @@ class Door:
         except UnknownTenantError:
             raise CredentialError(refusal) from None
 
-    def _audit_refusal(self, scope: Scope, request_id: str, err: ApiError) -> None:
+    def _audit_refusal(
+        self, scope: Scope, request_id: str, client_request_id: str | None, err: ApiError
+    ) -> None:
         """Refusals that resolve to no tenant go to the cluster's own audit log."""
         self.system_audit.write(
             AuditRecord(
                 request_id=request_id,
+                client_request_id=client_request_id,
                 principal=f"anonymous@{_client(scope)}",
                 action=f"{scope['method']} {scope['path']}"[:64],
                 outcome="denied",
@@ -459,9 +479,10 @@ def _bearer(scope: Scope) -> str | None:
     return token if kind.lower() == "bearer" and token else None
 
 
-def _request_id(scope: Scope) -> str:
+def _client_request_id(scope: Scope) -> str | None:
+    """The caller's ``X-Request-ID`` when well formed (else dropped: it is echoed and stored)."""
     given = _header(scope, b"x-request-id")
-    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given and _REQUEST_ID.fullmatch(given) else None
 
 
 def _client(scope: Scope) -> str:

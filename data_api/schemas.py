@@ -4,7 +4,7 @@ beyond what the operation is for (metadata in lists, bounded snippets in search)
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -89,8 +89,56 @@ class EntryPublic(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, entry: Entry) -> EntryPublic:
+    def of(cls, entry: Entry) -> Self:
         return cls.model_validate({**entry.public(), "metadata": entry.metadata})
+
+
+_WITHHELD = (
+    "; null in the answer to a credential without `read` scope whose upload matched an "
+    "existing entry: it learns that the bytes are there (the entry id), nothing about the "
+    "stored entry"
+)
+_ECHOED = (
+    "; to a credential without `read` scope whose upload matched an existing entry, the "
+    "value it sent, not the stored entry's"
+)
+
+
+class UploadedEntry(EntryPublic):
+    """The entry an upload made or matched. A credential that may not read gets, for bytes
+    already stored, the entry id and what it sent itself, never the stored entry's name,
+    metadata, status, timestamps or processing details."""
+
+    source_name: str = Field(description="The file name" + _ECHOED)
+    media_type: str = Field(description="The media type" + _ECHOED)
+    metadata: dict[str, Any] = Field(description="The metadata" + _ECHOED)
+    status: Literal["pending", "processing", "indexed", "failed"] | None = Field(
+        description="Processing status" + _WITHHELD
+    )
+    reason: str | None = Field(description="Why processing failed, if it did" + _WITHHELD)
+    pages: int | None = Field(description="Pages extracted, once indexed" + _WITHHELD)
+    chunks: int | None = Field(description="Chunks indexed, once indexed" + _WITHHELD)
+    created_at: datetime | None = Field(description="When the entry was made" + _WITHHELD)
+    updated_at: datetime | None = Field(description="When it last changed" + _WITHHELD)
+
+    @classmethod
+    def receipt(
+        cls,
+        entry_id: str,
+        *,
+        dataset: str,
+        source_name: str,
+        media_type: str,
+        size: int,
+        sha256: str,
+        metadata: dict[str, Any],
+    ) -> UploadedEntry:
+        """Only what the uploader knows already: the id it is told, and its own request."""
+        return cls(
+            entry_id=entry_id, dataset=dataset, source_name=source_name, media_type=media_type,
+            size=size, sha256=sha256, metadata=metadata, status=None, reason=None, pages=None,
+            chunks=None, created_at=None, updated_at=None,
+        )  # fmt: skip
 
 
 class EntryList(Page):

@@ -29,11 +29,13 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from resources.tenancy import TenantId, validate_dataset
@@ -130,7 +132,9 @@ class AuditRow(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    request_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))  # the server's, unique
+    # The caller's own X-Request-ID, kept for correlation only (migration 0002).
+    client_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tenant: Mapped[str | None] = mapped_column(String(40), nullable=True)
     principal: Mapped[str] = mapped_column(String(200))
     on_behalf_of: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -189,6 +193,7 @@ class AuditRecord:
     dataset: str | None = None
     status_code: int | None = None
     detail: str | None = None
+    client_request_id: str | None = None  # the caller's X-Request-ID beside the server's
     at: datetime | None = None
     id: int | None = None
 
@@ -206,7 +211,25 @@ class AuditLog:
         self._session = sessionmaker(engine, expire_on_commit=False)
 
     def create(self) -> None:
-        AuditRow.__table__.create(self.engine, checkfirst=True)  # type: ignore[attr-defined]
+        """Create the table, or bring one an older release made up to date. The cluster's
+        log is this one table outside Alembic (tenant catalogs are migrated by
+        ``resources.migrate``), so its new nullable columns are simply added."""
+        table = AuditRow.__table__
+        table.create(self.engine, checkfirst=True)  # type: ignore[attr-defined]
+        present = self._columns()
+        for column in table.columns:  # type: ignore[attr-defined]
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=self.engine.dialect)
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+            except OperationalError:  # another process may have added it meanwhile
+                if column.name not in self._columns():
+                    raise
+
+    def _columns(self) -> set[str]:
+        return {c["name"] for c in inspect(self.engine).get_columns(AuditRow.__tablename__)}
 
     def write(self, record: AuditRecord) -> None:
         """Append ``record``; raises if it cannot be stored (the caller must then fail)."""
@@ -341,6 +364,12 @@ class Catalog:
         return cls(tenant, sqlite_engine(path))
 
     # -- lifecycle -----------------------------------------------------------------------
+    def upgrade_if_behind(self) -> bool:
+        """Migrate a catalog made by older code; one query when it is current."""
+        from resources.migrate import upgrade_if_behind
+
+        return upgrade_if_behind(self.engine)
+
     def create(self) -> None:
         """Migrate the schema to the newest revision and add the tenant row (idempotent)."""
         from resources.migrate import upgrade

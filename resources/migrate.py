@@ -7,6 +7,7 @@ stamped at the baseline, so it is upgraded rather than recreated.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from alembic import command
@@ -35,6 +36,22 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             Base.metadata.create_all(connection)  # the baseline's tables it lacks
             command.stamp(config, BASELINE)
         command.upgrade(config, revision)
+
+
+@lru_cache(maxsize=1)
+def head() -> str | None:
+    """The newest revision of the migrations shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config(None)).get_current_head()
+
+
+def upgrade_if_behind(engine: Engine) -> bool:
+    """Upgrade a catalog made by older code (one query when it is current); whether it was."""
+    if current(engine) == head():
+        return False
+    upgrade(engine)
+    return True
 
 
 def current(engine: Engine) -> str | None:

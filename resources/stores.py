@@ -293,6 +293,8 @@ class TenantRegistry:
             )
             if self.settings.tenant_plane and not self.backends.catalog.server:
                 stores.catalog.create()  # an embedded catalog in a data plane: made once
+            else:  # a catalog made by older code is brought up to date once per handle
+                stores.catalog.upgrade_if_behind()
             self._open[key] = stores
         if stale is not None:
             stale.close()

@@ -29,6 +29,7 @@ from data_api.schemas import (
     EntryText,
     Metadata,
     PageTextPublic,
+    UploadedEntry,
 )
 from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus
 from resources.extract import (
@@ -88,18 +89,25 @@ UPLOAD_BODY: dict[str, Any] = {
     "",
     status_code=202,
     responses={
-        200: {"model": EntryPublic, "description": "These bytes are already an entry here"},
+        200: {
+            "model": UploadedEntry,
+            "description": "These bytes are already an entry here (to a credential without "
+            "`read` scope: the entry id and its own request only)",
+        },
         **error_responses(400, 404, 413, 415),
     },
     openapi_extra=UPLOAD_BODY,
 )
 async def upload_entry(
     request: Request, response: Response, ctx: Writer, settings: Settings
-) -> EntryPublic:
+) -> UploadedEntry:
     """Store one file as a `pending` entry; the pipeline then indexes it.
 
     `202` for a new entry, `200` with the existing entry when the same bytes were already
     uploaded to the dataset. Poll `GET /v1/entries/{entry_id}` for `indexed` or `failed`.
+    A credential without `read` scope gets, for bytes already there, the entry id and what it
+    sent (name, media type, size, SHA-256, metadata); the stored entry's status, timestamps,
+    pages, chunks and reason are null.
     """
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
@@ -163,16 +171,14 @@ async def upload_entry(
     if worker is not None and registration.outcome == "new":
         worker.notify(ctx.stores.tenant)
     response.status_code = status
-    public = EntryPublic.of(entry)
     if registration.outcome != "new" and not ctx.principal.allows("read"):
         # The same bytes were there already, perhaps from someone else: a key that may not
-        # read learns that they exist, not their name, metadata or processing details.
-        # (Its status and timestamps still show; see the stop note of issue 11's first step.)
-        public = public.model_copy(
-            update={"source_name": name, "metadata": metadata, "reason": None,
-                    "pages": None, "chunks": None}
+        # read learns that they exist (the id), and gets back only what it sent itself.
+        return UploadedEntry.receipt(
+            entry.id, dataset=dataset, source_name=name, media_type=media_type, size=size,
+            sha256=entry.sha256, metadata=metadata,
         )  # fmt: skip
-    return public
+    return UploadedEntry.of(entry)
 
 
 @router.get("", responses=error_responses())

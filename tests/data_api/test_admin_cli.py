@@ -100,3 +100,51 @@ def test_audit_shows_control_characters_escaped(
     assert "\u202e" not in shown.output
     assert "\\x1b[2J" in shown.output and "\\u202e" in shown.output
     assert "[bold red]x[/]" in shown.output  # markup shown literally
+
+
+def test_audit_shows_the_client_request_id_beside_the_servers(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`alien audit` outputs both ids, in JSON and in the table, for a tenant's log and for a
+    cluster log made by the previous release (its table gains the column when opened)."""
+    import sqlite3
+
+    settings = AlienSettings(home=home, api_worker=False)
+    settings.system_dir.mkdir(parents=True)
+    with sqlite3.connect(settings.system_dir / "audit.db") as old:  # audit_log as 0001 made it
+        old.execute(
+            "CREATE TABLE audit_log (id INTEGER NOT NULL PRIMARY KEY, at DATETIME NOT NULL, "
+            "request_id VARCHAR(64) NOT NULL, tenant VARCHAR(40), principal VARCHAR(200) "
+            "NOT NULL, on_behalf_of VARCHAR(200), action VARCHAR(64) NOT NULL, entry_id "
+            "VARCHAR(64), dataset VARCHAR(63), outcome VARCHAR(32) NOT NULL, status_code "
+            "INTEGER, detail TEXT)"
+        )
+        old.execute(
+            "INSERT INTO audit_log (at, request_id, principal, action, outcome, status_code) "
+            "VALUES ('2026-01-01 00:00:00', 'older', 'anonymous@x', 'GET /v1/entries', "
+            "'denied', 401)"
+        )
+    key = _run("keys", "create", "--tenant", "acme")["key"]
+    with TestClient(create_app(settings)) as client:
+        served = client.get(
+            "/v1/entries", headers={"Authorization": f"Bearer {key}", "X-Request-ID": "job-7"}
+        )
+        refused = client.get("/v1/entries", headers={"X-Request-ID": "job-8"})
+    assert (served.status_code, refused.status_code) == (200, 401)
+
+    (row,) = [r for r in _run("audit", "--tenant", "acme")["records"]
+              if r["action"] == "list_entries"]  # fmt: skip
+    assert row["request_id"] == served.headers["x-request-id"] != "job-7"
+    assert row["client_request_id"] == "job-7"
+    newest, oldest = _run("audit")["records"]
+    assert newest["request_id"] == refused.headers["x-request-id"]
+    assert newest["client_request_id"] == "job-8"
+    assert (oldest["request_id"], oldest["client_request_id"]) == ("older", None)
+
+    import alien.cli
+
+    monkeypatch.setattr(alien.cli.out, "width", 400)  # no cell cut short
+    shown = CliRunner().invoke(main, ["audit", "--tenant", "acme"])
+    assert shown.exit_code == 0, shown.output
+    assert "client request id" in shown.output
+    assert "job-7" in shown.output and served.headers["x-request-id"] in shown.output

@@ -3,6 +3,7 @@ uploads are idempotent; the audit log is part of every request; limits hold."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -535,14 +536,68 @@ def test_a_server_failure_is_answered_with_its_request_id_and_audited(
         raise RuntimeError("/srv/secret/path: a bug")
 
     monkeypatch.setattr(search_route, "run_search", broken)
-    answer = client.post("/v1/search", json={"query": "surge"}, headers=world.auth("a"))
+    headers = {**world.auth("a"), "X-Request-ID": "client-trace-500"}
+    answer = client.post("/v1/search", json={"query": "surge"}, headers=headers)
     assert answer.status_code == 500
     request_id = answer.headers["x-request-id"]
     body = answer.json()["error"]
     assert body["code"] == "internal_error" and request_id in body["message"]
+    assert request_id != "client-trace-500" and "client-trace-500" not in body["message"]
     assert "/srv/secret" not in answer.text and "RuntimeError" not in answer.text
     (row,) = [r for r in world.a.catalog.audit.records(limit=20) if r.request_id == request_id]
     assert (row.outcome, row.status_code) == ("error", 500)
+
+
+def test_request_ids_are_the_servers_with_the_clients_kept_beside_them(
+    client: TestClient, world: World
+) -> None:
+    """Request ids were the caller's X-Request-ID when well formed: chosen by the client and
+    not unique. Now the server makes every one; the caller's is stored and echoed beside it."""
+    from resources.catalog import AuditLog, sqlite_engine
+
+    sent = {**world.auth("a"), "X-Request-ID": "trace-42"}
+    answers = [client.get("/v1/entries", headers=sent) for _ in range(2)]
+    ids = [a.headers["x-request-id"] for a in answers]
+    assert all(a.status_code == 200 for a in answers)
+    assert ids[0] != ids[1] and "trace-42" not in ids
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)  # uuid4 hex
+    assert [a.headers["x-client-request-id"] for a in answers] == ["trace-42", "trace-42"]
+    rows = {r.request_id: r for r in world.a.catalog.audit.records(limit=20)}
+    assert [rows[i].client_request_id for i in ids] == ["trace-42", "trace-42"]
+
+    # A refusal (no tenant: the cluster's log) keeps the caller's id beside the server's too.
+    refused = client.get("/v1/entries", headers={"X-Request-ID": "trace-43"})
+    assert refused.status_code == 401
+    assert refused.headers["x-client-request-id"] == "trace-43"
+    cluster = AuditLog(sqlite_engine(world.settings.system_dir / "audit.db")).records(limit=5)
+    row = next(r for r in cluster if r.request_id == refused.headers["x-request-id"])
+    assert row.client_request_id == "trace-43"
+
+    # No X-Request-ID: a server id, nothing stored or echoed beside it.
+    plain = client.get("/v1/entries", headers=world.auth("a"))
+    assert "x-client-request-id" not in plain.headers
+    (row,) = [r for r in world.a.catalog.audit.records(limit=5)
+              if r.request_id == plain.headers["x-request-id"]]  # fmt: skip
+    assert row.client_request_id is None
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    ["has space", "x" * 65, "semi;colon", 'quote"d', "caf\u00e9", "new\nline"],
+    ids=["space", "too-long", "semicolon", "quote", "non-ascii", "newline"],
+)
+def test_a_malformed_client_request_id_is_neither_stored_nor_echoed(
+    client: TestClient, world: World, malformed: str
+) -> None:
+    # Bytes, so that the client sends them as they are (it would refuse some as text).
+    headers = [(b"authorization", f"Bearer {world.keys['a']}".encode()),
+               (b"x-request-id", malformed.encode())]  # fmt: skip
+    answer = client.get("/v1/entries", headers=headers)
+    assert answer.status_code == 200
+    assert "x-client-request-id" not in answer.headers
+    request_id = answer.headers["x-request-id"]
+    (row,) = [r for r in world.a.catalog.audit.records(limit=5) if r.request_id == request_id]
+    assert row.client_request_id is None
 
 
 def test_oversized_headers_are_refused_before_anything_else(
@@ -687,8 +742,37 @@ def test_a_write_only_key_learns_nothing_from_re_uploading_known_bytes(
     body = again.json()
     assert body["source_name"] == "guess.txt" and body["metadata"] == {"probe": True}
     assert "secret-plan" not in again.text and "cfo" not in again.text
+    # Nothing of the stored entry's processing or history either: only what it sent.
+    withheld = ("status", "reason", "pages", "chunks", "created_at", "updated_at")
+    assert {k: body[k] for k in withheld} == dict.fromkeys(withheld)
+    assert (body["size"], body["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert (body["dataset"], body["media_type"]) == ("default", "text/plain")
+    assert first.json()["created_at"] not in again.text
+    # A key that may read gets the stored entry, as GET /v1/entries/{id} would show it.
     entry = first.json()["entry_id"]
+    reader = client.post(
+        "/v1/entries",
+        headers=world.auth("a"),
+        files={"file": ("other-name.txt", data, "text/plain")},
+    )
+    stored = client.get(f"/v1/entries/{entry}", headers=world.auth("a")).json()
+    assert reader.status_code == 200 and reader.json() == stored
+    assert stored["source_name"] == "secret-plan.txt" and stored["status"] == "pending"
+    assert stored["created_at"] is not None and stored["metadata"] == {"owner": "cfo"}
     assert client.delete(f"/v1/entries/{entry}", headers=world.auth("a")).status_code == 204
+
+
+def test_the_upload_answer_is_documented_with_what_a_write_only_key_is_not_told(
+    client: TestClient,
+) -> None:
+    """The OpenAPI document (schemathesis checks answers against it) allows the nulls."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    uploaded = schemas["UploadedEntry"]["properties"]
+    for field in ("status", "reason", "pages", "chunks", "created_at", "updated_at"):
+        assert {"type": "null"} in uploaded[field]["anyOf"], field
+        assert "without `read` scope" in uploaded[field]["description"]
+    entry = schemas["EntryPublic"]["properties"]
+    assert "anyOf" not in entry["status"] and "anyOf" not in entry["created_at"]
 
 
 def test_a_failure_while_the_credential_is_checked_is_answered_and_identified(

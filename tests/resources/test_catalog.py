@@ -2,13 +2,17 @@
 a database and role made for the test's tenant, schema by the Alembic migrations)."""
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from resources.catalog import AuditRecord, Catalog, EntryStatus, ManifestRecord
-from resources.migrate import current
+from resources.migrate import current, upgrade
 from resources.tenancy import InvalidTenantError, TenantId, validate_dataset
+
+HEAD = "0002"
 
 
 def _add(catalog, uri="file:///a.pdf", sha="s1"):
@@ -24,7 +28,8 @@ def _add(catalog, uri="file:///a.pdf", sha="s1"):
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def catalog(request, tmp_path):
+def bare_catalog(request, tmp_path):
+    """A tenant's catalog whose database exists but holds no tables yet."""
     if request.param == "sqlite":
         cat = Catalog.embedded(TenantId("acme"), tmp_path / "catalog.db")
     else:
@@ -42,10 +47,67 @@ def catalog(request, tmp_path):
             assert not provisioner.exists(tenant)
 
         request.addfinalizer(retire)
-    cat.create()
-    cat.create()  # idempotent
-    assert current(cat.engine) == "0001"
     return cat
+
+
+@pytest.fixture
+def catalog(bare_catalog):
+    bare_catalog.create()
+    bare_catalog.create()  # idempotent
+    assert current(bare_catalog.engine) == HEAD
+    return bare_catalog
+
+
+def _audit_columns(catalog):
+    return {c["name"] for c in inspect(catalog.engine).get_columns("audit_log")}
+
+
+def test_a_catalog_at_0001_is_upgraded_and_keeps_its_audit_rows(bare_catalog):
+    """0002 adds audit_log.client_request_id to a catalog made by the previous release; the
+    rows it holds survive, with no client id. Its downgrade takes the column away again."""
+    from alembic import command
+
+    from resources.migrate import _config
+
+    upgrade(bare_catalog.engine, "0001")
+    assert current(bare_catalog.engine) == "0001"
+    assert "client_request_id" not in _audit_columns(bare_catalog)
+    with bare_catalog.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO audit_log (at, request_id, principal, action, outcome) "
+                 "VALUES (:at, 'before', 'key:k1', 'search', 'ok')"),
+            {"at": datetime.now(UTC)},
+        )  # fmt: skip
+    bare_catalog.create()  # what provisioning runs: migrations to the newest revision
+    assert current(bare_catalog.engine) == HEAD
+    assert "client_request_id" in _audit_columns(bare_catalog)
+    bare_catalog.audit.write(
+        AuditRecord("after", "key:k1", "search", "ok", client_request_id="theirs-1")
+    )
+    records = bare_catalog.audit.records()
+    assert [(r.request_id, r.client_request_id) for r in records] == [
+        ("after", "theirs-1"),
+        ("before", None),
+    ]
+    with bare_catalog.engine.begin() as conn:
+        command.downgrade(_config(conn), "0001")
+    assert current(bare_catalog.engine) == "0001"
+    assert "client_request_id" not in _audit_columns(bare_catalog)
+    with bare_catalog.engine.connect() as conn:
+        kept = conn.execute(text("SELECT request_id FROM audit_log ORDER BY id")).scalars()
+        assert list(kept) == ["before", "after"]
+
+
+def test_a_catalog_from_before_migrations_without_an_audit_log_reaches_head(bare_catalog):
+    """Its missing tables come from today's models (audit_log with client_request_id
+    already), then it is stamped at 0001: 0002 must find the column there and go on."""
+    upgrade(bare_catalog.engine, "0001")
+    with bare_catalog.engine.begin() as conn:
+        conn.execute(text("DROP TABLE audit_log"))
+        conn.execute(text("DROP TABLE alembic_version"))
+    bare_catalog.create()
+    assert current(bare_catalog.engine) == HEAD
+    assert "client_request_id" in _audit_columns(bare_catalog)
 
 
 def test_entries_statuses_and_pending_marker(catalog):
