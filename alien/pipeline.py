@@ -39,14 +39,8 @@ from alien.layout import (
 )
 from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
 from resources.chunking import Chunk, chunk_pages
-from resources.extract import (
-    IMAGE_TYPES,
-    PDF,
-    DocumentLimits,
-    ExtractionError,
-    PageText,
-    extract_pages,
-)
+from resources.extract import IMAGE_TYPES, PDF, DocumentLimits, ExtractionError, PageText
+from resources.extract_worker import BoundedExtractor, ExtractionJob
 from resources.keywords import KeywordDoc
 from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
 from resources.settings import AlienSettings
@@ -268,7 +262,20 @@ def run_ocr_output(
     mistral = _mistral(settings)
     engine = f"mistral:{settings.mistral_ocr_model}" if mistral else stores.ocr.name
     config = f"ocr={engine}:{settings.ocr_languages}:{settings.ocr_dpi}"
-    with stores.lock(TEXT):
+    job = ExtractionJob(
+        ocr=stores.ocr,
+        ocr_dpi=settings.ocr_dpi,
+        max_text_bytes=settings.max_text_bytes,
+        limits=DocumentLimits(
+            max_page_pixels=settings.max_page_pixels,
+            max_pages=settings.max_pages_per_entry,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+        ),
+    )
+    bounded = BoundedExtractor(
+        job, memory_mb=settings.extract_memory_mb, seconds=settings.max_seconds_per_entry
+    )
+    with stores.lock(TEXT), bounded:
         plan = _plan(stores, TEXT, _upstream_of(stores, RAW), config, full_refresh)
         stores.catalog.set_status([eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING)
         ocr_pages = 0
@@ -294,19 +301,9 @@ def run_ocr_output(
                         for figure in result.figures:
                             stores.objects.put_bytes(figure_key(eid, figure.id), figure.data)
                     else:
-                        pages = list(
-                            extract_pages(
-                                path,
-                                entry.media_type,
-                                ocr=stores.ocr,
-                                ocr_dpi=settings.ocr_dpi,
-                                max_text_bytes=settings.max_text_bytes,
-                                limits=DocumentLimits(
-                                    max_page_pixels=settings.max_page_pixels,
-                                    max_pages=settings.max_pages_per_entry,
-                                ),
-                            )
-                        )
+                        # In a child with bounded memory and time: one document cannot take
+                        # the server down, and one over a cap does not stop the others.
+                        pages = bounded.extract(path, entry.media_type)
             except OcrBudgetExceeded as err:  # left pending: the next run has a new budget
                 stores.catalog.set_status([eid], EntryStatus.PENDING, public_reason(str(err)))
                 report.details["deferred"] = report.details.get("deferred", 0) + 1
@@ -349,6 +346,7 @@ def run_ocr_output(
         report.removed = len(plan.remove)
         report.unchanged = plan.unchanged
         report.details["ocr_pages"] = ocr_pages
+        report.details["readers_replaced"] = bounded.restarts
     report.seconds = time.perf_counter() - started
     return report
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
+
+from resources.child_process import die_with_parent, reap, start_child
 
 if TYPE_CHECKING:  # the child imports nothing before it has tied its life to the parent's
     import numpy as np
@@ -40,30 +40,12 @@ class EmbeddingWorker:
     """Client side: starts the child at once and answers ``embed`` through it."""
 
     def __init__(self, model: str, batch_size: int, device: str) -> None:
-        parent, child = socket.socketpair()
-        env = dict(os.environ)  # the child's Embedder sets the offline switches itself
-        # ``-m`` must find this package also where it is not installed (a source checkout).
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_import_root(), env.get("PYTHONPATH")]))
         if os.path.isdir(model):  # a model directory given relative to the caller's cwd
             model = os.path.abspath(model)
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "resources.embedding_worker",
-                str(os.getpid()),
-                str(child.fileno()),
-                model,
-                str(batch_size),
-                device,
-            ],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            env=env,
+        # The child's Embedder sets the offline switches itself.
+        self._proc, self._conn = start_child(
+            "resources.embedding_worker", [model, str(batch_size), device]
         )
-        child.close()
-        self._conn = Connection(parent.detach())
         self._lock = threading.Lock()
         self._ready = False
         self._hung_up = False
@@ -114,30 +96,7 @@ class EmbeddingWorker:
         self._reap()
 
     def _reap(self) -> int:
-        """The child's exit status, once it has exited (killed if it takes over 5 s)."""
-        try:
-            return self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            return self._proc.wait()
-
-
-def _import_root() -> str:
-    """The directory that holds the ``resources`` package (so ``-m`` finds it)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this process when its parent dies; exit if it has already."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # it died before the line above took effect
-        os._exit(0)
+        return reap(self._proc)
 
 
 def serve(fd: int, model: str, batch_size: int, device: str) -> None:
@@ -177,5 +136,5 @@ def serve(fd: int, model: str, batch_size: int, device: str) -> None:
 
 
 if __name__ == "__main__":
-    _die_with_parent(int(sys.argv[1]))
+    die_with_parent(int(sys.argv[1]))
     serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])

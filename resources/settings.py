@@ -47,6 +47,24 @@ class AlienSettings(BaseSettings):
     max_chunks_per_entry: int = Field(
         default=20_000, ge=1, description="Chunks of one document, checked before embedding"
     )
+    max_decompressed_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024 * 1024,
+        description="What a PDF's compressed streams may inflate to, counted before the PDF "
+        "is parsed (a few kilobytes of zeros can inflate to gigabytes)",
+    )
+    max_seconds_per_entry: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Wall time to read one document (text layer and OCR): a document over it "
+        "fails, and the next one goes on",
+    )
+    extract_memory_mb: int = Field(
+        default=2048,
+        ge=256,
+        description="Address space of the process that reads one document (and of each "
+        "Tesseract process it starts): a document that needs more fails",
+    )
     fusion: Literal["convex", "rrf"] = Field(
         default="convex",
         description="Hybrid fusion: convex combination of normalised scores, or reciprocal rank",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import uuid
@@ -173,6 +174,8 @@ def bad_documents(directory: Path) -> dict[str, str]:
     (directory / "archive.zip").write_bytes(b"PK\x03\x04" + os.urandom(512))
     (directory / "page-bomb.pdf").write_bytes(page_size_bomb(pages=3))
     (directory / "pixel-bomb.png").write_bytes(pixel_bomb_png(12_000, 12_000))
+    (directory / "stream-bomb.pdf").write_bytes(inflating_stream_pdf(STREAM_BOMB_BYTES))
+    (directory / "many-pages.pdf").write_bytes(blank_pages_pdf(5_001))
     return {
         "empty.txt": "empty file",
         "corrupt.pdf": "corrupt PDF",
@@ -181,7 +184,60 @@ def bad_documents(directory: Path) -> dict[str, str]:
         "archive.zip": "unsupported media type",
         "page-bomb.pdf": r"page 1 would be \d+ x \d+ pixels at \d+ dpi.*ALIEN_MAX_PAGE_PIXELS",
         "pixel-bomb.png": "12000 x 12000 pixels.*ALIEN_MAX_PAGE_PIXELS",
+        "stream-bomb.pdf": "inflate to more than 2,147,483,648 bytes.*MAX_DECOMPRESSED_BYTES",
+        "many-pages.pdf": "5,001 pages, over the cap of 5,000 pages.*ALIEN_MAX_PAGES_PER_ENTRY",
     }
+
+
+# Just over the default cap on what a PDF's streams may inflate to (2 GiB).
+STREAM_BOMB_BYTES = 2 * 1024**3 + 1024**2
+
+
+@functools.cache
+def inflating_stream_pdf(inflated: int) -> bytes:
+    """A valid one-page PDF whose content stream, about 1/1000 of ``inflated`` on disk,
+    inflates to ``inflated`` bytes of spaces (the red team's "inflating stream")."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    block = b" " * 1024**2
+    whole, rest = divmod(inflated, len(block))
+    data = b"".join(packer.compress(block) for _ in range(whole))
+    data += packer.compress(b" " * rest) + packer.flush()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(data), data),
+    ]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    out.write(b"".join(b"%010d 00000 n \n" % o for o in offsets))
+    out.write(
+        b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    )
+    return out.getvalue()
+
+
+def blank_pages_pdf(pages: int) -> bytes:
+    """A PDF of ``pages`` small empty pages (a few hundred kilobytes for thousands)."""
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument.new()
+    try:
+        for _ in range(pages):
+            doc.new_page(200, 200)
+        buf = io.BytesIO()
+        doc.save(buf)
+    finally:
+        doc.close()
+    return buf.getvalue()
 
 
 def page_size_bomb(pages: int = 1) -> bytes:

@@ -103,48 +103,127 @@ def test_media_type_detection():
     assert html_to_text("<p>a</p><p>b</p>") == "a\n\nb"
 
 
-# The most one hostile document may add to a process reading it: Python with pdfium and
-# Pillow loaded peaks near 100 MB here; the bomb below would take gigabytes if rendered.
+# The most one hostile document may cost: the server (the process that hands documents to the
+# reader) stays near its own size, and the reader child, Python with pdfium and Pillow, peaks
+# near 100 MB here. Unbounded, the page bomb took 1.55 GB here and Tesseract 3.1 GB more; the
+# stream bomb took pdfium to 3.2 GB.
 PEAK_BOUND_MB = 300
 
-# VmHWM is this process's own peak; getrusage's ru_maxrss would include the parent's
-# (Linux carries it across fork and exec), which is the test runner holding a model.
+# VmHWM is this process's own peak; RUSAGE_CHILDREN is the largest peak of its reaped children
+# (the reader, and the Tesseract processes it started).
 _PEAK_SCRIPT = """
-import sys
+import resource, sys
 from pathlib import Path
-from resources.extract import ExtractionError, extract_pages
+from resources.extract import DocumentLimits, ExtractionError
+from resources.extract_worker import BoundedExtractor, ExtractionJob
 from resources.ocr import TesseractOcr
-try:
-    list(extract_pages(Path(sys.argv[1]), sys.argv[2], ocr=TesseractOcr(), ocr_dpi=200))
-    print("no error")
-except ExtractionError as err:
-    print(err)
+job = ExtractionJob(TesseractOcr(), 200, 32 * 1024 * 1024, DocumentLimits())
+with BoundedExtractor(job, memory_mb=2048, seconds=120) as reader:
+    try:
+        reader.extract(Path(sys.argv[1]), sys.argv[2])
+        print("no error")
+    except ExtractionError as err:
+        print(err)
 status = Path("/proc/self/status").read_text()
 print(next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:")) // 1024)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
 """
 
 
 @pytest.mark.parametrize(
-    ("name", "media_type"), [("page-bomb.pdf", "application/pdf"), ("pixel-bomb.png", "image/png")]
+    ("name", "media_type", "cap"),
+    [
+        ("page-bomb.pdf", PDF, "ALIEN_MAX_PAGE_PIXELS"),
+        ("pixel-bomb.png", "image/png", "ALIEN_MAX_PAGE_PIXELS"),
+        ("stream-bomb.pdf", PDF, "ALIEN_MAX_DECOMPRESSED_BYTES"),
+        ("many-pages.pdf", PDF, "ALIEN_MAX_PAGES_PER_ENTRY"),
+    ],
 )
 def test_a_hostile_document_fails_on_its_cap_with_bounded_memory(
-    tmp_path: Path, name: str, media_type: str
+    tmp_path: Path, name: str, media_type: str, cap: str
 ) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO, page_size_bomb, pixel_bomb_png
+    from tests.conftest import REPO, bad_documents
 
+    bad_documents(tmp_path)
     path = tmp_path / name
-    path.write_bytes(page_size_bomb(3) if name.endswith(".pdf") else pixel_bomb_png(12_000, 12_000))
-    assert path.stat().st_size < 300_000  # a small file...
+    assert path.stat().st_size < 3_000_000  # a small file...
     run = subprocess.run(
         [sys.executable, "-c", _PEAK_SCRIPT, str(path), media_type],
         capture_output=True, text=True, timeout=120, cwd=REPO, check=True,
     )  # fmt: skip
-    message, peak_mb = run.stdout.strip().rsplit("\n", 1)
-    assert "ALIEN_MAX_PAGE_PIXELS" in message
-    assert int(peak_mb) < PEAK_BOUND_MB, f"peak RSS {peak_mb} MB"  # ...that stays small
+    message, server_mb, reader_mb = run.stdout.strip().rsplit("\n", 2)
+    assert cap in message
+    assert int(server_mb) < PEAK_BOUND_MB, f"server peak RSS {server_mb} MB"  # ...that stays
+    assert int(reader_mb) < PEAK_BOUND_MB, f"reader peak RSS {reader_mb} MB"  # small
+
+
+def _reader(memory_mb: int = 2048, seconds: float = 120.0, **limits: int):
+    from resources.extract import DocumentLimits
+    from resources.extract_worker import BoundedExtractor, ExtractionJob
+
+    job = ExtractionJob(TesseractOcr(), 200, 32 * 1024 * 1024, DocumentLimits(**limits))
+    return BoundedExtractor(job, memory_mb=memory_mb, seconds=seconds)
+
+
+def test_a_document_over_the_memory_cap_fails_and_the_next_is_read(tmp_path: Path) -> None:
+    from tests.conftest import page_size_bomb
+
+    bomb = tmp_path / "bomb.pdf"
+    bomb.write_bytes(page_size_bomb(1))
+    # With the pixel cap lifted, the page would render to 1.6 billion pixels: the reader's
+    # address-space limit stops it instead.
+    with _reader(memory_mb=512, max_page_pixels=10**11) as reader:
+        with pytest.raises(ExtractionError, match=r"more than the cap of 512 MB .*MEMORY_MB"):
+            reader.extract(bomb, PDF)
+        assert reader.restarts == 1
+        pages = reader.extract(PDFS / "camlidl-manual.pdf", PDF)
+    assert pages[0].text.startswith("Camlidl user")
+
+
+@needs_tesseract
+def test_a_document_over_the_time_cap_fails_and_the_next_is_read() -> None:
+    scanned = PDFS / "camlidl-manual.p8-10.scanned.pdf"  # three pages of OCR: seconds
+    with _reader(seconds=0.5) as reader:
+        with pytest.raises(ExtractionError, match=r"cap of 0.5 s per entry .*SECONDS_PER_ENTRY"):
+            reader.extract(scanned, PDF)
+        assert reader.restarts == 1
+        assert reader.extract(PDFS / "camlidl-manual.pdf", PDF)[0].text.startswith("Camlidl")
+
+
+@needs_tesseract
+def test_a_reader_that_dies_fails_its_document_only() -> None:
+    import os
+    import signal
+    import threading
+
+    with _reader() as reader:
+        reader.extract(PDFS / "camlidl-manual.pdf", PDF)  # the child is up
+        child = reader._proc
+        assert child is not None
+        # As a parser crash would, while it reads three pages of OCR.
+        threading.Timer(0.5, os.kill, (child.pid, signal.SIGSEGV)).start()
+        with pytest.raises(ExtractionError, match=r"reader died \(signal SIGSEGV\)"):
+            reader.extract(PDFS / "camlidl-manual.p8-10.scanned.pdf", PDF)
+        reader.extract(PDFS / "camlidl-manual.pdf", PDF)  # a new reader
+        child = reader._proc
+        assert child is not None
+        child.kill()  # between documents, from outside
+        child.wait()
+        assert len(reader.extract(PDFS / "camlidl-manual.pdf", PDF)) == 26  # a new reader
+
+
+def test_inflated_size_counts_flate_streams_in_pieces(tmp_path: Path) -> None:
+    from resources.extract import inflated_size
+    from tests.conftest import inflating_stream_pdf
+
+    path = tmp_path / "s.pdf"
+    path.write_bytes(inflating_stream_pdf(5 * 1024**2 + 7))
+    assert inflated_size(path, stop_after=1 << 40) == 5 * 1024**2 + 7
+    assert 1024**2 < inflated_size(path, stop_after=1024**2) <= 2 * 1024**2  # stops early
+    assert 0 < inflated_size(PDFS / "camlidl-manual.pdf", stop_after=1 << 40) < 10**7
 
 
 def test_more_pages_than_the_cap_fail_before_any_is_read(tmp_path: Path) -> None:

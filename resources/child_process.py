@@ -1,0 +1,66 @@
+"""Python child processes of this package that die with their parent.
+
+The embedding worker and the extraction worker are both ``python -m resources.<module>``
+children that talk to their parent over a socket pair with ``multiprocessing.connection``
+framing. A child ties its life to the parent's first thing (``PR_SET_PDEATHSIG``), so a parent
+killed mid-run leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+
+def import_root() -> str:
+    """The directory that holds the ``resources`` package (so ``-m`` finds it)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_child(
+    module: str, args: list[str], *, new_session: bool = False
+) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start ``python -m module <parent pid> <fd> *args``; returns it and the parent's end.
+
+    ``new_session`` puts the child in a process group of its own, so killing the group also
+    ends what the child started (Tesseract).
+    """
+    parent, child = socket.socketpair()
+    env = dict(os.environ)
+    # ``-m`` must find this package also where it is not installed (a source checkout).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, str(os.getpid()), str(child.fileno()), *args],
+        pass_fds=(child.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        start_new_session=new_session,
+    )
+    child.close()
+    return proc, Connection(parent.detach())
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent dies; exit if it has already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the line above took effect
+        os._exit(0)
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
+    """The child's exit status, once it has exited (killed if it takes over ``timeout``)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -1,0 +1,183 @@
+"""Extraction and OCR of one document at a time, in a child process with bounded memory and time.
+
+A hostile document that gets past every cap checked before reading (pixels, pages, inflated
+size) can still ask a parser for more than the server has. So the pipeline reads documents in
+a child process whose address space is limited (``RLIMIT_AS``, inherited by the Tesseract
+processes it starts) and gives each document a wall-time budget: a document over either ends
+``failed`` with the cap named, the child is replaced, and the next document goes on.
+
+One child serves a whole step, document after document (starting Python per document would
+cost more than most text files take to read); it is started when first needed and again after
+it was killed. It talks to the parent over a socket pair, like the embedding worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from resources.child_process import die_with_parent, reap, start_child
+from resources.extract import DocumentLimits, ExtractionError, PageText, extract_pages
+from resources.ocr import OcrEngine
+
+MODULE = "resources.extract_worker"
+# Exit status of a child that ran out of memory in Python (a MemoryError it could report).
+_OUT_OF_MEMORY = 3
+
+
+class ExtractionCrash(RuntimeError):
+    """The child failed in a way nobody foresaw; the message is for the service log."""
+
+
+@dataclass(frozen=True)
+class ExtractionJob:
+    """What the child needs besides the file: the same for every document of a step."""
+
+    ocr: OcrEngine
+    ocr_dpi: int
+    max_text_bytes: int
+    limits: DocumentLimits
+
+
+class BoundedExtractor:
+    """``extract`` reads one document in the child, within ``memory_mb`` and ``seconds``."""
+
+    def __init__(self, job: ExtractionJob, *, memory_mb: int, seconds: float) -> None:
+        self.job = job
+        self.memory_mb = memory_mb
+        self.seconds = seconds
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self.restarts = 0  # children replaced after a cap or a crash
+
+    def __enter__(self) -> BoundedExtractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def extract(self, path: Path, media_type: str) -> list[PageText]:
+        conn = self._connection()
+        try:
+            conn.send((str(path), media_type))
+        except OSError:
+            raise ExtractionError(self._died()) from None
+        if not conn.poll(self.seconds):
+            self._kill()
+            raise ExtractionError(
+                f"reading the document took longer than the cap of {self.seconds:g} s per "
+                "entry (ALIEN_MAX_SECONDS_PER_ENTRY)"
+            )
+        try:
+            kind, value = conn.recv()
+        except (EOFError, OSError):
+            raise ExtractionError(self._died()) from None
+        if kind == "pages":
+            return list(value)
+        if kind == "error":
+            raise ExtractionError(value)
+        if kind == "memory":
+            self._kill()
+            raise ExtractionError(self._over_memory())
+        raise ExtractionCrash(value)
+
+    def close(self) -> None:
+        """End the child (it exits on end of input) and reap it."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            reap(self._proc)
+            self._proc = None
+
+    def _connection(self) -> Connection:
+        if self._proc is not None and self._proc.poll() is not None:
+            self.close()  # it died between documents (killed from outside): a new one
+        if self._conn is None:
+            self._proc, self._conn = start_child(MODULE, [str(self.memory_mb)], new_session=True)
+            self._conn.send(self.job)
+        return self._conn
+
+    def _kill(self) -> None:
+        """Kill the child and whatever it started (its own process group), and reap it."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self.close()
+        self.restarts += 1
+
+    def _died(self) -> str:
+        proc = self._proc
+        code = reap(proc) if proc is not None else None
+        self._kill()
+        if code == _OUT_OF_MEMORY:
+            return self._over_memory()
+        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"status {code}"
+        return (
+            f"the document reader died ({how}) while reading the document, within its memory "
+            f"cap of {self.memory_mb:,} MB (ALIEN_EXTRACT_MEMORY_MB): the file is malformed or "
+            "needs more memory than the cap"
+        )
+
+    def _over_memory(self) -> str:
+        return (
+            f"reading the document needed more than the cap of {self.memory_mb:,} MB of memory "
+            "(ALIEN_EXTRACT_MEMORY_MB)"
+        )
+
+
+def serve(fd: int, memory_mb: int) -> None:
+    """Child side: bound this process's memory, then read documents until the parent hangs up."""
+    import resource
+
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    conn = Connection(fd)
+    try:
+        job: ExtractionJob = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+
+    def reply(kind: str, value: object) -> None:
+        try:
+            conn.send((kind, value))
+        except OSError:  # the parent has gone
+            os._exit(0)
+
+    while True:
+        try:
+            path, media_type = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            pages = list(
+                extract_pages(
+                    Path(path),
+                    media_type,
+                    ocr=job.ocr,
+                    ocr_dpi=job.ocr_dpi,
+                    max_text_bytes=job.max_text_bytes,
+                    limits=job.limits,
+                )
+            )
+        except ExtractionError as err:
+            reply("error", str(err))
+        except MemoryError:
+            reply("memory", None)
+            os._exit(_OUT_OF_MEMORY)
+        except Exception as err:
+            reply("crash", f"{type(err).__name__}: {err}")
+        else:
+            reply("pages", pages)
+
+
+if __name__ == "__main__":
+    import sys
+
+    die_with_parent(int(sys.argv[1]))
+    serve(int(sys.argv[2]), int(sys.argv[3]))
