@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,30 +63,60 @@ _VERSIONS = {RAW: 1, TEXT: 1, CHUNKS: 1, EMBEDDINGS: 1, VECTORS: 1, KEYWORDS: 1}
 
 Progress = Callable[[str, int, int], None]
 
-# Set by a caller that runs the Dagster job in its own process (the CLI), to see progress and
-# the steps' reports; a run launched by the Dagster daemon has no observer.
-_observer: tuple[Progress | None, list[StepReport]] | None = None
+
+class RunCancelled(Exception):
+    """The run was asked to stop (its worker is shutting down). Whatever was finished stays;
+    the entries it was working on stay ``processing`` and the next run takes them up."""
+
+
+@dataclass
+class _Observer:
+    listener: Progress | None
+    reports: list[StepReport]
+    cancel: threading.Event | None
+
+
+# Set by a caller that runs the Dagster job in its own thread (the CLI, the API's worker), to
+# see progress and the steps' reports and to cancel; per thread, since the API's worker runs
+# several tenants' jobs side by side. A run launched by the Dagster daemon has no observer.
+_local = threading.local()
+
+
+def _current() -> _Observer | None:
+    return getattr(_local, "observer", None)
 
 
 @contextlib.contextmanager
-def observe(listener: Progress | None = None) -> Iterator[list[StepReport]]:
-    """Collect the reports (and progress) of steps run in this process meanwhile."""
-    global _observer
+def observe(
+    listener: Progress | None = None, cancel: threading.Event | None = None
+) -> Iterator[list[StepReport]]:
+    """Collect the reports (and progress) of steps run in this thread meanwhile; once
+    ``cancel`` is set, the steps stop at their next entry or batch (``RunCancelled``)."""
     reports: list[StepReport] = []
-    previous, _observer = _observer, (listener, reports)
+    previous = _current()
+    _local.observer = _Observer(listener, reports, cancel)
     try:
         yield reports
     finally:
-        _observer = previous
+        _local.observer = previous
 
 
 def progress_listener() -> Progress | None:
-    return _observer[0] if _observer else None
+    current = _current()
+    return current.listener if current else None
 
 
 def record_report(report: StepReport) -> None:
-    if _observer is not None:
-        _observer[1].append(report)
+    current = _current()
+    if current is not None:
+        current.reports.append(report)
+
+
+def check_cancelled(*_: object) -> None:
+    """Raise ``RunCancelled`` if this thread's run was asked to stop."""
+    current = _current()
+    if current is not None and current.cancel is not None and current.cancel.is_set():
+        raise RunCancelled("the run was cancelled before it finished")
 
 
 @dataclass
@@ -273,13 +304,17 @@ def run_ocr_output(
         ),
     )
     bounded = BoundedExtractor(
-        job, memory_mb=settings.extract_memory_mb, seconds=settings.max_seconds_per_entry
+        job,
+        memory_mb=settings.extract_memory_mb,
+        seconds=settings.max_seconds_per_entry,
+        interrupt=check_cancelled,
     )
     with stores.lock(TEXT), bounded:
         plan = _plan(stores, TEXT, _upstream_of(stores, RAW), config, full_refresh)
         stores.catalog.set_status([eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING)
         ocr_pages = 0
         for n, (eid, input_hash, sha) in enumerate(plan.todo, 1):
+            check_cancelled()
             entry = stores.catalog.get_entry(eid)
             if entry is None:
                 continue
@@ -312,6 +347,8 @@ def run_ocr_output(
                 _fail(stores, TEXT, eid, input_hash, sha, str(err))
                 report.failed += 1
                 continue
+            except RunCancelled:
+                raise
             except Exception as err:  # a bug must not block the other entries
                 _fail(stores, TEXT, eid, input_hash, sha, _unexpected(err))
                 report.failed += 1
@@ -366,6 +403,7 @@ def run_chunks(stores: TenantStores, full_refresh: bool = False) -> StepReport:
     with stores.lock(CHUNKS):
         plan = _plan(stores, CHUNKS, _upstream_of(stores, TEXT), config, full_refresh)
         for eid, input_hash, sha in plan.todo:
+            check_cancelled()
             try:
                 pages = read_pages(stores, eid)
                 chunks = chunk_pages(eid, pages, embedder.tokenizer, max_tokens)
@@ -440,7 +478,14 @@ def run_embeddings(
                 return
             texts = [c.text for *_, chunks in group for c in chunks]
             t0 = time.perf_counter()
-            vectors = embedder.embed(texts)
+            before = done
+
+            def batch_done(count: int) -> None:
+                check_cancelled()  # between batches: a large entry stops in seconds
+                if progress:
+                    progress(EMBEDDINGS, before + count, total)
+
+            vectors = embedder.embed(texts, on_batch=batch_done)
             model_seconds += time.perf_counter() - t0
             offset = 0
             records = []
@@ -466,8 +511,6 @@ def run_embeddings(
             report.processed += len(group)
             report.chunks += len(texts)
             done += len(texts)
-            if progress:
-                progress(EMBEDDINGS, done, total)
             group, pending = [], 0
 
         for eid, input_hash, sha in plan.todo:
@@ -531,6 +574,7 @@ def _run_index_step(
     with stores.lock(step):
         plan = _plan(stores, step, _upstream_of(stores, upstream), "", full_refresh)
         for eid, input_hash, sha in plan.todo:
+            check_cancelled()
             entry = stores.catalog.get_entry(eid)
             if entry is None:
                 continue  # deleted meanwhile

@@ -7,6 +7,7 @@ UI started by ``make dev``); the in-process executor keeps one embedding model f
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,6 +27,16 @@ DAGSTER_YAML = f"""\
 {MARKER}
 telemetry:
   enabled: false
+concurrency:
+  runs:
+    # Tenants side by side, one run per tenant at a time: the daemon's queue launches another
+    # tenant's run while one tenant's large upload is still being processed.
+    max_concurrent_runs: {{max_runs}}
+    tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 """
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -48,8 +59,9 @@ def dagster_yaml(settings: AlienSettings) -> str:
     """The instance configuration for these settings. A tenant's data plane keeps its runs
     in SQLite under its own ``ALIEN_HOME``: it holds no credential for the cluster's
     Dagster database."""
+    base = DAGSTER_YAML.format(max_runs=settings.ingest_concurrency)
     if settings.mode != "cluster" or not settings.postgres_url or settings.tenant_plane:
-        return DAGSTER_YAML
+        return base
     import json
 
     from resources.postgres import DAGSTER_DATABASE, ensure_database
@@ -57,7 +69,7 @@ def dagster_yaml(settings: AlienSettings) -> str:
     url = ensure_database(settings.postgres_url, DAGSTER_DATABASE)
     # dagster-postgres speaks psycopg2; the URL names it so SQLAlchemy does not guess.
     dagster_url = url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return DAGSTER_YAML + f"storage:\n  postgres:\n    postgres_url: {json.dumps(dagster_url)}\n"
+    return base + f"storage:\n  postgres:\n    postgres_url: {json.dumps(dagster_url)}\n"
 
 
 def dagster_instance(settings: AlienSettings) -> DagsterInstance:
@@ -101,8 +113,10 @@ def run_ingest(
     *,
     full_refresh: bool = False,
     listener: pipeline.Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunOutcome:
-    """Materialize every pipeline asset for ``tenant`` and wait for the result."""
+    """Materialize every pipeline asset for ``tenant`` in this thread and wait for the result;
+    setting ``cancel`` stops it at the next entry or batch of chunks."""
     from alien_assets import defs
     from alien_assets.assets import FULL_REFRESH_TAG
     from resources.dagster_resources import AlienStoresResource
@@ -114,7 +128,7 @@ def run_ingest(
     if full_refresh:
         tags[FULL_REFRESH_TAG] = "true"
     started = time.perf_counter()
-    with pipeline.observe(listener) as reports:
+    with pipeline.observe(listener, cancel) as reports:
         result = job.execute_in_process(
             instance=instance,
             partition_key=tenant,

@@ -117,7 +117,7 @@ def rank_chunks(
         ]
     if mode in ("hybrid", "vector"):
         if query_vector is None:
-            query_vector = stores.embedder.embed([query])[0]
+            query_vector = stores.embedder.embed([query], urgent=True)[0]
         vector = [
             RankedChunk(h.id, h.score, h.entry_id)
             for h in stores.vectors.search(query_vector, depth, dataset=dataset, entries=entries)

@@ -45,7 +45,10 @@ def _materialize(
     step: Callable[[TenantStores, dg.AssetExecutionContext], StepReport],
 ) -> dg.MaterializeResult:
     tenant_stores = stores.for_tenant(context.partition_key)
-    report = step(tenant_stores, context)
+    try:
+        report = step(tenant_stores, context)
+    except pipeline.RunCancelled as err:  # asked to stop: no retry, the next run resumes
+        raise dg.Failure(description=str(err), allow_retries=False) from None
     pipeline.record_report(report)
     context.log.info(f"{report.step} for {context.partition_key}: {report.metadata()}")
     return dg.MaterializeResult(metadata={"tenant": context.partition_key, **report.metadata()})

@@ -4,12 +4,21 @@ Started by the Data API when ``ALIEN_API_WORKER`` is on (the default), for deplo
 Dagster daemon. Each run goes through the Dagster ``ingest`` job, so it is recorded in the
 instance like the sensor's runs; the per-tenant step locks keep it from colliding with one.
 The model stays loaded between runs, which is what makes small uploads quick to index.
+
+Tenants are served side by side, not one after the other: each tenant with waiting work gets
+a run of its own in a thread (one run per tenant at a time, up to
+``ALIEN_INGEST_CONCURRENCY`` tenants at once). The model is shared batch by batch in order
+of arrival (``resources.embedder.FairTurns``) and each run reads its documents in its own
+child process, so one tenant's thousand-page upload delays another tenant's small one by a
+batch of chunks, not by the whole document. Stopping the worker cancels its runs at their next
+entry or batch; what they had not finished stays ``processing`` for the next run.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from alien.runner import run_ingest
 from resources.settings import AlienSettings
@@ -23,7 +32,7 @@ class IngestWorker:
         self,
         settings: AlienSettings,
         registry: TenantRegistry,
-        on_run: object | None = None,
+        on_run: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -32,6 +41,7 @@ class IngestWorker:
         self._stop = threading.Event()
         self._due: set[str] = set()
         self._lock = threading.Lock()
+        self._running: dict[str, threading.Thread] = {}
         self._thread = threading.Thread(target=self._loop, name="alien-ingest", daemon=True)
         self.runs = 0
 
@@ -39,9 +49,14 @@ class IngestWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop scheduling, cancel the runs in flight and wait for them to wind down."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        with self._lock:
+            running = list(self._running.values())
+        for thread in running:
+            thread.join(timeout)
 
     def notify(self, tenant: str) -> None:
         """An upload arrived for ``tenant``: run soon rather than at the next poll."""
@@ -49,16 +64,24 @@ class IngestWorker:
             self._due.add(str(tenant))
         self._wake.set()
 
-    def _tenants_waiting(self) -> list[str]:
+    @property
+    def running(self) -> list[str]:
+        """The tenants whose runs are in flight now."""
         with self._lock:
-            due, self._due = self._due, set()
+            return sorted(self._running)
+
+    def _tenants_waiting(self) -> tuple[set[str], set[str]]:
+        """Tenants notified of uploads since the last look, and tenants found with work."""
+        with self._lock:
+            notified, self._due = self._due, set()
+        found = set()
         for tenant in self.registry.list():
             try:
                 if self.registry.open(tenant).catalog.has_unfinished():
-                    due.add(str(tenant))
+                    found.add(str(tenant))
             except Exception as err:  # one tenant's broken catalog must not stop the others
                 log.warning("tenant %s: cannot read its catalog (%s); skipped", tenant, err)
-        return sorted(due)
+        return notified, found
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -67,27 +90,42 @@ class IngestWorker:
             if self._stop.is_set():
                 return
             try:
-                tenants = self._tenants_waiting()
+                notified, found = self._tenants_waiting()
             except Exception:
                 log.exception("listing tenants with pending entries failed")
                 continue
-            for tenant in tenants:
-                if self._stop.is_set():
-                    return
-                self._run(tenant)
+            with self._lock:
+                for tenant in sorted(notified | found):
+                    if tenant in self._running:
+                        if tenant in notified:  # uploads during its run: another run after it
+                            self._due.add(tenant)
+                        continue
+                    if len(self._running) >= self.settings.ingest_concurrency:
+                        self._due.add(tenant)  # its turn comes when a run ends
+                        continue
+                    thread = threading.Thread(
+                        target=self._run, args=(tenant,), name=f"alien-ingest-{tenant}", daemon=True
+                    )
+                    self._running[tenant] = thread
+                    thread.start()
 
     def _run(self, tenant: str) -> None:
         try:
-            outcome = run_ingest(self.settings, tenant)
+            outcome = run_ingest(self.settings, tenant, cancel=self._stop)
         except Exception:
             log.exception("pipeline run for tenant %s failed", tenant)
             self._count("error")
             return
+        finally:
+            with self._lock:
+                self._running.pop(tenant, None)
+                if self._due:  # a tenant waits for this slot, or this one got uploads since
+                    self._wake.set()
         self.runs += 1
         if not outcome.success:
             log.error("pipeline run for tenant %s failed: %s", tenant, outcome.error)
         self._count("success" if outcome.success else "failure")
 
     def _count(self, outcome: str) -> None:
-        if callable(self.on_run):
+        if self.on_run is not None:
             self.on_run(outcome)

@@ -647,7 +647,7 @@ DATA_PLANE_SETTINGS = (
     "fusion", "fusion_keyword_weight", "fusion_k", "fusion_depth",
     "api_max_page_size", "api_max_top_k", "api_snippet_chars", "api_max_json_bytes",
     "api_rate_per_second", "api_egress_bytes_per_hour",
-    "api_rate_burst", "api_worker", "api_worker_poll_seconds",
+    "api_rate_burst", "api_worker", "api_worker_poll_seconds", "ingest_concurrency",
     "service_token_public_key", "service_token_issuer", "service_token_audience",
     "service_token_leeway_seconds", "service_token_max_lifetime_seconds", "cluster_id",
 )  # fmt: skip

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,39 @@ class ModelTokenizer:
         return len(self._tok.encode(text, add_special_tokens=special_tokens).ids)
 
 
+class FairTurns:
+    """Callers take turns at the model one batch at a time, in order of arrival.
+
+    A caller with thousands of chunks (one tenant's large document) goes back to the end of
+    the line after each batch, so another caller's batch (another tenant's small upload)
+    waits for one batch, never for the whole document. An urgent caller (a search's query)
+    goes to the front of the line.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()
+        self._busy = False
+
+    @contextlib.contextmanager
+    def turn(self, urgent: bool = False) -> Iterator[None]:
+        me = object()
+        with self._cond:
+            if urgent:
+                self._waiting.appendleft(me)
+            else:
+                self._waiting.append(me)
+            self._cond.wait_for(lambda: not self._busy and self._waiting[0] is me)
+            self._waiting.popleft()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Embedder:
     """Turns texts into L2-normalised vectors.
 
@@ -85,6 +120,7 @@ class Embedder:
         self._worker: EmbeddingWorker | None = None
         self._in_process = False  # the model is loaded, or loading, in this process
         self._loaded: Any = None
+        self._turns = FairTurns()
 
     @property
     def loaded(self) -> bool:
@@ -173,10 +209,38 @@ class Embedder:
                 return int(data["hidden_size"])
         return int(self._model.get_sentence_embedding_dimension())
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for ``texts`` (float32, shape (len(texts), dimension), unit length)."""
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        urgent: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Vectors for ``texts`` (float32, shape (len(texts), dimension), unit length).
+
+        Texts are embedded a batch at a time, longest first (as sentence-transformers does,
+        so a batch pads little), each batch in its turn at the model (``FairTurns``): callers
+        in other threads interleave with this one. ``on_batch`` is called after each batch
+        with the number of texts done so far; it may raise to stop (a cancelled run).
+        ``urgent`` puts each batch at the front of the line (a query waiting for an answer).
+        """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: np.ndarray | None = None
+        for start in range(0, len(order), self.batch_size):
+            picked = order[start : start + self.batch_size]
+            with self._turns.turn(urgent):
+                vectors = self._embed_batch([texts[i] for i in picked])
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[picked] = vectors
+            if on_batch is not None:
+                on_batch(start + len(picked))
+        assert out is not None
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
         worker = self._worker
         if worker is not None:
             try:
@@ -187,7 +251,7 @@ class Embedder:
                         self._worker = None
                 raise
         vectors = self._model.encode(
-            list(texts),
+            texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,

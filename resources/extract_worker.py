@@ -17,6 +17,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -26,6 +28,7 @@ from resources.extract import DocumentLimits, ExtractionError, PageText, extract
 from resources.ocr import OcrEngine
 
 MODULE = "resources.extract_worker"
+_INTERRUPT_POLL_S = 0.5
 # Exit status of a child that ran out of memory in Python (a MemoryError it could report).
 _OUT_OF_MEMORY = 3
 
@@ -47,10 +50,20 @@ class ExtractionJob:
 class BoundedExtractor:
     """``extract`` reads one document in the child, within ``memory_mb`` and ``seconds``."""
 
-    def __init__(self, job: ExtractionJob, *, memory_mb: int, seconds: float) -> None:
+    def __init__(
+        self,
+        job: ExtractionJob,
+        *,
+        memory_mb: int,
+        seconds: float,
+        interrupt: Callable[[], None] | None = None,
+    ) -> None:
         self.job = job
         self.memory_mb = memory_mb
         self.seconds = seconds
+        # Called about twice a second while a document is read; if it raises, the reading
+        # is abandoned (the child killed) and the exception goes to the caller.
+        self.interrupt = interrupt
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self.restarts = 0  # children replaced after a cap or a crash
@@ -67,7 +80,7 @@ class BoundedExtractor:
             conn.send((str(path), media_type))
         except OSError:
             raise ExtractionError(self._died()) from None
-        if not conn.poll(self.seconds):
+        if not self._answered(conn):
             self._kill()
             raise ExtractionError(
                 f"reading the document took longer than the cap of {self.seconds:g} s per "
@@ -85,6 +98,22 @@ class BoundedExtractor:
             self._kill()
             raise ExtractionError(self._over_memory())
         raise ExtractionCrash(value)
+
+    def _answered(self, conn: Connection) -> bool:
+        """Wait for the child's answer within the time cap, polling ``interrupt``."""
+        deadline = time.monotonic() + self.seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if conn.poll(min(left, _INTERRUPT_POLL_S)):
+                return True
+            if self.interrupt is not None:
+                try:
+                    self.interrupt()
+                except BaseException:
+                    self._kill()
+                    raise
 
     def close(self) -> None:
         """End the child (it exits on end of input) and reap it."""

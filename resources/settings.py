@@ -199,6 +199,14 @@ class AlienSettings(BaseSettings):
         "(turn off where the Dagster daemon's ingestion sensor does it)",
     )
     api_worker_poll_seconds: float = Field(default=5.0, gt=0)
+    ingest_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Tenants ingested side by side, one run per tenant at a time, by the API's "
+        "worker and by the Dagster daemon's run queue: one tenant's large upload does not "
+        "hold up another's",
+    )
     ingest_in_data_plane: bool = Field(
         default=False,
         description="Each tenant's Data API pod ingests its own uploads with its own "

@@ -16,10 +16,11 @@ import dagster as dg
 import pytest
 
 from alien.documents import register_bytes
+from alien.runner import use_home
 from resources.catalog import EntryStatus
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
-from tests.conftest import REPO
+from tests.conftest import PDFS, REPO, pdf_pages
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
@@ -63,8 +64,7 @@ def test_sensor_and_backfill_under_dagster_dev(tmp_path):
     home = tmp_path / "home"
     settings = AlienSettings(home=home)
     stores = TenantRegistry(settings).create("dropbox")
-    (home / "dagster").mkdir(parents=True)
-    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    use_home(settings)  # the instance alien writes: its run queue serves tenants side by side
     port = _free_port()
     env = dict(os.environ, ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     log = (tmp_path / "dagster-dev.log").open("wb")
@@ -129,6 +129,30 @@ def test_sensor_and_backfill_under_dagster_dev(tmp_path):
         assert all(r.is_success for r in done)
         assert all(r.tags.get("alien/full_refresh") == "true" for r in done)
         assert other.catalog.entries()[0].status == EntryStatus.INDEXED
+
+        # Fairness between sensor-launched runs: a 1,050-page PDF in one tenant's inbox does
+        # not hold up a small file that lands in another tenant's inbox just after it.
+        stores.objects.put_bytes(
+            "inbox/big.pdf", pdf_pages(PDFS / "camlidl-manual.pdf", [i % 26 for i in range(1_050)])
+        )
+        deadline = time.monotonic() + 60
+        while not any(e.source_name == "big.pdf" for e in stores.catalog.entries()):
+            assert time.monotonic() < deadline, "the big file was not picked up"
+            time.sleep(1)
+        other.objects.put_bytes("inbox/small.txt", b"Lichens grow slowly on alpine granite.")
+        started = time.monotonic()
+        while True:
+            small = [e for e in other.catalog.entries() if e.source_name == "small.txt"]
+            if small and small[0].status == EntryStatus.INDEXED:
+                break
+            assert time.monotonic() - started < 60, (tmp_path / "dagster-dev.log").read_text()[
+                -3000:
+            ]
+            time.sleep(1)
+        waited = time.monotonic() - started
+        (big,) = [e for e in stores.catalog.entries() if e.source_name == "big.pdf"]
+        assert big.status in (EntryStatus.PENDING, EntryStatus.PROCESSING), "A finished first"
+        print(f"sensor runs: B indexed in {waited:.0f} s while A's 1,050 pages were processing")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

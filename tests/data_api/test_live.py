@@ -218,3 +218,46 @@ def test_readme_curl_examples_work_as_written(live: Live, tmp_path: Path) -> Non
         PDFS / "live-manual.en.pdf"
     ).read_bytes()
     assert run.stdout.rstrip().endswith("}") and "entry_not_found" in run.stdout.splitlines()[-1]
+
+
+def test_a_small_upload_is_not_held_up_by_another_tenants_large_one(tmp_path: Path) -> None:
+    """Tenant A uploads a 1,200-page PDF (about 150 s of embedding here), then tenant B a
+    one-line text: B's entry is indexed within 30 s while A's is still being processed, and
+    stopping the server cancels A's run in seconds, leaving it for the next run."""
+    from tests.conftest import pdf_pages
+
+    home = tmp_path / "home"
+    env = dict(os.environ, ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"),
+               ALIEN_API_WORKER_POLL_SECONDS="1")  # fmt: skip
+    keys = {t: _key(env, t, "read,search,write") for t in ("big-a", "small-b")}
+    pages = pdf_pages(PDFS / "camlidl-manual.pdf", [i % 26 for i in range(1_200)])
+
+    def status(client: httpx.Client, entry: str) -> str:
+        return client.get(f"/v1/entries/{entry}").json()["status"]
+
+    with LocalServer(env, home / "serve.log") as server:
+        a = httpx.Client(base_url=server.url, timeout=60,
+                         headers={"Authorization": f"Bearer {keys['big-a']}"})  # fmt: skip
+        b = httpx.Client(base_url=server.url, timeout=60,
+                         headers={"Authorization": f"Bearer {keys['small-b']}"})  # fmt: skip
+        big = a.post("/v1/entries", files={"file": ("big.pdf", pages, "application/pdf")})
+        assert big.status_code == 202, big.text
+        time.sleep(2)  # A's run is under way
+        started = time.monotonic()
+        small = b.post("/v1/entries", files={"file": ("note.txt", b"Lichens grow slowly.")})
+        assert small.status_code == 202, small.text
+        while status(b, small.json()["entry_id"]) != "indexed":
+            assert time.monotonic() - started < 30, f"B waited:\n{server.log.read_text()}"
+            time.sleep(0.5)
+        waited = time.monotonic() - started
+        assert status(a, big.json()["entry_id"]) in ("pending", "processing"), "A finished first"
+        hits = b.post("/v1/search", json={"query": "lichens", "mode": "keyword"}).json()
+        assert [h["entry_id"] for h in hits["results"]] == [small.json()["entry_id"]]
+        stopping = time.monotonic()
+        server.stop()
+        stopped = time.monotonic() - stopping
+    print(f"B indexed in {waited:.1f} s while A was processing; stop took {stopped:.1f} s")
+    assert stopped < 20, "stopping did not cancel A's run"
+    registry = TenantRegistry(AlienSettings(home=home))
+    entry = registry.open("big-a").catalog.get_entry(big.json()["entry_id"])
+    assert entry is not None and entry.status == "processing"  # the next run takes it up

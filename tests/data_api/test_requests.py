@@ -643,7 +643,7 @@ def test_a_tenant_with_a_corrupt_catalog_does_not_stop_the_worker(tmp_path: Path
         (registry.tenant_dir(broken.tenant) / name).unlink(missing_ok=True)
     (registry.tenant_dir(broken.tenant) / "catalog.db").write_bytes(b"not a database" * 100)
     assert registry.list() == ["tenant-x", "tenant-y"]  # listed, yet skipped
-    assert IngestWorker(settings, registry)._tenants_waiting() == ["tenant-y"]
+    assert IngestWorker(settings, registry)._tenants_waiting() == (set(), {"tenant-y"})
 
 
 def test_refused_requests_are_throttled_per_client_address(tmp_path: Path) -> None:

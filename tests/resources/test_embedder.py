@@ -118,3 +118,68 @@ def test_a_dead_worker_fails_the_call_and_the_next_call_runs_here(in_process: Em
     assert embedder.worker_pid is None
     np.testing.assert_allclose(embedder.embed(TEXTS), in_process.embed(TEXTS), atol=1e-6)
     assert embedder.loaded
+
+
+def test_batches_in_any_order_give_the_vectors_of_one_call(in_process: Embedder) -> None:
+    """Texts go to the model a batch at a time, longest first; the answer keeps their order."""
+    texts = [f"{'wing ' * (i % 7)}flutter test number {i}" for i in range(11)]
+    whole = np.asarray(
+        in_process._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    )
+    done: list[int] = []
+    small = Embedder(worker=False, batch_size=3)
+    small._loaded = in_process._model  # the same weights, smaller batches
+    vectors = small.embed(texts, on_batch=done.append)
+    assert done == [3, 6, 9, 11]
+    assert np.allclose(vectors, whole, atol=1e-5)
+
+
+def test_on_batch_may_stop_the_call(in_process: Embedder) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(count: int) -> None:
+        if count >= 2:
+            raise Stop
+
+    small = Embedder(worker=False, batch_size=1)
+    small._loaded = in_process._model
+    seen: list[int] = []
+    with pytest.raises(Stop):
+        small.embed(["a", "b", "c", "d"], on_batch=lambda n: (seen.append(n), stop_after_two(n)))
+    assert seen == [1, 2]
+
+
+def test_fair_turns_interleave_callers_and_let_urgent_ones_first() -> None:
+    """A caller with many batches goes back in line after each: a caller that arrives with
+    one batch waits for one turn, not for all of the first caller's."""
+    import threading
+
+    from resources.embedder import FairTurns
+
+    turns = FairTurns()
+    order: list[str] = []
+    first_started = threading.Event()
+
+    def caller(name: str, batches: int, urgent: bool = False) -> None:
+        for _ in range(batches):
+            with turns.turn(urgent):
+                order.append(name)
+                first_started.set()
+                time.sleep(0.05)
+
+    big = threading.Thread(target=caller, args=("big", 6))
+    big.start()
+    first_started.wait(5)
+    small = threading.Thread(target=caller, args=("small", 1))
+    small.start()
+    time.sleep(0.02)
+    query = threading.Thread(target=caller, args=("query", 1, True))
+    query.start()
+    for thread in (big, small, query):
+        thread.join(10)
+    assert order.count("big") == 6
+    # the urgent query jumps the line; the small caller is served within two of big's turns
+    assert order.index("query") <= 2
+    assert order.index("small") <= 3
+    assert order[-1] == "big"
