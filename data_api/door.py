@@ -139,12 +139,11 @@ class RateLimiter:
 class EgressBudget:
     """Bytes of content (originals, text, chunks, snippets) each principal may receive per
     hour, refilled continuously: the data cluster's answer to "no bulk export", since every
-    single request is small but many of them add up to a copy of the tenant."""
+    single request is small but many of them add up to a copy of the tenant. The buckets live
+    in the tenant's catalog (``EgressLedger``), shared by every process that serves it."""
 
     def __init__(self, settings: AlienSettings) -> None:
         self.settings = settings
-        self._buckets: dict[int, RateLimiter] = {}
-        self._lock = threading.Lock()
 
     def budget(self, tenant: str) -> int:
         by_tenant = self.settings.api_egress_bytes_per_hour_by_tenant
@@ -157,9 +156,9 @@ class EgressBudget:
             return  # unlimited
         if nbytes > budget:  # never servable to this credential, however long it waits
             self._refuse(ctx, action, nbytes, budget, None, audit)
-        with self._lock:
-            bucket = self._buckets.setdefault(budget, RateLimiter(budget / 3600.0, budget))
-        wait = bucket.take(ctx.principal.rate_key, float(nbytes))
+        # Kept in the tenant's catalog: every replica of its Data API, and a restarted one,
+        # spends from the same bucket.
+        wait = ctx.stores.catalog.egress.take(ctx.principal.rate_key, nbytes, budget)
         if wait > 0:
             self._refuse(ctx, action, nbytes, budget, max(1, round(wait + 0.5)), audit)
 

@@ -7,7 +7,9 @@ rather than fail.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,12 +21,14 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     delete,
     event,
@@ -34,6 +38,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -144,6 +150,50 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EgressRow(Base):
+    """What one principal may still receive: a token bucket of bytes, kept in the tenant's
+    catalog so every replica of the tenant's Data API (and a restarted one) shares it."""
+
+    __tablename__ = "egress_buckets"
+    principal: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of its key
+    tokens: Mapped[float] = mapped_column(Float)  # bytes left at ``at``
+    at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+
+
+class EgressLedger:
+    """Byte budgets per principal, refilled continuously, on one tenant's catalog."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def take(self, principal: str, nbytes: int, per_hour: int, now: float | None = None) -> float:
+        """Take ``nbytes`` from the principal's bucket of ``per_hour`` bytes, or take nothing;
+        the seconds to wait until they would fit (0.0: taken). One statement decides, so
+        concurrent requests from several processes never both spend the same bytes."""
+        now = time.time() if now is None else now
+        principal = hashlib.sha256(principal.encode()).hexdigest()  # bounded, and no names
+        rate = per_hour / 3600.0
+        t = EgressRow.__table__
+        refill = t.c.tokens + (now - t.c.at) * rate
+        level = case((refill > per_hour, float(per_hour)), else_=refill)
+        dialect = self.engine.dialect.name
+        insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(t)
+        statement = insert.values(principal=principal, tokens=per_hour - nbytes, at=now)
+        statement = statement.on_conflict_do_update(
+            index_elements=[t.c.principal],
+            set_={"tokens": level - nbytes, "at": now},
+            where=level >= nbytes,
+        ).returning(t.c.tokens)  # a row comes back only if it took (rowcount is unreliable)
+        with self.engine.begin() as conn:
+            if conn.execute(statement).first() is not None:
+                return 0.0
+            tokens, at = conn.execute(
+                select(t.c.tokens, t.c.at).where(t.c.principal == principal)
+            ).one()
+        have = min(float(per_hour), tokens + (now - at) * rate)
+        return max(0.0, (nbytes - have) / rate)
 
 
 @dataclass(frozen=True)
@@ -358,6 +408,7 @@ class Catalog:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
         self.audit = AuditLog(engine)
+        self.egress = EgressLedger(engine)
 
     @classmethod
     def embedded(cls, tenant: TenantId, path: Path) -> Catalog:

@@ -711,6 +711,11 @@ def test_the_egress_budget_stops_a_bulk_copy_and_is_audited(tmp_path: Path) -> N
             answer = client.get(f"/v1/entries/{big.id}/content",
                                 headers={"Authorization": f"Bearer {unlimited}"})  # fmt: skip
             assert answer.status_code == 200
+    # Another replica of the API (or this one restarted) spends from the same bucket: the
+    # budget is kept in the tenant's catalog, not in a process.
+    with TestClient(create_app(settings)) as replica:
+        again = replica.get(f"/v1/entries/{ids[3]}/content", headers=auth)
+        assert again.status_code == 429, again.text
     denied = [r for r in stores.catalog.audit.records(limit=50)
               if r.outcome == "denied" and r.detail == "egress_budget_exceeded"]  # fmt: skip
     assert {r.action for r in denied} == {"get_entry_content", "get_entry_text"}
