@@ -27,6 +27,12 @@ DAGSTER_YAML = f"""\
 {MARKER}
 telemetry:
   enabled: false
+# Steps log through Dagster's event log. Capturing stdout/stderr would redirect the whole
+# process's file descriptors for each run: with runs of several tenants side by side in one
+# process (the API's worker), one run's output would land in another's log.
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
 concurrency:
   runs:
     # Tenants side by side, one run per tenant at a time: the daemon's queue launches another

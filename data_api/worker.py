@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from alien.runner import run_ingest
@@ -42,6 +43,7 @@ class IngestWorker:
         self._due: set[str] = set()
         self._lock = threading.Lock()
         self._running: dict[str, threading.Thread] = {}
+        self._last_start: dict[str, float] = {}  # when each tenant's last run began
         self._thread = threading.Thread(target=self._loop, name="alien-ingest", daemon=True)
         self.runs = 0
 
@@ -49,14 +51,16 @@ class IngestWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop scheduling, cancel the runs in flight and wait for them to wind down."""
+        """Stop scheduling, cancel the runs in flight and wait (``timeout`` in all) for them
+        to wind down."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
         with self._lock:
             running = list(self._running.values())
         for thread in running:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def notify(self, tenant: str) -> None:
         """An upload arrived for ``tenant``: run soon rather than at the next poll."""
@@ -95,7 +99,12 @@ class IngestWorker:
                 log.exception("listing tenants with pending entries failed")
                 continue
             with self._lock:
-                for tenant in sorted(notified | found):
+                if self._stop.is_set():
+                    return
+                # The tenant whose last run began longest ago (or never) first: with more busy
+                # tenants than slots, each gets its turn rather than the same few each time.
+                order = sorted(notified | found, key=lambda t: (self._last_start.get(t, 0.0), t))
+                for tenant in order:
                     if tenant in self._running:
                         if tenant in notified:  # uploads during its run: another run after it
                             self._due.add(tenant)
@@ -107,6 +116,7 @@ class IngestWorker:
                         target=self._run, args=(tenant,), name=f"alien-ingest-{tenant}", daemon=True
                     )
                     self._running[tenant] = thread
+                    self._last_start[tenant] = time.monotonic()
                     thread.start()
 
     def _run(self, tenant: str) -> None:
@@ -121,10 +131,16 @@ class IngestWorker:
                 self._running.pop(tenant, None)
                 if self._due:  # a tenant waits for this slot, or this one got uploads since
                     self._wake.set()
-        self.runs += 1
-        if not outcome.success:
+        with self._lock:
+            self.runs += 1
+        if outcome.success:
+            self._count("success")
+        elif self._stop.is_set():
+            log.info("pipeline run for tenant %s cancelled: the worker is stopping", tenant)
+            self._count("cancelled")
+        else:
             log.error("pipeline run for tenant %s failed: %s", tenant, outcome.error)
-        self._count("success" if outcome.success else "failure")
+            self._count("failure")
 
     def _count(self, outcome: str) -> None:
         if self.on_run is not None:

@@ -20,16 +20,25 @@ def import_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What a child that reads untrusted documents inherits of the environment: enough to run
+# Python and Tesseract, and none of the service's secrets (database URLs, keys, tokens).
+MINIMAL_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TESSDATA_PREFIX")
+
+
 def start_child(
-    module: str, args: list[str], *, new_session: bool = False
+    module: str, args: list[str], *, new_session: bool = False, minimal_env: bool = False
 ) -> tuple[subprocess.Popen[bytes], Connection]:
     """Start ``python -m module <parent pid> <fd> *args``; returns it and the parent's end.
 
     ``new_session`` puts the child in a process group of its own, so killing the group also
-    ends what the child started (Tesseract).
+    ends what the child started (Tesseract); ``minimal_env`` passes it only
+    ``MINIMAL_ENVIRONMENT``.
     """
     parent, child = socket.socketpair()
-    env = dict(os.environ)
+    if minimal_env:
+        env = {k: v for k, v in os.environ.items() if k in MINIMAL_ENVIRONMENT}
+    else:
+        env = dict(os.environ)
     # ``-m`` must find this package also where it is not installed (a source checkout).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [import_root(), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(

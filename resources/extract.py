@@ -8,11 +8,8 @@ shown to the user.
 from __future__ import annotations
 
 import mimetypes
-import mmap
 import os
-import re
 import warnings
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -98,16 +95,18 @@ class DocumentLimits:
 
     max_page_pixels: int = 80_000_000  # one page at the OCR resolution, or one image
     max_pages: int = 5_000
-    max_decompressed_bytes: int = 2 * 1024**3  # a PDF's compressed streams, inflated
+    max_decompressed_bytes: int = 512 * 1024**2  # one PDF stream, decoded
 
     def check_decompressed(self, path: Path) -> None:
-        """Refuse a PDF whose compressed streams inflate past the cap, found by inflating
-        them here piece by piece (bounded memory) before pdfium inflates any whole."""
-        total = inflated_size(path, stop_after=self.max_decompressed_bytes)
-        if total > self.max_decompressed_bytes:
+        """Refuse a PDF with a stream that decodes past the cap, found by decoding its streams
+        here piece by piece (bounded memory) before pdfium decodes any whole."""
+        from resources.pdf_streams import largest_decoded_stream
+
+        largest = largest_decoded_stream(path, stop_after=self.max_decompressed_bytes)
+        if largest > self.max_decompressed_bytes:
             raise ExtractionError(
-                f"PDF streams inflate to more than {self.max_decompressed_bytes:,} bytes, the "
-                "cap on decompressed size per entry (ALIEN_MAX_DECOMPRESSED_BYTES)"
+                f"a PDF stream decodes to more than {self.max_decompressed_bytes:,} bytes, the "
+                "cap on one stream's decompressed size (ALIEN_MAX_DECOMPRESSED_BYTES)"
             )
 
     def check_pixels(self, what: str, width: float, height: float, dpi: int | None) -> None:
@@ -117,55 +116,6 @@ class DocumentLimits:
                 f"{what} would be {round(width)} x {round(height)} pixels{at}, over the cap of "
                 f"{self.max_page_pixels:,} pixels per page (ALIEN_MAX_PAGE_PIXELS)"
             )
-
-
-# "stream" then an end of line starts a PDF stream's data; "endstream" is no start.
-_STREAM_START = re.compile(rb"(?<!end)stream\r?\n")
-_INFLATE_PIECE = 1 << 16  # compressed bytes read at a time
-_INFLATE_OUT = 1 << 20  # inflated bytes made at a time
-
-
-def inflated_size(path: Path, stop_after: int) -> int:
-    """Bytes the zlib-compressed (FlateDecode) streams of a PDF inflate to, counted without
-    holding more than a piece of any in memory; stops counting once past ``stop_after``.
-
-    Streams are found by their keyword, so object streams and damaged files are covered
-    too; data that is not zlib (images in DCT, JBIG2, CCITT) is skipped at its first bytes.
-    """
-    total = 0
-    with path.open("rb") as fh:
-        try:
-            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file cannot be mapped
-            return 0
-        with data:
-            for found in _STREAM_START.finditer(data):  # type: ignore[call-overload]
-                pos = found.end()
-                if not _zlib_header(data[pos : pos + 2]):
-                    continue
-                inflater = zlib.decompressobj()
-                try:
-                    while not inflater.eof and pos < len(data):
-                        pending = data[pos : pos + _INFLATE_PIECE]
-                        pos += len(pending)
-                        while pending and not inflater.eof:
-                            total += len(inflater.decompress(pending, _INFLATE_OUT))
-                            if total > stop_after:
-                                return total
-                            pending = inflater.unconsumed_tail
-                except zlib.error:
-                    continue  # not zlib after all, or damaged: pdfium decides what it is
-    return total
-
-
-def _zlib_header(head: bytes) -> bool:
-    """Whether two bytes open a zlib stream: deflate, a window of at most 32K, a checksum."""
-    return (
-        len(head) == 2
-        and head[0] & 0x0F == 8
-        and head[0] >> 4 <= 7
-        and (head[0] << 8 | head[1]) % 31 == 0
-    )
 
 
 def extract_pages(

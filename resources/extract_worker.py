@@ -128,25 +128,27 @@ class BoundedExtractor:
         if self._proc is not None and self._proc.poll() is not None:
             self.close()  # it died between documents (killed from outside): a new one
         if self._conn is None:
-            self._proc, self._conn = start_child(MODULE, [str(self.memory_mb)], new_session=True)
+            self._proc, self._conn = start_child(
+                MODULE, [str(self.memory_mb)], new_session=True, minimal_env=True
+            )
             self._conn.send(self.job)
         return self._conn
 
     def _kill(self) -> None:
         """Kill the child and whatever it started (its own process group), and reap it."""
         if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
         self.close()
         self.restarts += 1
 
     def _died(self) -> str:
         proc = self._proc
-        code = reap(proc) if proc is not None else None
-        self._kill()
+        self._kill()  # what it started goes too, before it is reaped
+        code = proc.returncode if proc is not None else None
         if code == _OUT_OF_MEMORY:
             return self._over_memory()
-        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"status {code}"
+        how = f"signal {signal_name(-code)}" if code and code < 0 else f"status {code}"
         return (
             f"the document reader died ({how}) while reading the document, within its memory "
             f"cap of {self.memory_mb:,} MB (ALIEN_EXTRACT_MEMORY_MB): the file is malformed or "
@@ -158,6 +160,13 @@ class BoundedExtractor:
             f"reading the document needed more than the cap of {self.memory_mb:,} MB of memory "
             "(ALIEN_EXTRACT_MEMORY_MB)"
         )
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def serve(fd: int, memory_mb: int) -> None:

@@ -49,7 +49,22 @@ class TesseractOcr:
             )
         except subprocess.TimeoutExpired:
             raise OcrError(f"OCR timed out after {self.timeout_s:.0f} s") from None
+        if proc.returncode < 0:  # killed: out of memory under a cap is the usual cause
+            raise OcrError(f"tesseract died (signal {-proc.returncode}){_memory_cap()}")
         if proc.returncode != 0:
             detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
             raise OcrError(f"tesseract failed: {' '.join(detail) or proc.returncode}")
         return proc.stdout.decode("utf-8", "replace")
+
+
+def _memory_cap() -> str:
+    """Names the memory cap this process (and so Tesseract) runs under, if any."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    return (
+        f", under its memory cap of {soft // 1024**2:,} MB (ALIEN_EXTRACT_MEMORY_MB): the page "
+        "needs more memory than the cap"
+    )

@@ -48,10 +48,10 @@ class AlienSettings(BaseSettings):
         default=20_000, ge=1, description="Chunks of one document, checked before embedding"
     )
     max_decompressed_bytes: int = Field(
-        default=2 * 1024**3,
+        default=512 * 1024**2,
         ge=1024 * 1024,
-        description="What a PDF's compressed streams may inflate to, counted before the PDF "
-        "is parsed (a few kilobytes of zeros can inflate to gigabytes)",
+        description="What one stream of a PDF may decode to (through its whole filter chain), "
+        "counted before the PDF is parsed: a few kilobytes can decode to gigabytes",
     )
     max_seconds_per_entry: float = Field(
         default=3600.0,

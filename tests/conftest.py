@@ -184,31 +184,57 @@ def bad_documents(directory: Path) -> dict[str, str]:
         "archive.zip": "unsupported media type",
         "page-bomb.pdf": r"page 1 would be \d+ x \d+ pixels at \d+ dpi.*ALIEN_MAX_PAGE_PIXELS",
         "pixel-bomb.png": "12000 x 12000 pixels.*ALIEN_MAX_PAGE_PIXELS",
-        "stream-bomb.pdf": "inflate to more than 2,147,483,648 bytes.*MAX_DECOMPRESSED_BYTES",
+        "stream-bomb.pdf": "decodes to more than 536,870,912 bytes.*MAX_DECOMPRESSED_BYTES",
         "many-pages.pdf": "5,001 pages, over the cap of 5,000 pages.*ALIEN_MAX_PAGES_PER_ENTRY",
     }
 
 
-# Just over the default cap on what a PDF's streams may inflate to (2 GiB).
-STREAM_BOMB_BYTES = 2 * 1024**3 + 1024**2
+# Just over the default cap on what one PDF stream may decode to (512 MiB).
+STREAM_BOMB_BYTES = 513 * 1024**2
+
+
+def _encode(data: bytes, name: str) -> bytes:
+    """``data`` encoded so that PDF's filter ``name`` decodes it."""
+    import base64
+    import zlib
+
+    if name == "FlateDecode":
+        return zlib.compress(data, 9)
+    if name == "ASCIIHexDecode":
+        return data.hex().encode() + b">"
+    if name == "ASCII85Decode":
+        return base64.a85encode(data) + b"~>"
+    if name == "LZWDecode":
+        from pypdf._codecs._codecs import LzwCodec
+
+        return LzwCodec().encode(data)
+    raise ValueError(name)
 
 
 @functools.cache
-def inflating_stream_pdf(inflated: int) -> bytes:
-    """A valid one-page PDF whose content stream, about 1/1000 of ``inflated`` on disk,
-    inflates to ``inflated`` bytes of spaces (the red team's "inflating stream")."""
+def inflating_stream_pdf(decoded: int, filters: tuple[str, ...] = ("FlateDecode",)) -> bytes:
+    """A valid one-page PDF whose content stream decodes, through ``filters`` (in the order
+    a reader applies them), to ``decoded`` bytes of spaces: the red team's "inflating stream",
+    a thousandth of its decoded size on disk, or far less when deflated twice."""
     import zlib
 
-    packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    block = b" " * 1024**2
-    whole, rest = divmod(inflated, len(block))
-    data = b"".join(packer.compress(block) for _ in range(whole))
-    data += packer.compress(b" " * rest) + packer.flush()
+    *outer, innermost = filters
+    if innermost == "FlateDecode":  # the large layer, deflated a megabyte at a time
+        packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        block = b" " * 1024**2
+        whole, rest = divmod(decoded, len(block))
+        data = b"".join(packer.compress(block) for _ in range(whole))
+        data += packer.compress(b" " * rest) + packer.flush()
+    else:
+        data = _encode(b" " * decoded, innermost)
+    for name in reversed(outer):
+        data = _encode(data, name)
+    chain = b"[" + b" ".join(b"/" + f.encode() for f in filters) + b"]"
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(data), data),
+        b"<< /Length %d /Filter %s >>\nstream\n%s\nendstream" % (len(data), chain, data),
     ]
     out = io.BytesIO()
     out.write(b"%PDF-1.7\n")

@@ -3,12 +3,13 @@ a database and role made for the test's tenant, schema by the Alembic migrations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from resources.catalog import AuditRecord, Catalog, EntryStatus, ManifestRecord
+from resources.catalog import AuditRecord, Catalog, EntryStatus, ManifestRecord, sqlite_engine
 from resources.migrate import current, upgrade
 from resources.tenancy import InvalidTenantError, TenantId, validate_dataset
 
@@ -216,3 +217,33 @@ def test_the_egress_ledger_is_one_bucket_per_principal_shared_by_every_handle(
     with ThreadPoolExecutor(8) as pool:
         waits = list(pool.map(lambda _: ledger.take("carol", 100, 1000, now=50.0), range(20)))
     assert waits.count(0.0) == 10
+
+
+def _upgrade_in_a_process(url: str) -> bool:
+    from resources.migrate import upgrade_if_behind
+
+    if url.startswith("sqlite:///"):
+        engine = sqlite_engine(Path(url.removeprefix("sqlite:///")))
+    else:
+        from resources.postgres import tenant_engine
+
+        engine = tenant_engine(url)
+    try:
+        return upgrade_if_behind(engine)
+    finally:
+        engine.dispose()
+
+
+def test_processes_that_find_the_catalog_behind_at_once_all_end_current(bare_catalog):
+    """Replicas rolling out together each open the catalog and find it behind: one migrates,
+    the others wait for it (a file lock beside a SQLite file, an advisory lock on
+    PostgreSQL) and find nothing left to do; none fails."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    upgrade(bare_catalog.engine, "0001")
+    url = bare_catalog.engine.url.render_as_string(hide_password=False)
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcomes = list(pool.map(_upgrade_in_a_process, [url] * 4))
+    assert outcomes.count(True) >= 1
+    assert current(bare_catalog.engine) == HEAD

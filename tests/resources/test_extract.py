@@ -215,15 +215,39 @@ def test_a_reader_that_dies_fails_its_document_only() -> None:
         assert len(reader.extract(PDFS / "camlidl-manual.pdf", PDF)) == 26  # a new reader
 
 
-def test_inflated_size_counts_flate_streams_in_pieces(tmp_path: Path) -> None:
-    from resources.extract import inflated_size
+@pytest.mark.parametrize(
+    "filters",
+    [
+        ("FlateDecode",),
+        ("FlateDecode", "FlateDecode"),  # deflated twice: 10 MiB of spaces in a few hundred bytes
+        ("ASCIIHexDecode", "FlateDecode"),
+        ("ASCII85Decode", "FlateDecode"),
+        ("LZWDecode",),
+        ("ASCIIHexDecode", "LZWDecode"),
+    ],
+)
+def test_decoded_stream_size_is_counted_through_the_filter_chain(
+    tmp_path: Path, filters: tuple[str, ...]
+) -> None:
+    from resources.pdf_streams import largest_decoded_stream
     from tests.conftest import inflating_stream_pdf
 
     path = tmp_path / "s.pdf"
-    path.write_bytes(inflating_stream_pdf(5 * 1024**2 + 7))
-    assert inflated_size(path, stop_after=1 << 40) == 5 * 1024**2 + 7
-    assert 1024**2 < inflated_size(path, stop_after=1024**2) <= 2 * 1024**2  # stops early
-    assert 0 < inflated_size(PDFS / "camlidl-manual.pdf", stop_after=1 << 40) < 10**7
+    path.write_bytes(inflating_stream_pdf(10 * 1024**2 + 7, filters))
+    assert largest_decoded_stream(path, stop_after=1 << 40) == 10 * 1024**2 + 7
+    assert 1024**2 < largest_decoded_stream(path, stop_after=1024**2) <= 3 * 1024**2  # stops
+    with pytest.raises(ExtractionError, match="decodes to more than 1,048,576 bytes"):
+        from resources.extract import DocumentLimits
+
+        DocumentLimits(max_decompressed_bytes=1024**2).check_decompressed(path)
+
+
+def test_real_pdfs_pass_the_stream_check() -> None:
+    from resources.pdf_streams import largest_decoded_stream
+
+    for pdf in sorted(PDFS.glob("*.pdf")):
+        largest = largest_decoded_stream(pdf, stop_after=1 << 40)
+        assert 0 < largest < 50 * 1024**2, pdf.name
 
 
 def test_more_pages_than_the_cap_fail_before_any_is_read(tmp_path: Path) -> None:
@@ -234,3 +258,17 @@ def test_more_pages_than_the_cap_fail_before_any_is_read(tmp_path: Path) -> None
     with pytest.raises(ExtractionError, match=r"30 pages, over the cap of 20 .*PAGES_PER_ENTRY"):
         list(extract_pages(path, "application/pdf", ocr=TesseractOcr(),
                            limits=DocumentLimits(max_pages=20)))  # fmt: skip
+
+
+def test_the_reader_holds_none_of_the_services_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process that parses untrusted files gets PATH and the like, no credential."""
+    from pathlib import Path as P
+
+    monkeypatch.setenv("ALIEN_POSTGRES_PASSWORD", "s3cret-password")
+    monkeypatch.setenv("MISTRAL_API_KEY", "s3cret-key")
+    with _reader() as reader:
+        reader.extract(PDFS / "camlidl-manual.pdf", PDF)
+        assert reader._proc is not None
+        environ = P(f"/proc/{reader._proc.pid}/environ").read_bytes()
+    assert b"PATH=" in environ
+    assert b"s3cret" not in environ and b"ALIEN_" not in environ
