@@ -803,10 +803,15 @@ def test_an_answer_larger_than_the_whole_budget_says_it_cannot_be_served(tmp_pat
     from alien.credentials import Principal
     from data_api.door import EgressBudget
     from data_api.errors import ApiError
+    from resources.catalog import Catalog
+    from resources.tenancy import TenantId
 
+    catalog = Catalog.embedded(TenantId("tenant-z"), tmp_path / "catalog.db")
+    catalog.create()  # where the budget's bucket is kept
     audited: list[tuple] = []
     ctx = SimpleNamespace(
         principal=Principal("tenant-z", "key:k", frozenset({"read"})),
+        stores=SimpleNamespace(catalog=catalog),
         audit=lambda *args, **kwargs: audited.append((args, kwargs)),
     )
     budget = EgressBudget(api_settings(tmp_path, api_egress_bytes_per_hour=1_000))
