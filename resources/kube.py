@@ -34,6 +34,9 @@ SECRET_KEYS = (
 # The Data API's ALIEN_HOME (locks, its Dagster instance): a writable emptyDir, the root
 # file system staying read-only.
 HOME_MOUNT = "/var/lib/alien"
+# What a container with a read-only root file system may write: /tmp and ALIEN_HOME.
+WRITABLE_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME_MOUNT}]
+WRITABLE_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
 STORE_PORTS = {"postgresql": 5432, "minio": 9000, "qdrant": 6333, "meilisearch": 7700}
 
 
@@ -211,11 +214,9 @@ def tenant_objects(
                          "securityContext": {"allowPrivilegeEscalation": False,
                                              "readOnlyRootFilesystem": True,
                                              "capabilities": {"drop": ["ALL"]}},
-                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                                          {"name": "home", "mountPath": HOME_MOUNT}],
+                         "volumeMounts": WRITABLE_MOUNTS,
                      }],
-                     "volumes": [{"name": "tmp", "emptyDir": {}},
-                                 {"name": "home", "emptyDir": {}}],
+                     "volumes": WRITABLE_VOLUMES,
                  },
              },
          }},
@@ -352,7 +353,11 @@ def operator_deployment(image: str = IMAGE) -> dict[str, Any]:
                         "image": image,
                         "args": ["kopf", "run", "--standalone", "--all-namespaces",
                                  "/app/operator/handlers.py"],
-                        "env": [{"name": "ALIEN_KUBE_APPLY", "value": "true"}],
+                        # ALIEN_HOME holds its Dagster instance file and step locks: the
+                        # root file system is read-only, so it is an emptyDir.
+                        "env": [{"name": "ALIEN_KUBE_APPLY", "value": "true"},
+                                {"name": "ALIEN_HOME", "value": HOME_MOUNT},
+                                {"name": "DAGSTER_HOME", "value": f"{HOME_MOUNT}/dagster"}],
                         "envFrom": [{"configMapRef": {"name": "alien-cluster-settings"}},
                                     {"secretRef": {"name": "alien-cluster-secrets"}}],
                         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
@@ -360,7 +365,9 @@ def operator_deployment(image: str = IMAGE) -> dict[str, Any]:
                         "securityContext": {"allowPrivilegeEscalation": False,
                                             "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": WRITABLE_MOUNTS,
                     }],
+                    "volumes": WRITABLE_VOLUMES,
                 },
             },
         },

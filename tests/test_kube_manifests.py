@@ -97,3 +97,23 @@ def test_alien_tenant_manifests_prints_the_objects_without_secret_values() -> No
         kubernetes_validate.validate(doc, K8S, strict=True)
         if doc["kind"] == "Secret":
             assert "data" not in doc and "stringData" not in doc
+
+
+def test_read_only_containers_write_only_to_their_empty_dirs() -> None:
+    """The operator's partition step and the Data API's instance write under ALIEN_HOME:
+    with a read-only root file system, that path and /tmp must be emptyDir mounts."""
+    objects = [operator_deployment(), *tenant_objects(SPEC)]
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            home = env.get("ALIEN_HOME") or (
+                settings.get("ALIEN_HOME") if container.get("envFrom") else None
+            )
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert home is not None, deployment["metadata"]["name"]
+            assert mounts.get(home) in empty and mounts.get("/tmp") in empty
+            assert env.get("DAGSTER_HOME", f"{home}/dagster").startswith(home)
