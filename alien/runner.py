@@ -101,6 +101,19 @@ def unregister_partition(settings: AlienSettings, tenant: str) -> None:
         instance.delete_dynamic_partition(TENANTS, tenant)
 
 
+def _without_logging_reset(instance: DagsterInstance) -> None:
+    """Keep a run from reconfiguring the process's logging when the instance configures none.
+
+    At the start of every run Dagster applies the instance's ``python_logs`` handlers with
+    ``logging.config.dictConfig``, even an empty set. That holds the logging module's lock
+    while it takes every handler's lock, and a run in another thread writing an event holds
+    its handler's lock while it needs the module's: two tenants' runs in the API's worker
+    deadlocked on it. With no handlers configured the call returns none, so it is skipped.
+    """
+    if not instance.get_python_log_dagster_handler_config():
+        instance.get_yaml_python_handlers = lambda: []  # type: ignore[method-assign]
+
+
 @dataclass
 class RunOutcome:
     run_id: str | None
@@ -129,6 +142,7 @@ def run_ingest(
 
     register_partition(settings, tenant)
     instance = dagster_instance(settings)
+    _without_logging_reset(instance)
     job = defs.resolve_job_def("ingest")
     tags = {"alien/trigger": "cli"}
     if full_refresh:

@@ -135,3 +135,33 @@ def test_sensor_requests_one_run_per_tenant_with_work(settings, registry):
         busy, b"pending entry", dataset="default", source_uri="mem:p", source_name="p.txt"
     )
     assert _evaluate(instance, settings, later.cursor).run_requests
+
+
+def test_runs_side_by_side_leave_the_process_logging_alone(settings, registry, monkeypatch):
+    """Dagster reconfigures logging at each run start (dictConfig), which deadlocked two
+    tenants' runs in one process: with no python_logs configured, no run calls it, and two
+    runs in threads both finish."""
+    import logging.config
+    import threading
+
+    calls: list[object] = []
+    original = logging.config.dictConfig
+    monkeypatch.setattr(logging.config, "dictConfig", lambda c: (calls.append(c), original(c)))
+    tenants = [registry.create(name) for name in ("side-one", "side-two")]
+    for stores in tenants:
+        register_bytes(stores, f"Notes of {stores.tenant} on wing flutter.".encode(),
+                       dataset="default", source_uri="mem:n", source_name="n.txt")  # fmt: skip
+    outcomes: dict[str, object] = {}
+    threads = [
+        threading.Thread(target=lambda t=t: outcomes.update({t: run_ingest(settings, t)}))
+        for t in ("side-one", "side-two")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not any(thread.is_alive() for thread in threads), "the runs deadlocked"
+    assert all(o.success for o in outcomes.values())  # type: ignore[attr-defined]
+    assert calls == []
+    for stores in tenants:
+        assert {e.status for e in stores.catalog.entries()} == {EntryStatus.INDEXED}
