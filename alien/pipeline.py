@@ -112,7 +112,7 @@ def record_report(report: StepReport) -> None:
         current.reports.append(report)
 
 
-def check_cancelled(*_: object) -> None:
+def check_cancelled() -> None:
     """Raise ``RunCancelled`` if this thread's run was asked to stop."""
     current = _current()
     if current is not None and current.cancel is not None and current.cancel.is_set():

@@ -68,12 +68,6 @@ class IngestWorker:
             self._due.add(str(tenant))
         self._wake.set()
 
-    @property
-    def running(self) -> list[str]:
-        """The tenants whose runs are in flight now."""
-        with self._lock:
-            return sorted(self._running)
-
     def _tenants_waiting(self) -> tuple[set[str], set[str]]:
         """Tenants notified of uploads since the last look, and tenants found with work."""
         with self._lock:

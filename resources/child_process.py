@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
+from typing import Any
 
 
 def import_root() -> str:
@@ -73,3 +74,24 @@ def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+class ParentLink:
+    """A child's end of the socket pair: requests in, ``(kind, value)`` answers out. A parent
+    that has hung up ends the child at once (``os._exit``): nothing is left to flush, and
+    tearing down large modules at interpreter exit takes seconds."""
+
+    def __init__(self, fd: int) -> None:
+        self._conn = Connection(fd)
+
+    def request(self) -> Any:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+
+    def reply(self, kind: str, value: object) -> None:
+        try:
+            self._conn.send((kind, value))
+        except OSError:  # the parent has gone
+            os._exit(0)

@@ -20,10 +20,9 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from resources.child_process import die_with_parent, reap, start_child
+from resources.child_process import ParentLink, die_with_parent, reap, start_child
 
 if TYPE_CHECKING:  # the child imports nothing before it has tied its life to the parent's
     import numpy as np
@@ -100,39 +99,25 @@ class EmbeddingWorker:
 
 
 def serve(fd: int, model: str, batch_size: int, device: str) -> None:
-    """Child side: load the model, then answer requests until the parent hangs up.
-
-    A parent that hangs up ends the child at once (``os._exit``): nothing is left to flush,
-    and tearing down torch's modules at interpreter exit takes seconds.
-    """
-    conn = Connection(fd)
-
-    def reply(kind: str, value: object) -> None:
-        try:
-            conn.send((kind, value))
-        except OSError:  # the parent has gone
-            os._exit(0)
-
+    """Child side: load the model, then answer requests until the parent hangs up."""
+    parent = ParentLink(fd)
     from resources.embedder import Embedder
 
     embedder = Embedder(model=model, batch_size=batch_size, device=device, worker=False)
     try:
         embedder.embed(["warm up"])
     except Exception as err:  # the parent raises it on its first request
-        reply("error", f"embedding model failed to load: {type(err).__name__}: {err}")
+        parent.reply("error", f"embedding model failed to load: {type(err).__name__}: {err}")
         os._exit(1)
-    reply("ready", None)
+    parent.reply("ready", None)
     while True:
-        try:
-            texts = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)
+        texts = parent.request()
         try:
             vectors = embedder.embed(texts)
         except Exception as err:
-            reply("error", f"{type(err).__name__}: {err}")
+            parent.reply("error", f"{type(err).__name__}: {err}")
         else:
-            reply("vectors", vectors)
+            parent.reply("vectors", vectors)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from resources.child_process import die_with_parent, reap, start_child
+from resources.child_process import ParentLink, die_with_parent, reap, start_child
 from resources.extract import DocumentLimits, ExtractionError, PageText, extract_pages
 from resources.ocr import OcrEngine
 
@@ -175,23 +175,10 @@ def serve(fd: int, memory_mb: int) -> None:
 
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    conn = Connection(fd)
-    try:
-        job: ExtractionJob = conn.recv()
-    except (EOFError, OSError):
-        os._exit(0)
-
-    def reply(kind: str, value: object) -> None:
-        try:
-            conn.send((kind, value))
-        except OSError:  # the parent has gone
-            os._exit(0)
-
+    parent = ParentLink(fd)
+    job: ExtractionJob = parent.request()
     while True:
-        try:
-            path, media_type = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)
+        path, media_type = parent.request()
         try:
             pages = list(
                 extract_pages(
@@ -204,14 +191,14 @@ def serve(fd: int, memory_mb: int) -> None:
                 )
             )
         except ExtractionError as err:
-            reply("error", str(err))
+            parent.reply("error", str(err))
         except MemoryError:
-            reply("memory", None)
+            parent.reply("memory", None)
             os._exit(_OUT_OF_MEMORY)
         except Exception as err:
-            reply("crash", f"{type(err).__name__}: {err}")
+            parent.reply("crash", f"{type(err).__name__}: {err}")
         else:
-            reply("pages", pages)
+            parent.reply("pages", pages)
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def _zlib_header(head: bytes) -> bool:
     )
 
 
-def _filters(data: mmap.mmap, start: int, pos: int) -> list[bytes] | None:
+def _filters(data: mmap.mmap, start: int) -> list[bytes] | None:
     """The stream's filter chain from its dictionary, or None where it cannot be read."""
     begin = data.rfind(b"obj", max(0, start - _DICT_WINDOW), start)
     if begin < 0:
@@ -189,6 +189,25 @@ def _filters(data: mmap.mmap, start: int, pos: int) -> list[bytes] | None:
     if found is None:
         return []  # no filter: the data is what it is
     return _NAME.findall(found.group(1))
+
+
+def _raw(data: mmap.mmap, start: int, stop: int) -> Pieces:
+    for at in range(start, stop, _RAW_PIECE):
+        yield data[at : min(at + _RAW_PIECE, stop)]
+
+
+def _decoders(data: mmap.mmap, start: int, pos: int) -> list[Callable[[Pieces], Pieces]]:
+    """The decoders of the stream whose data begins at ``pos``, up to its first image codec
+    (checked in pixels before rendering); where no dictionary is found, Flate if it looks it."""
+    chain = _filters(data, start)
+    if chain is None:
+        chain = [b"FlateDecode"] if _zlib_header(data[pos : pos + 2]) else []
+    decoders = []
+    for name in chain:
+        if name not in _DECODERS:
+            break
+        decoders.append(_DECODERS[name])
+    return decoders
 
 
 def largest_decoded_stream(path: Path, stop_after: int) -> int:
@@ -203,24 +222,11 @@ def largest_decoded_stream(path: Path, stop_after: int) -> int:
         with data:
             for found in _STREAM_START.finditer(data):  # type: ignore[call-overload]
                 pos = found.end()
-                chain = _filters(data, found.start(), pos)
-                if chain is None:  # no dictionary found: deflated if it looks it
-                    chain = [b"FlateDecode"] if _zlib_header(data[pos : pos + 2]) else []
-                decoders = []
-                for name in chain:
-                    if name not in _DECODERS:
-                        break  # an image codec: checked in pixels before rendering
-                    decoders.append(_DECODERS[name])
+                decoders = _decoders(data, found.start(), pos)
                 if not decoders:
                     continue
                 end = data.find(b"endstream", pos)
-                end = len(data) if end < 0 else end
-
-                def raw(start: int = pos, stop: int = end) -> Pieces:
-                    for at in range(start, stop, _RAW_PIECE):
-                        yield data[at : min(at + _RAW_PIECE, stop)]
-
-                pieces: Pieces = raw()
+                pieces = _raw(data, pos, len(data) if end < 0 else end)
                 for decode in decoders:
                     pieces = decode(pieces)
                 size = 0
