@@ -78,11 +78,17 @@ def dagster_yaml(settings: AlienSettings) -> str:
     return base + f"storage:\n  postgres:\n    postgres_url: {json.dumps(dagster_url)}\n"
 
 
+# Opening an instance creates its SQLite storage the first time: two threads doing that at
+# once (two tenants' first runs in the API's worker) wrote two Alembic heads into it.
+_OPENING = threading.Lock()
+
+
 def dagster_instance(settings: AlienSettings) -> DagsterInstance:
     from dagster import DagsterInstance
 
-    use_home(settings)
-    return DagsterInstance.get()
+    with _OPENING:
+        use_home(settings)
+        return DagsterInstance.get()
 
 
 def register_partition(settings: AlienSettings, tenant: str) -> None:

@@ -138,9 +138,10 @@ def test_sensor_requests_one_run_per_tenant_with_work(settings, registry):
 
 
 def test_runs_side_by_side_leave_the_process_logging_alone(settings, registry, monkeypatch):
-    """Dagster reconfigures logging at each run start (dictConfig), which deadlocked two
-    tenants' runs in one process: with no python_logs configured, no run calls it, and two
-    runs in threads both finish."""
+    """Two tenants' first runs in one process, side by side: Dagster reconfigured logging at
+    each run start (dictConfig), which deadlocked them, and both created the instance's
+    storage at once, which left it with two Alembic heads. Both runs now finish, and no run
+    calls dictConfig when no python_logs are configured."""
     import logging.config
     import threading
 
@@ -148,6 +149,8 @@ def test_runs_side_by_side_leave_the_process_logging_alone(settings, registry, m
     original = logging.config.dictConfig
     monkeypatch.setattr(logging.config, "dictConfig", lambda c: (calls.append(c), original(c)))
     tenants = [registry.create(name) for name in ("side-one", "side-two")]
+    # No run has opened the instance yet: both threads create its storage at once.
+    assert not (settings.dagster_home / "storage").exists()
     for stores in tenants:
         register_bytes(stores, f"Notes of {stores.tenant} on wing flutter.".encode(),
                        dataset="default", source_uri="mem:n", source_name="n.txt")  # fmt: skip
@@ -161,6 +164,7 @@ def test_runs_side_by_side_leave_the_process_logging_alone(settings, registry, m
     for thread in threads:
         thread.join(300)
     assert not any(thread.is_alive() for thread in threads), "the runs deadlocked"
+    assert sorted(outcomes) == ["side-one", "side-two"]
     assert all(o.success for o in outcomes.values())  # type: ignore[attr-defined]
     assert calls == []
     for stores in tenants:
