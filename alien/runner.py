@@ -53,12 +53,12 @@ def use_home(settings: AlienSettings) -> None:
     os.environ["ALIEN_HOME"] = str(home)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
-    wanted = dagster_yaml(settings)
-    if not config.exists() or (
-        config.read_text().startswith(MARKER) and config.read_text() != wanted
-    ):
-        config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    if config.exists() and not config.read_text().startswith(MARKER):
+        return  # an instance managed elsewhere (the chart's ConfigMap): read, never written
+    wanted = dagster_yaml(settings)
+    if not config.exists() or config.read_text() != wanted:
+        config.write_text(wanted)
 
 
 def dagster_yaml(settings: AlienSettings) -> str:

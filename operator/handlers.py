@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 from typing import Any
 
 import kopf
 
 from alien.tenants import STEPS, check_tenant, provision_step, retire_tenant
+from resources.helm_values import TenantTemplate
 from resources.kube import GROUP, PLURAL, VERSION, TenantSpec, tenant_objects
 from resources.provisioning import apply_kubernetes_objects, tenant_environment
 from resources.settings import AlienSettings
@@ -29,6 +31,23 @@ DRIFT_INTERVAL = 300
 
 def _settings() -> AlienSettings:
     return AlienSettings()
+
+
+def _template(settings: AlienSettings) -> TenantTemplate:
+    """What the chart says to stamp on each tenant (its tenant-defaults.json)."""
+    try:
+        return TenantTemplate.load(settings.tenant_defaults_file)
+    except (OSError, ValueError) as err:  # a broken file: say so on every tenant, retry
+        raise kopf.TemporaryError(f"tenant defaults: {err}", delay=RETRY_DELAY) from err
+
+
+def _dagster_storage() -> dict[str, str] | None:
+    """Dagster's run-storage login, for the tenant's run pods to report their events (the
+    chart gives it to the operator as DAGSTER_PG_*); None outside a chart install."""
+    keys = ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD")
+    if not all(os.environ.get(k) for k in keys):
+        return None
+    return {k: os.environ[k] for k in keys}
 
 
 def _spec(spec: Any) -> TenantSpec:
@@ -47,13 +66,23 @@ def _store_state(ok: bool, reason: str, message: str) -> dict[str, str]:
             "lastTransitionTime": _now()}  # fmt: skip
 
 
-def conditions(stores: dict[str, dict[str, str]]) -> list[dict[str, str]]:
-    """One condition per store (``CatalogReady``, ...) and ``Ready`` when all are True."""
+def _required() -> tuple[str, ...]:
+    """What Ready waits for: every store, and in a cluster the tenant's objects too."""
+    return (*STEPS, "kubernetes") if _settings().kube_apply else STEPS
+
+
+def conditions(
+    stores: dict[str, dict[str, str]], required: tuple[str, ...] = STEPS
+) -> list[dict[str, str]]:
+    """One condition per step (``CatalogReady``, ..., ``KubernetesReady``) and ``Ready`` when
+    every required one is True."""
     out = [
-        {"type": f"{step.capitalize()}Ready", **stores[step]} for step in STEPS if step in stores
+        {"type": f"{step.capitalize()}Ready", **stores[step]}
+        for step in (*STEPS, "kubernetes")
+        if step in stores
     ]
-    ready = all(stores.get(step, {}).get("status") == "True" for step in STEPS)
-    missing = [s for s in STEPS if stores.get(s, {}).get("status") != "True"]
+    ready = all(stores.get(step, {}).get("status") == "True" for step in required)
+    missing = [s for s in required if stores.get(s, {}).get("status") != "True"]
     out.append({"type": "Ready", "status": "True" if ready else "False",
                 "reason": "AllStoresReady" if ready else "StoresPending",
                 "message": "" if ready else f"waiting for: {', '.join(missing)}",
@@ -81,7 +110,7 @@ def store_step(step: str, tenant: str) -> Any:
 def summarize(status: Any, patch: kopf.Patch, **_: Any) -> None:
     """The last sub-handler: the conditions list, from every store's state."""
     stores = {**dict(status.get("stores", {})), **dict(patch.status.get("stores", {}))}
-    patch.status["conditions"] = conditions(stores)
+    patch.status["conditions"] = conditions(stores, _required())
 
 
 def kubernetes_step(tenant: TenantSpec) -> Any:
@@ -90,8 +119,15 @@ def kubernetes_step(tenant: TenantSpec) -> Any:
 
     def handler(patch: kopf.Patch, body: Any = None, **_: Any) -> dict[str, Any]:
         try:
-            env = tenant_environment(_settings(), tenant.tenant_id)
-            objects = tenant_objects(tenant, config=env.config, secrets=env.secrets)
+            settings = _settings()
+            env = tenant_environment(settings, tenant.tenant_id)
+            objects = tenant_objects(
+                tenant,
+                template=_template(settings),
+                config=env.config,
+                secrets=env.secrets,
+                dagster_storage=_dagster_storage(),
+            )
             for obj in objects:
                 if obj["kind"] == "Namespace" and body is not None:
                     kopf.adopt(obj, owner=body)  # deleting the Tenant takes the namespace along
@@ -149,7 +185,7 @@ def drift(
             kubernetes_step(_spec(spec))(patch=patch, body=body)
         stores.update(patch.status.get("stores", {}))
     patch.status["stores"] = stores
-    patch.status["conditions"] = conditions(stores)
+    patch.status["conditions"] = conditions(stores, _required())
     return {"repaired": repaired}
 
 

@@ -1,9 +1,10 @@
-"""Kubernetes objects of the data cluster, generated from the Tenant spec (no templates).
+"""Kubernetes objects the operator applies, generated from the Tenant spec (no templates).
 
-``crd()``, ``operator_rbac()`` and ``operator_deployment()`` are shipped as YAML in
-``operator/`` (a test keeps the files equal to these functions); ``tenant_objects(spec)`` is
-what the operator creates for one tenant, and what ``alien tenant manifests T`` prints, with
-Secrets listed by key name only.
+``crd()`` is shipped as YAML in ``operator/crd.yaml`` and in the Helm chart's ``files/`` (a
+test keeps both equal to it); the control plane itself (operator, code location, Dagster's
+instance) is the Helm chart ``helm/alien-data-cluster``. ``tenant_objects(spec, template)``
+is what the operator creates for one tenant, with the chart's defaults (``TenantTemplate``),
+and what ``alien tenant manifests T`` prints, with Secrets listed by key name only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from resources.helm_values import DEFAULT_PROXY_LABELS, Placement, Probe, Resources, TenantTemplate
 from resources.tenancy import TenantId
 
 GROUP = "alien.ai"
@@ -21,9 +23,15 @@ VERSION = "v1"
 KIND = "Tenant"
 PLURAL = "tenants"
 SYSTEM_NAMESPACE = "alien-system"
-IMAGE = "ghcr.io/alien-data/cluster:0.1.0"
 API_PORT = 8000
 SECRET_NAME = "alien-tenant-credentials"
+SETTINGS_NAME = "alien-tenant-settings"
+# What a tenant's run pods read (Dagster's run launcher names them; each resolves in the
+# tenant's own namespace): its settings, its credentials, Dagster's storage.
+DAGSTER_STORAGE_SECRET = "alien-dagster-storage"
+RUN_SERVICE_ACCOUNT = "alien-run"
+RUN_ENV_CONFIG_MAPS = (SETTINGS_NAME,)
+RUN_ENV_SECRETS = (SECRET_NAME, DAGSTER_STORAGE_SECRET)
 # The keys of the tenant's credentials Secret (values: resources/provisioning.py).
 SECRET_KEYS = (
     "ALIEN_MEILI_KEY",
@@ -37,6 +45,7 @@ HOME_MOUNT = "/var/lib/alien"
 # What a container with a read-only root file system may write: /tmp and ALIEN_HOME.
 WRITABLE_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME_MOUNT}]
 WRITABLE_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+CHART = "helm/alien-data-cluster"
 STORE_PORTS = {"postgresql": 5432, "minio": 9000, "qdrant": 6333, "meilisearch": 7700}
 
 
@@ -91,23 +100,50 @@ def _meta(name: str, namespace: str | None, tenant: str | None, component: str |
 
 
 # -- the tenant's objects ---------------------------------------------------------------------
+def _probe(probe: Probe) -> dict[str, Any]:
+    return {"httpGet": {"path": probe.path, "port": "http"},
+            "initialDelaySeconds": probe.initial_delay_seconds,
+            "periodSeconds": probe.period_seconds, "timeoutSeconds": probe.timeout_seconds,
+            "failureThreshold": probe.failure_threshold}  # fmt: skip
+
+
+def _resources(resources: Resources) -> dict[str, Any]:
+    return resources.model_dump(exclude_defaults=False)
+
+
+def _placement(api: Placement) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if api.node_selector:
+        out["nodeSelector"] = dict(api.node_selector)
+    if api.tolerations:
+        out["tolerations"] = list(api.tolerations)
+    if api.affinity:
+        out["affinity"] = dict(api.affinity)
+    return out
+
+
 def tenant_objects(
     spec: TenantSpec,
     *,
-    image: str = IMAGE,
-    proxy_namespace: str = "alien-platform",
-    stores_namespace: str = SYSTEM_NAMESPACE,
+    template: TenantTemplate | None = None,
     config: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None,
+    dagster_storage: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Namespace, network policies, quota, service account, settings, credentials, the Data
-    API Deployment and Service, in the order they are applied.
+    """Namespace, network policies, quota, service accounts, settings, credentials, the Data
+    API (Deployment, Service, disruption budget, autoscaler) and what Dagster's run launcher
+    needs there, in the order they are applied.
 
-    ``config`` and ``secrets`` are the tenant's data-plane environment
-    (``resources/provisioning.tenant_environment``): the ConfigMap carries ``config``, the
-    Secret ``secrets``, and the Data API container reads both, nothing else. Without
-    ``secrets`` the Secret lists its key names only (for review and GitOps).
+    ``template`` is what the chart tells the operator (image, security contexts, the
+    ``tenantDefaults`` values); ``config`` and ``secrets`` are the tenant's data-plane
+    environment (``resources/provisioning.tenant_environment``): the ConfigMap carries
+    ``config``, the Secret ``secrets``, and the Data API container reads both, nothing else.
+    Without ``secrets`` the Secret lists its key names only (for review and GitOps).
+    ``dagster_storage`` (the ``DAGSTER_PG_*`` of Dagster's run storage) is what the tenant's
+    run pods add, to report their events; the Data API never reads it.
     """
+    tpl = template or TenantTemplate()
+    api = tpl.defaults.data_api
     t, ns = spec.tenant_id, spec.namespace()
     api_labels = {"app.kubernetes.io/name": "alien-data-api", "alien.ai/tenant": t}
     settings = {
@@ -127,7 +163,43 @@ def tenant_objects(
         # A renewed credential (the Qdrant JWT) changes this, which rolls the pods onto it.
         digest = hashlib.sha256(json.dumps(secrets, sort_keys=True).encode()).hexdigest()
         pod_annotations["alien.ai/credentials-sha256"] = digest
-    return [
+    proxy = tpl.defaults.proxy
+    container = {
+        "name": "data-api",
+        "image": tpl.data_api_image(),
+        "imagePullPolicy": tpl.image_pull_policy,
+        # its ingest worker runs the pipeline for this tenant only
+        "args": ["alien", "serve", "--host", "0.0.0.0", "--port", str(API_PORT)],
+        "ports": [{"name": "http", "containerPort": API_PORT}],
+        "envFrom": [{"configMapRef": {"name": SETTINGS_NAME}},
+                    {"secretRef": {"name": SECRET_NAME}}],
+        "readinessProbe": _probe(api.readiness_probe),
+        "livenessProbe": _probe(api.liveness_probe),
+        "startupProbe": _probe(api.startup_probe),
+        "resources": _resources(api.resources),
+        "securityContext": dict(tpl.security_context),
+        "volumeMounts": WRITABLE_MOUNTS,
+    }  # fmt: skip
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": "alien-data-api",
+        "automountServiceAccountToken": False,
+        "securityContext": dict(tpl.pod_security_context),
+        **({"imagePullSecrets": list(tpl.image_pull_secrets)} if tpl.image_pull_secrets else {}),
+        "containers": [container],
+        "volumes": WRITABLE_VOLUMES,
+        **_placement(api),
+    }
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": api_labels},
+        "template": {
+            "metadata": {"labels": {**api_labels, **_labels(t, "data-api")},
+                         **({"annotations": pod_annotations} if pod_annotations else {})},
+            "spec": pod_spec,
+        },
+    }  # fmt: skip
+    if not api.autoscaling.enabled:  # else the autoscaler owns the replica count
+        deployment_spec = {"replicas": api.replicas, **deployment_spec}
+    objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": ns, "labels": {**_labels(t), "alien.ai/tenant-namespace": "true"},
                       "annotations": {"alien.ai/display-name": spec.display_name}}},
@@ -142,9 +214,9 @@ def tenant_objects(
              "ingress": [{
                  "from": [{
                      "namespaceSelector": {"matchLabels": {
-                         "kubernetes.io/metadata.name": proxy_namespace}},
-                     "podSelector": {"matchLabels": {
-                         "app.kubernetes.io/name": "platform-proxy"}},
+                         "kubernetes.io/metadata.name": proxy.namespace}},
+                     "podSelector": {"matchLabels": dict(
+                         proxy.pod_labels or DEFAULT_PROXY_LABELS)},
                  }],
                  "ports": [{"protocol": "TCP", "port": API_PORT}],
              }],
@@ -160,71 +232,65 @@ def tenant_objects(
                           "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                   "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
                  {"to": [{"namespaceSelector": {"matchLabels": {
-                      "kubernetes.io/metadata.name": stores_namespace}}}],
+                      "kubernetes.io/metadata.name": tpl.stores_namespace}}}],
                   "ports": [{"protocol": "TCP", "port": p} for p in STORE_PORTS.values()]},
              ],
          }},
         {"apiVersion": "v1", "kind": "ResourceQuota",
          "metadata": _meta("alien-tenant-quota", ns, t),
-         "spec": {"hard": {
-             "requests.storage": str(spec.quotas.storage_bytes),
-             "persistentvolumeclaims": "4",
-             "pods": "10",
-             "requests.cpu": "4",
-             "requests.memory": "8Gi",
-             "limits.cpu": "8",
-             "limits.memory": "16Gi",
-         }}},
+         "spec": {"hard": {"requests.storage": str(spec.quotas.storage_bytes),
+                           **{k: str(v) for k, v in tpl.defaults.quota.items()}}}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": _meta("alien-data-api", ns, t, "data-api"),
          "automountServiceAccountToken": False},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": _meta(RUN_SERVICE_ACCOUNT, ns, t, "run"),
+         "automountServiceAccountToken": False},
         {"apiVersion": "v1", "kind": "ConfigMap",
-         "metadata": _meta("alien-tenant-settings", ns, t), "data": settings},
+         "metadata": _meta(SETTINGS_NAME, ns, t), "data": settings},
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": secret,
          **({"stringData": dict(secrets)} if secrets is not None else {})},
-        {"apiVersion": "apps/v1", "kind": "Deployment",
-         "metadata": _meta("alien-data-api", ns, t, "data-api"),
-         "spec": {
-             "replicas": 1,
-             "selector": {"matchLabels": api_labels},
-             "template": {
-                 "metadata": {"labels": {**api_labels, **_labels(t, "data-api")},
-                              **({"annotations": pod_annotations} if pod_annotations else {})},
-                 "spec": {
-                     "serviceAccountName": "alien-data-api",
-                     "automountServiceAccountToken": False,
-                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                         "fsGroup": 10001,
-                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                     "containers": [{
-                         "name": "data-api",
-                         "image": image,
-                         # its ingest worker runs the pipeline for this tenant only
-                         "args": ["alien", "serve", "--host", "0.0.0.0",
-                                  "--port", str(API_PORT)],
-                         "ports": [{"name": "http", "containerPort": API_PORT}],
-                         "envFrom": [{"configMapRef": {"name": "alien-tenant-settings"}},
-                                     {"secretRef": {"name": SECRET_NAME}}],
-                         "readinessProbe": {"httpGet": {"path": "/v1/ready", "port": "http"},
-                                            "periodSeconds": 10},
-                         "livenessProbe": {"httpGet": {"path": "/v1/health", "port": "http"},
-                                           "periodSeconds": 20},
-                         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                       "limits": {"cpu": "2", "memory": "3Gi"}},
-                         "securityContext": {"allowPrivilegeEscalation": False,
-                                             "readOnlyRootFilesystem": True,
-                                             "capabilities": {"drop": ["ALL"]}},
-                         "volumeMounts": WRITABLE_MOUNTS,
-                     }],
-                     "volumes": WRITABLE_VOLUMES,
-                 },
-             },
-         }},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": _meta("alien-data-api", ns, t, "data-api"),
+    ]  # fmt: skip
+    if dagster_storage is not None:
+        objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": _meta(DAGSTER_STORAGE_SECRET, ns, t, "run"),
+                        "stringData": dict(dagster_storage)})  # fmt: skip
+    if tpl.run_launcher_role and tpl.launcher_subjects:
+        # Dagster's daemon (and webserver) may create and watch run Jobs here, nothing else.
+        objects.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                        "metadata": _meta("alien-run-launcher", ns, t, "run"),
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                    "kind": "ClusterRole", "name": tpl.run_launcher_role},
+                        "subjects": [dict(s) for s in tpl.launcher_subjects]})  # fmt: skip
+    meta = _meta("alien-data-api", ns, t, "data-api")
+    objects += [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+         "spec": deployment_spec},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
          "spec": {"selector": api_labels,
                   "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
     ]  # fmt: skip
+    if api.pod_disruption_budget.enabled:
+        objects.append({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
+                        "spec": {"maxUnavailable": api.pod_disruption_budget.max_unavailable,
+                                 "selector": {"matchLabels": api_labels}}})  # fmt: skip
+    if api.autoscaling.enabled:
+        scaling = api.autoscaling
+        cpu = {
+            "name": "cpu",
+            "target": {
+                "type": "Utilization",
+                "averageUtilization": scaling.target_cpu_utilization_percentage,
+            },
+        }
+        objects.append({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                        "metadata": meta,
+                        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                    "name": "alien-data-api"},
+                                 "minReplicas": scaling.min_replicas,
+                                 "maxReplicas": max(scaling.max_replicas, scaling.min_replicas),
+                                 "metrics": [{"type": "Resource", "resource": cpu}]}})  # fmt: skip
+    return objects
 
 
 # -- what the operator itself needs -----------------------------------------------------------
@@ -302,85 +368,10 @@ def crd() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def operator_rbac() -> list[dict[str, Any]]:
-    """ServiceAccount, ClusterRole (least privilege) and binding of the operator."""
-    verbs_rw = ["get", "list", "watch", "create", "patch", "update", "delete"]
-    rules = [
-        {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": verbs_rw},
-        {"apiGroups": [""],
-         "resources": ["serviceaccounts", "secrets", "configmaps", "services", "resourcequotas"],
-         "verbs": verbs_rw},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs_rw},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": verbs_rw},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
-    ]  # fmt: skip
-    return [
-        {"apiVersion": "v1", "kind": "Namespace",
-         "metadata": {"name": SYSTEM_NAMESPACE, "labels": _labels()}},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": _meta("alien-operator", SYSTEM_NAMESPACE, None, "operator")},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": _meta("alien-operator", None, None, "operator"), "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": _meta("alien-operator", None, None, "operator"),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": "alien-operator"},
-         "subjects": [{"kind": "ServiceAccount", "name": "alien-operator",
-                       "namespace": SYSTEM_NAMESPACE}]},
-    ]  # fmt: skip
-
-
-def operator_deployment(image: str = IMAGE) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/name": "alien-operator"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta("alien-operator", SYSTEM_NAMESPACE, None, "operator"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},  # never two operators at once
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": {**labels, **_labels(None, "operator")}},
-                "spec": {
-                    "serviceAccountName": "alien-operator",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "operator",
-                        "image": image,
-                        "args": ["kopf", "run", "--standalone", "--all-namespaces",
-                                 "/app/operator/handlers.py"],
-                        # ALIEN_HOME holds its Dagster instance file and step locks: the
-                        # root file system is read-only, so it is an emptyDir.
-                        "env": [{"name": "ALIEN_KUBE_APPLY", "value": "true"},
-                                {"name": "ALIEN_HOME", "value": HOME_MOUNT},
-                                {"name": "DAGSTER_HOME", "value": f"{HOME_MOUNT}/dagster"}],
-                        "envFrom": [{"configMapRef": {"name": "alien-cluster-settings"}},
-                                    {"secretRef": {"name": "alien-cluster-secrets"}}],
-                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
-                                      "limits": {"cpu": "1", "memory": "1Gi"}},
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": WRITABLE_MOUNTS,
-                    }],
-                    "volumes": WRITABLE_VOLUMES,
-                },
-            },
-        },
-    }  # fmt: skip
-
-
 def shipped() -> dict[str, list[dict[str, Any]]]:
-    """The YAML files in ``operator/`` and what each holds."""
-    return {
-        "crd.yaml": [crd()],
-        "rbac.yaml": operator_rbac(),
-        "deployment.yaml": [operator_deployment()],
-    }
+    """The generated YAML files (relative to the repository) and what each holds: the CRD,
+    for ``kubectl apply`` and for the chart (which reads it from its own ``files/``)."""
+    return {"operator/crd.yaml": [crd()], f"{CHART}/files/crd.yaml": [crd()]}
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
@@ -389,17 +380,24 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
     return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
 
 
-def write_shipped(directory: Any) -> list[str]:
-    """Write the operator's YAML files (``make manifests``); returns their names."""
+def write_shipped(repo: Any) -> list[str]:
+    """Write the generated YAML files under ``repo`` (``make manifests``); their paths."""
     from pathlib import Path
 
     header = "# Generated by resources/kube.py (make manifests): edit the code, not this file.\n"
     for name, objects in shipped().items():
-        (Path(directory) / name).write_text(header + to_yaml(objects))
+        body = yaml_dump(objects[0]) if len(objects) == 1 else to_yaml(objects)
+        (Path(repo) / name).write_text(header + body)
     return sorted(shipped())
+
+
+def yaml_dump(obj: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
 
 
 if __name__ == "__main__":
     import sys
 
-    print(", ".join(write_shipped(sys.argv[1] if len(sys.argv) > 1 else "operator")))
+    print(", ".join(write_shipped(sys.argv[1] if len(sys.argv) > 1 else ".")))

@@ -54,13 +54,16 @@ def apply_kubernetes_objects(objects: list[dict], field_manager: str = "alien-op
 
     Idempotent by construction: applying the same objects again changes nothing.
     """
+    import os
+
     from kubernetes import config, dynamic
     from kubernetes.client import ApiClient
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # KUBECONFIG as it is now (the client reads it once, when first imported)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     client = dynamic.DynamicClient(ApiClient())
     for obj in objects:
         api = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -164,6 +164,17 @@ class AlienSettings(BaseSettings):
         default=False,
         description="The operator also applies each tenant's Kubernetes objects (in a cluster)",
     )
+    tenant_defaults_file: Path | None = Field(
+        default=None,
+        description="The chart's tenant-defaults.json: what the operator stamps on each tenant "
+        "(image, Data API replicas, resources, probes, autoscaling); unset: the chart's defaults",
+    )
+    dagster_home_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ALIEN_DAGSTER_HOME"),
+        description="A Dagster instance directory managed elsewhere (the chart's dagster.yaml); "
+        "unset: ALIEN_HOME/dagster, written by alien",
+    )
 
     # -- Data API (``alien serve``) ------------------------------------------------------
     api_max_page_size: int = Field(default=100, ge=1, le=1000, description="List page cap")
@@ -237,7 +248,20 @@ class AlienSettings(BaseSettings):
 
     @property
     def dagster_home(self) -> Path:
-        return self.home.resolve() / "dagster"
+        return self.dagster_home_dir or self.home.resolve() / "dagster"
+
+    @model_validator(mode="after")
+    def _admin_password(self) -> AlienSettings:
+        """The control plane's PostgreSQL password may come apart from its URL (as a
+        Kubernetes Secret does): it then goes into the URL. A data plane keeps them apart."""
+        if self.tenant is None and self.postgres_url and self.postgres_password is not None:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.postgres_url)
+            if url.password is None:
+                password = self.postgres_password.get_secret_value()
+                self.postgres_url = url.set(password=password).render_as_string(hide_password=False)
+        return self
 
     @property
     def system_dir(self) -> Path:

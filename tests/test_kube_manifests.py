@@ -13,18 +13,11 @@ import yaml
 from click.testing import CliRunner
 
 from alien.cli import main
-from resources.kube import (
-    SECRET_KEYS,
-    TenantSpec,
-    crd,
-    operator_deployment,
-    operator_rbac,
-    shipped,
-    tenant_objects,
-)
+from resources.helm_values import TenantTemplate
+from resources.kube import SECRET_KEYS, TenantSpec, crd, shipped, tenant_objects
 
 K8S = "1.33"
-OPERATOR = Path(__file__).resolve().parents[1] / "operator"
+REPO = Path(__file__).resolve().parents[1]
 SPEC = TenantSpec.model_validate(
     {
         "tenantId": "acme",
@@ -36,8 +29,19 @@ SPEC = TenantSpec.model_validate(
 )
 
 
+# Every optional object on: autoscaler, disruption budget, run launcher binding, run storage.
+FULL = TenantTemplate.model_validate(
+    {
+        "runLauncherRole": "alien-run-launcher",
+        "launcherSubjects": [{"kind": "ServiceAccount", "name": "dagster", "namespace": "d"}],
+        "defaults": {"dataApi": {"autoscaling": {"enabled": True}}},
+    }
+)
+
+
 def _all_objects() -> list[dict]:
-    return [crd(), *operator_rbac(), operator_deployment(), *tenant_objects(SPEC)]
+    full = tenant_objects(SPEC, template=FULL, dagster_storage={"DAGSTER_PG_PASSWORD": "x"})
+    return [crd(), *tenant_objects(SPEC), *full]
 
 
 @pytest.mark.parametrize(
@@ -49,7 +53,7 @@ def test_object_validates_against_kubernetes_schemas(obj: dict) -> None:
 
 def test_an_invalid_object_is_caught() -> None:
     """The validation can fail: a Deployment with a misspelt field does."""
-    broken = operator_deployment()
+    broken = next(o for o in tenant_objects(SPEC) if o["kind"] == "Deployment")
     broken["spec"]["replica"] = 2
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S, strict=True)
@@ -57,8 +61,8 @@ def test_an_invalid_object_is_caught() -> None:
 
 def test_shipped_yaml_is_what_the_code_generates() -> None:
     for name, objects in shipped().items():
-        on_disk = [d for d in yaml.safe_load_all((OPERATOR / name).read_text()) if d]
-        assert on_disk == objects, f"operator/{name} is stale: run `make manifests`"
+        on_disk = [d for d in yaml.safe_load_all((REPO / name).read_text()) if d]
+        assert on_disk == objects, f"{name} is stale: run `make manifests`"
 
 
 def test_tenants_validate_against_the_crd_schema() -> None:
@@ -100,9 +104,9 @@ def test_alien_tenant_manifests_prints_the_objects_without_secret_values() -> No
 
 
 def test_read_only_containers_write_only_to_their_empty_dirs() -> None:
-    """The operator's partition step and the Data API's instance write under ALIEN_HOME:
-    with a read-only root file system, that path and /tmp must be emptyDir mounts."""
-    objects = [operator_deployment(), *tenant_objects(SPEC)]
+    """The Data API's instance writes under ALIEN_HOME: with a read-only root file system,
+    that path and /tmp must be emptyDir mounts (the chart's pods: tests/test_helm_chart.py)."""
+    objects = tenant_objects(SPEC, template=FULL)
     settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
