@@ -13,7 +13,8 @@ computes for the run (everything else is the parent's, unchanged):
   plane's, for runs that belong to no tenant) is dropped, never merged;
 - the ServiceAccount for the tenant's run account (no API token mounted).
 
-Runs without a partition (metadata sync) keep the launcher's namespace and environment.
+Runs without a partition (metadata sync) keep the launcher's namespace and environment; a
+run over a range of several tenants is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,23 @@ from resources.kube import RUN_ENV_CONFIG_MAPS, RUN_ENV_SECRETS, RUN_SERVICE_ACC
 from resources.kube import tenant_namespace as namespace_of
 
 PARTITION_TAG = "dagster/partition"
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def run_tenant(tags: dict[str, str]) -> str | None:
+    """The tenant a run belongs to: its partition; a range of one partition is that one. A
+    range over several tenants is refused: no pod may hold two tenants' credentials."""
+    if tags.get(PARTITION_TAG):
+        return tags[PARTITION_TAG]
+    start, end = (tags.get(tag) for tag in RANGE_TAGS)
+    if start is None and end is None:
+        return None
+    if start != end:
+        raise ValueError(
+            f"a run over tenants {start!r}..{end!r} would hold several tenants' credentials: "
+            "launch one run per tenant partition"
+        )
+    return start
 
 
 class TenantK8sRunLauncher(K8sRunLauncher):
@@ -65,7 +83,7 @@ class TenantK8sRunLauncher(K8sRunLauncher):
 
     def get_container_context_for_run(self, dagster_run: Any) -> K8sContainerContext:
         context = super().get_container_context_for_run(dagster_run)
-        tenant = dagster_run.tags.get(PARTITION_TAG)
+        tenant = run_tenant(dagster_run.tags)
         if not tenant:
             return context
         run_config = context.run_k8s_config

@@ -22,7 +22,7 @@ import kopf
 from alien.tenants import STEPS, check_tenant, provision_step, retire_tenant
 from resources.helm_values import TenantTemplate
 from resources.kube import GROUP, PLURAL, VERSION, TenantSpec, tenant_objects
-from resources.provisioning import apply_kubernetes_objects, tenant_environment
+from resources.provisioning import apply_kubernetes_objects, read_secrets, tenant_environment
 from resources.settings import AlienSettings
 
 RETRY_DELAY = 30
@@ -45,7 +45,7 @@ def _dagster_storage() -> dict[str, str] | None:
     """Dagster's run-storage login, for the tenant's run pods to report their events (the
     chart gives it to the operator as DAGSTER_PG_*); None outside a chart install."""
     keys = ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD")
-    if not all(os.environ.get(k) for k in keys):
+    if not os.environ.get(keys[0]) or keys[1] not in os.environ:  # an empty password is one
         return None
     return {k: os.environ[k] for k in keys}
 
@@ -72,10 +72,13 @@ def _required() -> tuple[str, ...]:
 
 
 def conditions(
-    stores: dict[str, dict[str, str]], required: tuple[str, ...] = STEPS
+    stores: dict[str, dict[str, str]],
+    required: tuple[str, ...] = STEPS,
+    previous: list[dict[str, str]] | None = None,
 ) -> list[dict[str, str]]:
     """One condition per step (``CatalogReady``, ..., ``KubernetesReady``) and ``Ready`` when
-    every required one is True."""
+    every required one is True. A condition whose status did not change keeps the time of its
+    last transition (``previous``: the conditions in the object's status now)."""
     out = [
         {"type": f"{step.capitalize()}Ready", **stores[step]}
         for step in (*STEPS, "kubernetes")
@@ -84,9 +87,14 @@ def conditions(
     ready = all(stores.get(step, {}).get("status") == "True" for step in required)
     missing = [s for s in required if stores.get(s, {}).get("status") != "True"]
     out.append({"type": "Ready", "status": "True" if ready else "False",
-                "reason": "AllStoresReady" if ready else "StoresPending",
+                "reason": "AllReady" if ready else "Pending",
                 "message": "" if ready else f"waiting for: {', '.join(missing)}",
                 "lastTransitionTime": _now()})  # fmt: skip
+    before = {c["type"]: c for c in previous or []}
+    for condition in out:
+        old = before.get(condition["type"])
+        if old and old.get("status") == condition["status"] and old.get("lastTransitionTime"):
+            condition["lastTransitionTime"] = old["lastTransitionTime"]
     return out
 
 
@@ -110,7 +118,8 @@ def store_step(step: str, tenant: str) -> Any:
 def summarize(status: Any, patch: kopf.Patch, **_: Any) -> None:
     """The last sub-handler: the conditions list, from every store's state."""
     stores = {**dict(status.get("stores", {})), **dict(patch.status.get("stores", {}))}
-    patch.status["conditions"] = conditions(stores, _required())
+    previous = list(status.get("conditions", []))
+    patch.status["conditions"] = conditions(stores, _required(), previous)
 
 
 def kubernetes_step(tenant: TenantSpec) -> Any:
@@ -121,12 +130,15 @@ def kubernetes_step(tenant: TenantSpec) -> Any:
         try:
             settings = _settings()
             env = tenant_environment(settings, tenant.tenant_id)
+            template = _template(settings)
+            pulls = [s["name"] for s in template.image_pull_secrets]
             objects = tenant_objects(
                 tenant,
-                template=_template(settings),
+                template=template,
                 config=env.config,
                 secrets=env.secrets,
                 dagster_storage=_dagster_storage(),
+                pull_secrets=read_secrets(template.namespace, pulls) if pulls else [],
             )
             for obj in objects:
                 if obj["kind"] == "Namespace" and body is not None:
@@ -185,7 +197,7 @@ def drift(
             kubernetes_step(_spec(spec))(patch=patch, body=body)
         stores.update(patch.status.get("stores", {}))
     patch.status["stores"] = stores
-    patch.status["conditions"] = conditions(stores, _required())
+    patch.status["conditions"] = conditions(stores, _required(), list(status.get("conditions", [])))
     return {"repaired": repaired}
 
 

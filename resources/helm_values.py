@@ -110,6 +110,11 @@ class Postgres(Values):
         "postgres", "Database the admin connection opens (tenant databases are created beside)"
     )
     sslmode: SSLMODES = _field("prefer", "libpq sslmode")
+    cluster_database: str = _field(
+        "alien_cluster",
+        "Database of the cluster catalog (the tenant registry), created if missing",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+    )
     existing_secret: str = _field(
         "",
         "Secret with a role allowed to CREATE DATABASE and CREATE ROLE (CloudNativePG's "
@@ -163,10 +168,22 @@ class ClusterKey(Values):
     secret_key: str = _field("cluster-secret", "Key inside existingSecret")
 
 
+class StorePorts(Values):
+    postgresql: int = _field(
+        5432, "PostgreSQL (the catalogs and Dagster's storage)", ge=1, le=65535
+    )
+    object_store: int = _field(9000, "MinIO / S3", ge=1, le=65535)
+    qdrant: int = _field(6333, "Qdrant (HTTP)", ge=1, le=65535)
+    meilisearch: int = _field(7700, "Meilisearch", ge=1, le=65535)
+
+
 class Stores(Values):
     namespace: str = _field(
-        "alien-system", "Namespace the stores run in: tenants' pods may reach it, nothing else"
+        "alien-system",
+        "Namespace the stores run in (Dagster's PostgreSQL too): tenants' pods may reach it "
+        "on the ports below, nothing else",
     )
+    ports: StorePorts = _field(StorePorts, "Ports the pods of the stores listen on (egress)")
     postgresql: Postgres = _field(Postgres, "PostgreSQL: the cluster catalog and tenant catalogs")
     object_store: ObjectStore = _field(ObjectStore, "MinIO / S3: raw documents and OCR output")
     qdrant: Qdrant = _field(Qdrant, "Qdrant: vectors, a collection per tenant")
@@ -434,6 +451,8 @@ class TenantTemplate(Values):
         "",
     )
     stores_namespace: str = _field("alien-system", "")
+    store_ports: list[int] = _field(lambda: [5432, 9000, 6333, 7700], "")
+    namespace: str = _field("", "The release's namespace (where image pull Secrets are)")
     run_launcher_role: str = _field("", "ClusterRole bound in each tenant namespace")
     launcher_subjects: list[dict[str, str]] = _field([], "Who launches runs (Dagster's daemon)")
     defaults: TenantDefaults = _field(TenantDefaults, "tenantDefaults")

@@ -46,7 +46,6 @@ HOME_MOUNT = "/var/lib/alien"
 WRITABLE_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME_MOUNT}]
 WRITABLE_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
 CHART = "helm/alien-data-cluster"
-STORE_PORTS = {"postgresql": 5432, "minio": 9000, "qdrant": 6333, "meilisearch": 7700}
 
 
 class Quotas(BaseModel):
@@ -129,6 +128,7 @@ def tenant_objects(
     config: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None,
     dagster_storage: dict[str, str] | None = None,
+    pull_secrets: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Namespace, network policies, quota, service accounts, settings, credentials, the Data
     API (Deployment, Service, disruption budget, autoscaler) and what Dagster's run launcher
@@ -140,7 +140,9 @@ def tenant_objects(
     ``config``, the Secret ``secrets``, and the Data API container reads both, nothing else.
     Without ``secrets`` the Secret lists its key names only (for review and GitOps).
     ``dagster_storage`` (the ``DAGSTER_PG_*`` of Dagster's run storage) is what the tenant's
-    run pods add, to report their events; the Data API never reads it.
+    run pods add, to report their events; the Data API never reads it. ``pull_secrets`` are
+    the chart's image pull Secrets as read in its namespace: copied into the tenant's, where
+    its pods pull their image.
     """
     tpl = template or TenantTemplate()
     api = tpl.defaults.data_api
@@ -233,7 +235,7 @@ def tenant_objects(
                   "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
                  {"to": [{"namespaceSelector": {"matchLabels": {
                       "kubernetes.io/metadata.name": tpl.stores_namespace}}}],
-                  "ports": [{"protocol": "TCP", "port": p} for p in STORE_PORTS.values()]},
+                  "ports": [{"protocol": "TCP", "port": p} for p in tpl.store_ports]},
              ],
          }},
         {"apiVersion": "v1", "kind": "ResourceQuota",
@@ -251,6 +253,19 @@ def tenant_objects(
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": secret,
          **({"stringData": dict(secrets)} if secrets is not None else {})},
     ]  # fmt: skip
+    if spec.features.mistral_ocr:
+        # Mistral's API is outside the cluster: HTTPS to public addresses only.
+        private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]
+        public = {"ipBlock": {"cidr": "0.0.0.0/0", "except": private}}
+        https = [{"to": [public], "ports": [{"protocol": "TCP", "port": 443}]}]
+        objects.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": _meta("egress-to-mistral-ocr", ns, t),
+                        "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                                 "egress": https}})  # fmt: skip
+    for pull in pull_secrets or []:
+        objects.append({"apiVersion": "v1", "kind": "Secret", "type": pull["type"],
+                        "metadata": _meta(pull["metadata"]["name"], ns, t),
+                        "data": dict(pull["data"])})  # fmt: skip
     if dagster_storage is not None:
         objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                         "metadata": _meta(DAGSTER_STORAGE_SECRET, ns, t, "run"),

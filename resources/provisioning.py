@@ -49,22 +49,29 @@ def tenant_environment(settings: AlienSettings, tenant: str) -> TenantEnvironmen
     return TenantRegistry(settings).environment(TenantId(tenant))
 
 
-def apply_kubernetes_objects(objects: list[dict], field_manager: str = "alien-operator") -> int:
-    """Server-side apply of ``objects`` through the API server (in-cluster or kube-config).
-
-    Idempotent by construction: applying the same objects again changes nothing.
-    """
+def _kube_client():  # type: ignore[no-untyped-def]
+    """An API client: in-cluster, else the kube-config (``KUBECONFIG`` as it is now; the
+    client reads it once, when first imported)."""
     import os
 
-    from kubernetes import config, dynamic
+    from kubernetes import config
     from kubernetes.client import ApiClient
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        # KUBECONFIG as it is now (the client reads it once, when first imported)
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    client = dynamic.DynamicClient(ApiClient())
+    return ApiClient()
+
+
+def apply_kubernetes_objects(objects: list[dict], field_manager: str = "alien-operator") -> int:
+    """Server-side apply of ``objects`` through the API server (in-cluster or kube-config).
+
+    Idempotent by construction: applying the same objects again changes nothing.
+    """
+    from kubernetes import dynamic
+
+    client = dynamic.DynamicClient(_kube_client())
     for obj in objects:
         api = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         client.server_side_apply(
@@ -76,3 +83,16 @@ def apply_kubernetes_objects(objects: list[dict], field_manager: str = "alien-op
             force_conflicts=True,
         )
     return len(objects)
+
+
+def read_secrets(namespace: str, names: list[str]) -> list[dict]:
+    """The named Secrets of ``namespace`` (type and data), e.g. image pull Secrets to copy
+    into a tenant's namespace; the operator may read these by name and no other."""
+    from kubernetes.client import CoreV1Api
+
+    api = CoreV1Api(_kube_client())
+    out = []
+    for name in names:
+        secret = api.read_namespaced_secret(name, namespace)
+        out.append({"metadata": {"name": name}, "type": secret.type, "data": secret.data or {}})
+    return out

@@ -146,6 +146,21 @@ def cluster_database(postgres: object) -> Iterator[str]:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def dagster_database(postgres: object) -> Iterator[str]:
+    """An empty database for a Dagster instance's storage (dagster-postgres), dropped after."""
+    from sqlalchemy import create_engine, text
+
+    name = f"alien_dagster_t{uuid.uuid4().hex[:10]}"
+    engine = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield name
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
 def pdf_pages(source: Path, pages: list[int], password: str | None = None) -> bytes:
     """A new PDF made of ``pages`` (0-based) of a real PDF, optionally encrypted."""
     import pypdf

@@ -7,8 +7,6 @@ namespace holding that tenant's settings and credentials and no key of the contr
 from __future__ import annotations
 
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +19,11 @@ from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.launcher import LaunchRunContext
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test
-from sqlalchemy import create_engine, text
 
-from tests.conftest import POSTGRES_ADMIN
 from tests.kube_api import BackgroundKMock
 from tests.test_helm_chart import NAMESPACE, instance_config, render, value_set
 
 JOBS = kmock.resource("batch", "v1", "jobs")
-
-
-@pytest.fixture
-def dagster_database(postgres: object) -> Iterator[str]:
-    name = f"alien_dagster_t{uuid.uuid4().hex[:10]}"
-    engine = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def _chart_instance(tmp_path: Path, database: str, value_file: str) -> dict[str, Any]:
@@ -216,3 +200,14 @@ def test_the_companion_dagster_values_mirror_the_chart() -> None:
     assert values["generatePostgresqlPasswordSecret"] is False  # no invented password
     limits = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert limits["tagConcurrencyLimits"][0]["key"] == "dagster/partition"
+
+
+def test_a_run_over_several_tenants_is_refused() -> None:
+    from alien_assets.launcher import run_tenant
+
+    start, end = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+    assert run_tenant({"dagster/partition": "acme"}) == "acme"
+    assert run_tenant({start: "acme", end: "acme"}) == "acme"
+    assert run_tenant({}) is None
+    with pytest.raises(ValueError, match="several tenants"):
+        run_tenant({start: "acme", end: "globex"})

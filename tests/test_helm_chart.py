@@ -295,6 +295,9 @@ def test_production_values_reach_the_objects() -> None:
         url
         == "postgresql://$(ALIEN_POSTGRES_USER)@pg-main-rw.data-stores.svc:5432/postgres?sslmode=verify-full"
     )
+    # Dagster in its own namespace still reaches the code server
+    code = one(docs, "NetworkPolicy", "-code-location")["spec"]["ingress"][0]["from"][0]
+    assert code["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "dagster"}
     binding = one(docs, "RoleBinding", "-run-launcher")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "dagster", "namespace": "dagster"}
@@ -305,6 +308,8 @@ def test_the_crd_is_kept_on_uninstall_by_default() -> None:
     docs = render(value_set("minimal"))
     (crd_doc,) = by_kind(docs, "CustomResourceDefinition")
     assert crd_doc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    # a kept CRD is adopted by the next install only if it says it is Helm's
+    assert crd_doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     assert crd_doc["spec"] == crd()["spec"]
 
 
@@ -323,24 +328,40 @@ def test_network_policies_default_deny(rendered) -> None:
 def test_operator_rbac_is_least_privilege() -> None:
     docs = render(value_set("production"))  # autoscaling on: every kind it may apply
     role = one(docs, "ClusterRole", "-operator")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        assert "escalate" not in rule["verbs"] and "impersonate" not in rule["verbs"]
-        if "bind" in rule["verbs"]:  # only the run launcher's role, by name
-            assert rule["verbs"] == ["bind"]
-            assert rule["resourceNames"] == ["r1-alien-data-cluster-run-launcher"]
+        assert not {"escalate", "impersonate"} & set(rule["verbs"])
+        if {"list", "watch"} & set(rule["verbs"]):  # what kopf watches, nothing else
+            assert set(rule["resources"]) <= {"tenants", "customresourcedefinitions"}
+        if "update" in rule["verbs"]:
+            assert rule["resources"] == ["tenants/finalizers"]
+    # Secrets: written by server-side apply, never read
+    assert rules[(("",), ("secrets",))]["verbs"] == ["create", "patch", "delete"]
+    # binding only the run launcher's role, by name
+    (bind,) = [r for r in role["rules"] if "bind" in r["verbs"]]
+    assert bind["verbs"] == ["bind"] and bind["resources"] == ["clusterroles"]
+    assert bind["resourceNames"] == ["r1-alien-data-cluster-run-launcher"]
+    # exactly the kinds it applies for a tenant, plus its own resource, events and kopf's needs
     kinds = {r for rule in role["rules"] if "bind" not in rule["verbs"] for r in rule["resources"]}
-    # exactly what it applies for a tenant, plus its own resource and events
-    applied = {
-        o["kind"] for o in tenant_objects(TenantSpec(tenantId="acme"), template=template_of(docs))
-    }
+    template = template_of(docs)
+    spec = TenantSpec.model_validate({"tenantId": "acme", "features": {"mistralOcr": True}})
+    applied = {o["kind"] for o in tenant_objects(spec, template=template, dagster_storage={})}
     plural = {"Namespace": "namespaces", "NetworkPolicy": "networkpolicies",
               "ResourceQuota": "resourcequotas", "ServiceAccount": "serviceaccounts",
               "ConfigMap": "configmaps", "Secret": "secrets", "Deployment": "deployments",
               "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
               "HorizontalPodAutoscaler": "horizontalpodautoscalers",
               "RoleBinding": "rolebindings"}  # fmt: skip
-    assert {plural[k] for k in applied} | {"tenants", "tenants/status", "events"} == kinds
+    own = {"tenants", "tenants/status", "tenants/finalizers", "customresourcedefinitions", "events"}
+    assert {plural[k] for k in applied} | own == kinds
+    # the image pull Secrets: read by name, in the release's namespace only
+    pull = one(docs, "Role", "-operator-pull-secrets")
+    assert pull["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+         "resourceNames": ["internal-registry"]}
+    ]  # fmt: skip
+    assert not [d for d in render(value_set("minimal")) if d["kind"] == "Role"]
 
 
 # -- Dagster's instance ---------------------------------------------------------------------
@@ -469,3 +490,53 @@ def test_a_data_api_image_of_its_own(tmp_path: Path) -> None:
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "ghcr.io/alien-data/cluster:0.1.1-api"
+
+
+def _quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity as a number (cpu in cores, memory in bytes)."""
+    text = str(value)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6,
+             "G": 1e9}  # fmt: skip
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def test_a_tenants_quota_holds_its_data_apis_and_runs(rendered) -> None:
+    """The quota the operator stamps leaves room for the most Data API pods (and one
+    rollout's surge) beside the tenant's concurrent run pods: else the run never starts."""
+    import math
+
+    name, docs = rendered
+    template = template_of(docs)
+    api = template.defaults.data_api
+    most = api.autoscaling.max_replicas if api.autoscaling.enabled else api.replicas
+    api_pods = most + math.ceil(most / 4)  # maxSurge 25%
+    config = instance_config(docs)
+    runs = config["run_coordinator"]["config"]["tag_concurrency_limits"][0]["limit"]
+    run_resources = config["run_launcher"]["config"]["resources"]
+    objects = tenant_objects(TenantSpec(tenantId="acme"), template=template)
+    (hard,) = [o["spec"]["hard"] for o in objects if o["kind"] == "ResourceQuota"]
+    quota = {k: _quantity(v) for k, v in hard.items()}
+    assert quota["pods"] >= api_pods + runs, name
+    for kind in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            need = api_pods * _quantity(getattr(api.resources, kind)[resource]) + runs * _quantity(
+                run_resources[kind][resource]
+            )
+            assert quota[f"{kind}.{resource}"] >= need, (name, kind, resource, need)
+    gpu = run_resources["limits"].get("nvidia.com/gpu")
+    if gpu is not None:
+        assert quota["requests.nvidia.com/gpu"] >= runs * _quantity(gpu)
+
+
+def test_store_ports_reach_every_egress_rule(tmp_path: Path) -> None:
+    extra = {"stores": {"ports": {"objectStore": 443, "meilisearch": 443}}}
+    docs = render(value_set("minimal"), extra, tmp=tmp_path)
+    wanted = [5432, 443, 6333]
+    operator = one(docs, "NetworkPolicy", "-operator")["spec"]["egress"][1]
+    assert [p["port"] for p in operator["ports"]] == wanted
+    objects = tenant_objects(TenantSpec(tenantId="acme"), template=template_of(docs))
+    (egress,) = [o for o in objects if o["metadata"]["name"] == "egress-to-stores-and-dns"]
+    assert [p["port"] for p in egress["spec"]["egress"][1]["ports"]] == wanted

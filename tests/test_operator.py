@@ -284,3 +284,26 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
     assert not any(check_tenant(cluster, tenant).values())
     assert not backends.catalog.provisioner.exists(tenant)
     assert not backends.objects.s3.bucket_exists(bucket_name(tenant))
+
+
+def test_a_condition_keeps_its_transition_time_while_its_status_holds(
+    handlers: ModuleType,
+) -> None:
+    def state(ok: bool) -> dict[str, str]:
+        return handlers._store_state(ok, "R", "m")
+
+    required = (*STEPS, "kubernetes")
+    stores = {step: state(True) for step in required}
+    earlier = [
+        {**c, "lastTransitionTime": "2026-01-01T00:00:00+00:00"}
+        for c in handlers.conditions(stores, required)
+    ]
+    stores["vectors"] = state(False)
+    now = {c["type"]: c for c in handlers.conditions(stores, required, earlier)}
+    assert now["CatalogReady"]["lastTransitionTime"] == "2026-01-01T00:00:00+00:00"
+    assert now["VectorsReady"]["lastTransitionTime"] != "2026-01-01T00:00:00+00:00"
+    assert now["Ready"]["status"] == "False" and "vectors" in now["Ready"]["message"]
+    # Ready waits for the tenant's objects when they are applied
+    stores = {step: state(True) for step in STEPS}
+    ready = {c["type"]: c for c in handlers.conditions(stores, required)}["Ready"]
+    assert ready["status"] == "False" and ready["message"] == "waiting for: kubernetes"

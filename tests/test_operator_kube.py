@@ -8,8 +8,10 @@ serve`` for that tenant from their environment alone."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 from kubernetes.dynamic import DynamicClient
+from sqlalchemy.engine import make_url
 
 from alien.local_servers import LocalServers
 from alien.tenants import check_tenant
@@ -68,6 +71,26 @@ def api() -> Iterator[BackgroundKMock]:
         yield server
 
 
+def pod_environment(
+    container: dict[str, Any], configmaps: dict[str, dict[str, str]], secrets: dict[str, Any]
+) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: ``envFrom`` ConfigMaps, then
+    ``env`` in order, ``$(VAR)`` expanded from the variables defined before it, Secret keys
+    resolved (a missing Secret or key fails, as the pod would)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]])
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secrets[ref["name"]][ref["key"]]
+        else:
+            env[var["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"]
+            )
+    return env
+
+
 @pytest.fixture
 def operator_env(
     tmp_path: Path,
@@ -75,10 +98,54 @@ def operator_env(
     servers: LocalServers,
     postgres: object,
     cluster_database: str,
+    dagster_database: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
-    """The operator's environment as the chart gives it (control plane keys, the tenant
-    defaults the chart renders, Dagster's storage login), with a kube-config for the API."""
+    """The operator's environment exactly as the chart builds it (its ConfigMap, its Secret
+    references, the volumes it mounts), the Secrets holding the real servers' credentials."""
+    admin = make_url(POSTGRES_ADMIN)
+    values = {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "stores": {
+            "postgresql": {"host": admin.host, "port": admin.port or 5432,
+                           "sslmode": "disable", "clusterDatabase": cluster_database},
+            "objectStore": {"endpoint": servers.s3_endpoint, "secure": False},
+            "qdrant": {"url": servers.qdrant_url},
+            "meilisearch": {"url": servers.meili_url},
+        },
+        "dagster": {"postgresql": {"host": admin.host, "port": admin.port or 5432,
+                                   "database": dagster_database, "sslmode": "disable",
+                                   "username": admin.username}},
+        "tenantDefaults": {"dataApi": {"autoscaling": {"enabled": True}}},
+    }  # fmt: skip
+    docs = render(value_set("minimal"), values, tmp=tmp_path)
+    secrets = {  # the Secrets the guide has you create, with this machine's servers' keys
+        "alien-pg-superuser": {"username": admin.username, "password": admin.password or ""},
+        "minio-root": {"rootUser": servers.s3_access_key, "rootPassword": servers.s3_secret_key},
+        "qdrant-api-key": {"api-key": servers.qdrant_api_key},
+        "meilisearch-master-key": {"master-key": servers.meili_master_key},
+        "alien-cluster-key": {"cluster-secret": CLUSTER_SECRET},
+        "dagster-pg": {"postgresql-password": admin.password or ""},
+    }
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    operator = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    (container,) = operator["containers"]
+    env = pod_environment(container, configmaps, secrets)
+    # Each volume mounted where the container says, as a directory of this test.
+    volumes = {v["name"]: v for v in operator["volumes"]}
+    mounts = {}
+    for mount in container["volumeMounts"]:
+        directory = tmp_path / "volumes" / mount["name"]
+        directory.mkdir(parents=True)
+        for name, text in configmaps.get(
+            volumes[mount["name"]].get("configMap", {}).get("name"), {}
+        ).items():
+            (directory / name).write_text(text)
+        mounts[mount["mountPath"]] = directory
+    for key, value in env.items():
+        for path, directory in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                env[key] = str(directory) + value[len(path) :]
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -92,25 +159,7 @@ def operator_env(
             }
         )
     )
-    docs = render(value_set("production"))
-    defaults = tmp_path / "etc-alien" / "tenant-defaults.json"
-    defaults.parent.mkdir()
-    defaults.write_text(one(docs, "ConfigMap", "-tenant-defaults")["data"]["tenant-defaults.json"])
-    home = tmp_path / "var-lib-alien"  # the operator's emptyDir
-    env = {
-        "ALIEN_HOME": str(home),
-        "DAGSTER_HOME": str(home / "dagster"),
-        "ALIEN_MODE": "cluster",
-        "ALIEN_POSTGRES_URL": POSTGRES_ADMIN,
-        "ALIEN_CLUSTER_SECRET": CLUSTER_SECRET,
-        "ALIEN_CLUSTER_DATABASE": cluster_database,
-        **servers.cluster_settings(),
-        "ALIEN_KUBE_APPLY": "true",
-        "ALIEN_TENANT_DEFAULTS_FILE": str(defaults),
-        "DAGSTER_PG_USERNAME": "dagster",
-        "DAGSTER_PG_PASSWORD": "dagster-storage-password",
-        "KUBECONFIG": str(kubeconfig),
-    }
+    env["KUBECONFIG"] = str(kubeconfig)  # in a pod: its service account, in-cluster
     for key in [k for k in os.environ if k.startswith("ALIEN_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
@@ -150,6 +199,16 @@ def test_the_operator_provisions_applies_reports_and_retires(
     client = _client(operator_env)
     tenants = client.resources.get(api_version=f"{GROUP}/{VERSION}", kind=KIND)
     settings = AlienSettings()
+    instance_file = Path(operator_env["ALIEN_DAGSTER_HOME"]) / "dagster.yaml"
+    instance_text = instance_file.read_text()
+    # the image pull Secret the chart names, in the release's namespace
+    registry_auth = base64.b64encode(b'{"auths": {"registry.example": {}}}').decode()
+    client.resources.get(api_version="v1", kind="Secret").create(
+        namespace="alien-control",
+        body={"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+              "metadata": {"name": "regcred", "namespace": "alien-control"},
+              "data": {".dockerconfigjson": registry_auth}},
+    )  # fmt: skip
     args = ["run", "--standalone", "--all-namespaces", str(HANDLERS)]
     with KopfRunner(args, registry=registry, timeout=120) as runner:
         tenants.create(
@@ -177,8 +236,9 @@ def test_the_operator_provisions_applies_reports_and_retires(
             "kopf.zalando.org/KopfFinalizerMarker"
             in (stored[TENANTS, None, tenant]["metadata"]["finalizers"])
         )
-        # the stores exist, on the real servers
+        # the stores exist, on the real servers; the partition in the chart's Dagster instance
         assert all(check_tenant(settings, tenant).values())
+        assert _has_partition(instance_file.parent, tenant)
 
         # every object was applied server-side, with the operator's field manager
         applies = [
@@ -194,9 +254,10 @@ def test_the_operator_provisions_applies_reports_and_retires(
             ("ConfigMap", "alien-tenant-settings"),
             ("Secret", "alien-tenant-credentials"),
             ("Secret", "alien-dagster-storage"),
+            ("Secret", "regcred"),
             ("RoleBinding", "alien-run-launcher"),
             ("Deployment", "alien-data-api"),
-            ("HorizontalPodAutoscaler", "alien-data-api"),  # production: autoscaling on
+            ("HorizontalPodAutoscaler", "alien-data-api"),  # autoscaling on
             ("PodDisruptionBudget", "alien-data-api"),
         } <= applied
         for request in applies:
@@ -211,11 +272,19 @@ def test_the_operator_provisions_applies_reports_and_retires(
         ]
         pod = deployment["spec"]["template"]["spec"]
         assert "replicas" not in deployment["spec"]  # the autoscaler owns it
-        assert pod["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "6Gi"}
-        assert pod["containers"][0]["image"].startswith("registry.internal.example/")
+        assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "3Gi"}
+        assert pod["containers"][0]["image"] == "ghcr.io/alien-data/cluster:0.1.0"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        # ...which it finds in its own namespace, copied
+        copied = stored[kmock.resource("", "v1", "secrets"), namespace, "regcred"]
+        assert copied["data"] == {".dockerconfigjson": registry_auth}
+        assert copied["type"] == "kubernetes.io/dockerconfigjson"
         # run pods find Dagster's storage login in the tenant's namespace
         storage = stored[kmock.resource("", "v1", "secrets"), namespace, "alien-dagster-storage"]
-        assert storage["stringData"]["DAGSTER_PG_PASSWORD"] == "dagster-storage-password"
+        assert storage["stringData"] == {
+            "DAGSTER_PG_USERNAME": operator_env["DAGSTER_PG_USERNAME"],
+            "DAGSTER_PG_PASSWORD": operator_env["DAGSTER_PG_PASSWORD"],
+        }
 
         # a spec change is applied again
         settings_of = lambda: stored[  # noqa: E731
@@ -239,14 +308,29 @@ def test_the_operator_provisions_applies_reports_and_retires(
         history = stored[TENANTS, None, tenant].history
         assert any(v is not None and "deletionTimestamp" in v["metadata"] for v in history)
         assert not any(check_tenant(settings, tenant).values())
+        assert not _has_partition(instance_file.parent, tenant)
         assert not api.handler.errors
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
     assert "Handler 'retire' succeeded" in runner.output
     # it wrote under ALIEN_HOME (its emptyDir), nowhere a read-only root would refuse
     assert any(Path(operator_env["ALIEN_HOME"]).rglob("*"))
+    assert operator_env["ALIEN_HOME"].endswith("/volumes/home")
     assert not any((tmp_path / "rootfs-cwd").iterdir())
     assert not any((tmp_path / "rootfs-home").iterdir())
+    assert instance_file.read_text() == instance_text  # the mounted ConfigMap: read only
+
+
+def _has_partition(dagster_home: Path, tenant: str) -> bool:
+    from dagster import DagsterInstance
+
+    from alien_assets.partitions import TENANTS as PARTITIONS
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        return instance.has_dynamic_partition(PARTITIONS, tenant)
+    finally:
+        instance.dispose()
 
 
 def _serve_from(config: dict[str, str], secrets: dict[str, str], tmp: Path, tenant: str) -> None:

@@ -125,3 +125,17 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The stores' ports, for egress rules ---------------------------------------------------- */}}
+{{- define "alien.storePorts" -}}
+{{- $p := .Values.stores.ports -}}
+{{- list (int $p.postgresql) (int $p.objectStore) (int $p.qdrant) (int $p.meilisearch) | uniq | toYaml -}}
+{{- end -}}
+
+{{- define "alien.storePortRules" -}}
+{{- $rules := list -}}
+{{- range (include "alien.storePorts" . | fromYamlArray) -}}
+{{- $rules = append $rules (dict "protocol" "TCP" "port" .) -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end -}}
