@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import signal
 import sys
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -99,9 +103,58 @@ def _iter_files(paths: tuple[Path, ...]) -> Iterator[tuple[Path, str]]:
             raise click.BadParameter(f"no such file or directory: {root}", param_hint="PATH")
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) or SIGTERM sets the event: the run stops at its next document or batch
+    of chunks, without a retry, and what it left unfinished waits for the next run. A second
+    one ends the process at once (its workers die with it; the next run cleans up)."""
+    cancel = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            os._exit(128 + signum)
+        cancel.set()
+        err.print("[yellow]stopping after the current document or batch[/] (again: quit now)")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _in_thread(work: Callable[[], Any]) -> Any:
+    """Run ``work`` in a thread while this one waits, and return (or raise) what it did.
+
+    Dagster replaces the process's SIGINT and SIGTERM handlers while it executes a run in
+    the main thread, turning Ctrl-C into an error inside the step, which its retry policy
+    then retries. Off the main thread it leaves them alone: our handler keeps them and asks
+    the run to stop (``_interruptible``)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="alien-run", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # wakes up for signal handlers
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def ingest_paths(
     ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, show_progress: bool
 ) -> dict[str, Any]:
+    from alien import pipeline
     from alien.documents import register_path
     from alien.runner import run_ingest
 
@@ -112,32 +165,48 @@ def ingest_paths(
     files = list(_iter_files(paths))
     counts = {"new": 0, "unchanged": 0, "updated": 0, "failed": 0}
     entry_ids = []
-    with _progress(show_progress) as bar:
+    run = None
+    with _interruptible() as cancel, _progress(show_progress) as bar:
         task = bar.add_task("register", total=len(files))
         for path, name in files:
+            if cancel.is_set():
+                break
             reg = register_path(stores, path, dataset=dataset, source_name=name)
             counts[reg.outcome] += 1
             entry_ids.append(reg.entry.id)
             bar.advance(task)
         needs_run = counts["new"] + counts["updated"] > 0 or stores.catalog.has_unfinished()
-        if needs_run:
+        if needs_run and not cancel.is_set():
             # The model loads in a worker process while Dagster starts, extracts and chunks.
             stores.embedder.preload()
-        run = run_ingest(ctx.settings, tenant, listener=_step_bars(bar)) if needs_run else None
+            run = _in_thread(
+                lambda: run_ingest(ctx.settings, tenant, listener=_step_bars(bar), cancel=cancel)
+            )
+    interrupted = cancel.is_set()
+    if interrupted:  # stopped between steps, or before the run: its entries wait again
+        pipeline.release(stores)
     entries = stores.catalog.entries(ids=entry_ids)
     failed = [e for e in entries if e.status == EntryStatus.FAILED]
     counts["failed"] = len(failed)
     text = run.report("ocr_output") if run else None
     chunked = run.report("chunks") if run else None
     embedded = run.report("embeddings") if run else None
+    indexed = run.report("vector_index") if run else None
     return {
         "tenant": tenant,
         "dataset": dataset,
         "entries": counts,
+        "interrupted": interrupted,
+        "pending": stores.catalog.status_counts().get(EntryStatus.PENDING, 0),
+        # what this run did, step by step: entries an earlier, interrupted run had taken
+        # part of the way are counted where this one finished them
+        "read_entries": text.processed if text else 0,
         "pages": text.pages if text else 0,
         "ocr_pages": text.details.get("ocr_pages", 0) if text else 0,
+        "chunked_entries": chunked.processed if chunked else 0,
         "chunks": chunked.chunks if chunked else 0,
         "embedded_chunks": embedded.chunks if embedded else 0,
+        "indexed_entries": indexed.processed if indexed else 0,
         "seconds": round(time.perf_counter() - started, 3),
         "run_id": run.run_id if run else None,
         "run_seconds": round(run.seconds, 3) if run else 0.0,
@@ -172,14 +241,33 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, as_json
         e = summary["entries"]
         out.print(
             f"[bold]{tenant}[/]: {e['new']} new, {e['updated']} updated,"
-            f" {e['unchanged']} unchanged, {e['failed']} failed;"
-            f" {summary['pages']} pages, {summary['chunks']} chunks in {summary['seconds']:.1f} s"
+            f" {e['unchanged']} unchanged, {e['failed']} failed; {_did(summary)}"
+            f" in {summary['seconds']:.1f} s"
         )
         for f in summary["failures"]:
             out.print(f"  [red]failed[/] {f['source_name']}: {f['reason']}")
+    if summary["interrupted"]:
+        waiting = summary["pending"]
+        which = "1 entry waits" if waiting == 1 else f"{waiting} entries wait"
+        err.print(f"[yellow]interrupted[/]: {which}; run the same `alien ingest` again to finish")
+        sys.exit(130)
     if not summary["run_success"]:
         err.print(f"[red]{summary['run_error']}[/]")
         sys.exit(1)
+
+
+def _did(summary: dict[str, Any]) -> str:
+    """What the run did, step by step (nothing to do says so)."""
+    parts = []
+    if summary["read_entries"]:
+        parts.append(f"read {summary['read_entries']} ({summary['pages']} pages)")
+    if summary["chunks"]:
+        parts.append(f"{summary['chunks']} chunks")
+    if summary["embedded_chunks"]:
+        parts.append(f"embedded {summary['embedded_chunks']}")
+    if summary["indexed_entries"]:
+        parts.append(f"indexed {summary['indexed_entries']}")
+    return ", ".join(parts) if parts else "nothing to do"
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -470,8 +558,16 @@ def eval_(
     collection = load_beir(directory)
     stores, entry_to_doc = ingest_collection(ctx.registry, collection, tenant and _tenant(tenant))
     show = not as_json and err.is_terminal
-    with _progress(show) as bar:
-        run = run_ingest(ctx.settings, stores.tenant, listener=_step_bars(bar))
+    with _interruptible() as cancel, _progress(show) as bar:
+        run = _in_thread(
+            lambda: run_ingest(ctx.settings, stores.tenant, listener=_step_bars(bar), cancel=cancel)
+        )
+    if cancel.is_set():
+        from alien import pipeline
+
+        pipeline.release(stores)
+        err.print("[yellow]interrupted[/]: run the same `alien eval` again to finish")
+        sys.exit(130)
     if not run.success:
         raise click.ClickException(run.error or "ingest failed")
     results = evaluate(stores, collection, entry_to_doc, run_dir=run_dir)
@@ -520,11 +616,14 @@ def demo(ctx: Ctx, tenant: str, source: Path | None) -> None:
     tenant = _tenant(tenant)
     summary = ingest_paths(ctx, (source,), tenant, DEFAULT_DATASET, show_progress=err.is_terminal)
     e = summary["entries"]
+    run = f" (Dagster run {summary['run_id']})" if summary["run_id"] else ""
     out.print(
         f"[bold]ingested[/] {e['new'] + e['updated']} changed, {e['unchanged']} unchanged,"
-        f" {e['failed']} failed: {summary['pages']} pages, {summary['chunks']} chunks"
-        f" in {summary['seconds']:.1f} s (Dagster run {summary['run_id']})"
+        f" {e['failed']} failed; {_did(summary)} in {summary['seconds']:.1f} s{run}"
     )
+    if summary["interrupted"]:
+        err.print("[yellow]interrupted[/]: run `alien demo` again to finish")
+        sys.exit(130)
     stores = ctx.open(tenant)
     for query in DEMO_QUERIES:
         out.rule(f"[bold]{query}")

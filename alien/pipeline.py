@@ -65,8 +65,14 @@ Progress = Callable[[str, int, int], None]
 
 
 class RunCancelled(Exception):
-    """The run was asked to stop (its worker is shutting down). Whatever was finished stays;
-    the entries it was working on stay ``processing`` and the next run takes them up."""
+    """The run was asked to stop (Ctrl-C, its worker shutting down). Whatever was finished
+    stays; the entries it was working on go back to ``pending`` (``release``) and the next
+    run takes them up."""
+
+
+def release(stores: TenantStores) -> int:
+    """After a stopped run: its unfinished entries are ``pending`` again; how many."""
+    return stores.catalog.release_processing()
 
 
 @dataclass
@@ -236,7 +242,9 @@ def drain_inbox(stores: TenantStores, dataset: str = DEFAULT_DATASET) -> dict[st
     return counts
 
 
-def run_raw_documents(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+def run_raw_documents(
+    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+) -> StepReport:
     started = time.perf_counter()
     report = StepReport(RAW)
     with stores.lock(RAW):
@@ -249,6 +257,8 @@ def run_raw_documents(stores: TenantStores, full_refresh: bool = False) -> StepR
         upstream = {eid: (e.sha256, e.sha256) for eid, e in entries.items() if e.sha256}
         plan = _plan(stores, RAW, upstream, "", full_refresh)
         records = []
+        if progress and plan.todo:
+            progress(RAW, 0, len(plan.todo))
         for eid, input_hash, sha in plan.todo:
             entry = entries[eid]
             if not stores.objects.exists(entry.object_key or raw_key(eid)):
@@ -257,6 +267,8 @@ def run_raw_documents(stores: TenantStores, full_refresh: bool = False) -> StepR
                 continue
             records.append(ManifestRecord(eid, input_hash, sha, output_key=entry.object_key))
         stores.catalog.record_manifest(RAW, records)
+        if progress and plan.todo:
+            progress(RAW, len(plan.todo), len(plan.todo))
         report.processed = len(records)
         stores.catalog.forget_manifest(RAW, plan.remove)
         report.removed = len(plan.remove)
@@ -312,6 +324,8 @@ def run_ocr_output(
     with stores.lock(TEXT), bounded:
         plan = _plan(stores, TEXT, _upstream_of(stores, RAW), config, full_refresh)
         stores.catalog.set_status([eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING)
+        if progress and plan.todo:
+            progress(TEXT, 0, len(plan.todo))  # the bar shows while the first one is read
         ocr_pages = 0
         for n, (eid, input_hash, sha) in enumerate(plan.todo, 1):
             check_cancelled()
@@ -394,7 +408,9 @@ def read_chunks(stores: TenantStores, entry_id: str) -> list[Chunk]:
     return [Chunk(**c) for c in data["chunks"]]
 
 
-def run_chunks(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+def run_chunks(
+    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+) -> StepReport:
     started = time.perf_counter()
     report = StepReport(CHUNKS)
     embedder = stores.embedder
@@ -402,8 +418,10 @@ def run_chunks(stores: TenantStores, full_refresh: bool = False) -> StepReport:
     config = f"{embedder.model_name}:{max_tokens}"
     with stores.lock(CHUNKS):
         plan = _plan(stores, CHUNKS, _upstream_of(stores, TEXT), config, full_refresh)
-        for eid, input_hash, sha in plan.todo:
+        for n, (eid, input_hash, sha) in enumerate(plan.todo):
             check_cancelled()
+            if progress:
+                progress(CHUNKS, n, len(plan.todo))
             try:
                 pages = read_pages(stores, eid)
                 chunks = chunk_pages(eid, pages, embedder.tokenizer, max_tokens)
@@ -438,6 +456,8 @@ def run_chunks(stores: TenantStores, full_refresh: bool = False) -> StepReport:
             stores.catalog.update_entry(eid, chunks=len(chunks))
             report.processed += 1
             report.chunks += len(chunks)
+        if progress and plan.todo:
+            progress(CHUNKS, len(plan.todo), len(plan.todo))
         for eid in plan.remove:
             stores.objects.delete(chunks_key(eid))
         stores.catalog.forget_manifest(CHUNKS, plan.remove)
@@ -471,6 +491,8 @@ def run_embeddings(
         done = 0
         group: list[tuple[str, str, str, list[Chunk]]] = []
         pending = 0
+        if progress and total:
+            progress(EMBEDDINGS, 0, total)
 
         def flush() -> None:
             nonlocal group, pending, done, model_seconds
@@ -567,14 +589,17 @@ def _run_index_step(
     index: _Index,
     write_entry: Callable[[Entry], int],
     full_refresh: bool,
+    progress: Progress | None = None,
 ) -> StepReport:
     """Bring one index up to date: ``write_entry`` replaces an entry's rows, returns how many."""
     started = time.perf_counter()
     report = StepReport(step)
     with stores.lock(step):
         plan = _plan(stores, step, _upstream_of(stores, upstream), "", full_refresh)
-        for eid, input_hash, sha in plan.todo:
+        for n, (eid, input_hash, sha) in enumerate(plan.todo):
             check_cancelled()
+            if progress:
+                progress(step, n, len(plan.todo))
             entry = stores.catalog.get_entry(eid)
             if entry is None:
                 continue  # deleted meanwhile
@@ -589,6 +614,8 @@ def _run_index_step(
             )
             report.processed += 1
             report.chunks += rows
+        if progress and plan.todo:
+            progress(step, len(plan.todo), len(plan.todo))
         index.delete_entries(plan.remove)
         stores.catalog.forget_manifest(step, plan.remove)
         report.removed = len(plan.remove)
@@ -602,7 +629,9 @@ def _run_index_step(
     return report
 
 
-def run_vector_index(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+def run_vector_index(
+    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+) -> StepReport:
     def write(entry: Entry) -> int:
         chunks = read_chunks(stores, entry.id)
         vectors = read_embeddings(stores, entry.id)
@@ -615,10 +644,14 @@ def run_vector_index(stores: TenantStores, full_refresh: bool = False) -> StepRe
         stores.vectors.replace_entry(entry.id, points)
         return len(points)
 
-    return _run_index_step(stores, VECTORS, EMBEDDINGS, stores.vectors, write, full_refresh)
+    return _run_index_step(
+        stores, VECTORS, EMBEDDINGS, stores.vectors, write, full_refresh, progress
+    )
 
 
-def run_keyword_index(stores: TenantStores, full_refresh: bool = False) -> StepReport:
+def run_keyword_index(
+    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+) -> StepReport:
     def write(entry: Entry) -> int:
         docs = [
             KeywordDoc(c.id, entry.id, entry.dataset, c.index, c.page, c.start, c.end, c.text)
@@ -627,7 +660,7 @@ def run_keyword_index(stores: TenantStores, full_refresh: bool = False) -> StepR
         stores.keywords.replace_entry(entry.id, docs)
         return len(docs)
 
-    return _run_index_step(stores, KEYWORDS, CHUNKS, stores.keywords, write, full_refresh)
+    return _run_index_step(stores, KEYWORDS, CHUNKS, stores.keywords, write, full_refresh, progress)
 
 
 def mark_indexed(stores: TenantStores, entry_ids: Sequence[str]) -> int:
@@ -655,10 +688,10 @@ def run_all(
 ) -> list[StepReport]:
     """Every step in order, in this process (the Dagster job runs the same functions)."""
     return [
-        run_raw_documents(stores, full_refresh),
+        run_raw_documents(stores, full_refresh, progress),
         run_ocr_output(stores, full_refresh, progress),
-        run_chunks(stores, full_refresh),
+        run_chunks(stores, full_refresh, progress),
         run_embeddings(stores, full_refresh, progress),
-        run_vector_index(stores, full_refresh),
-        run_keyword_index(stores, full_refresh),
+        run_vector_index(stores, full_refresh, progress),
+        run_keyword_index(stores, full_refresh, progress),
     ]

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alien import pipeline
@@ -44,7 +45,9 @@ concurrency:
           applyLimitPerUniqueValue: true
         limit: 1
 """
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The run's events go to its event log (the UI); the caller reports failures itself, with
+# their reasons (``RunOutcome.error``): the console logger would repeat them as tracebacks.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def use_home(settings: AlienSettings) -> None:
@@ -132,6 +135,54 @@ class RunOutcome:
         return next((r for r in self.reports if r.step == step), None)
 
 
+PROCESS_TAG = "alien/process"
+
+
+def _process_id(pid: int | None = None) -> str | None:
+    """``host:pid:start`` of a process (its start time in clock ticks since boot, so a pid
+    used again by another process does not match); None where /proc is missing."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rsplit(")", 1)[1].split()[19]
+    return f"{socket.gethostname()}:{pid}:{start}"
+
+
+def _process_gone(process: str) -> bool:
+    """Whether the process a run was started by has ended (only said of this host's)."""
+    import socket
+
+    host, pid, _ = process.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    return _process_id(int(pid)) != process
+
+
+def fail_abandoned_runs(instance: DagsterInstance, tenant: str) -> list[str]:
+    """Runs of ``tenant`` still marked started whose process has died (SIGKILL, out of
+    memory): marked failed, so the UI stops showing them running; their entries are the next
+    run's work anyway (the steps' manifests say what is done). Their run ids."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    runs = instance.get_runs(
+        RunsFilter(
+            statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING],
+            tags={"dagster/partition": tenant},
+        )
+    )
+    gone = []
+    for run in runs:
+        process = run.tags.get(PROCESS_TAG)
+        if process and _process_gone(process):
+            instance.report_run_failed(run, f"its process ({process}) ended without finishing")
+            gone.append(run.run_id)
+    return gone
+
+
 def run_ingest(
     settings: AlienSettings,
     tenant: str,
@@ -149,8 +200,15 @@ def run_ingest(
     register_partition(settings, tenant)
     instance = dagster_instance(settings)
     _without_logging_reset(instance)
+    if fail_abandoned_runs(instance, tenant):  # what they left processing waits again
+        from resources.stores import TenantRegistry
+
+        pipeline.release(TenantRegistry(settings).open(tenant))
     job = defs.resolve_job_def("ingest")
     tags = {"alien/trigger": "cli"}
+    process = _process_id()
+    if process:
+        tags[PROCESS_TAG] = process
     if full_refresh:
         tags[FULL_REFRESH_TAG] = "true"
     started = time.perf_counter()
@@ -165,10 +223,15 @@ def run_ingest(
         )
     error = None
     if not result.success:
-        failures = [
-            ev.step_key or "" for ev in result.all_events if ev.event_type_value == "STEP_FAILURE"
-        ]
-        error = f"run {result.run_id} failed in step(s): {', '.join(failures) or 'unknown'}"
+        failures = []
+        for ev in result.all_events:
+            if ev.event_type_value != "STEP_FAILURE":
+                continue
+            data = ev.event_specific_data
+            cause = getattr(getattr(data, "user_failure_data", None), "description", None)
+            cause = cause or getattr(getattr(data, "error", None), "message", "")
+            failures.append(f"{ev.step_key}: {cause.strip().splitlines()[0] if cause else '?'}")
+        error = f"run {result.run_id} failed: {'; '.join(failures) or 'unknown step'}"
     return RunOutcome(
         run_id=result.run_id,
         success=result.success,

@@ -48,7 +48,10 @@ def _materialize(
     try:
         report = step(tenant_stores, context)
     except pipeline.RunCancelled as err:  # asked to stop: no retry, the next run resumes
-        raise dg.Failure(description=str(err), allow_retries=False) from None
+        released = pipeline.release(tenant_stores)
+        raise dg.Failure(
+            description=f"{err}; {released} entries are pending again", allow_retries=False
+        ) from None
     pipeline.record_report(report)
     context.log.info(f"{report.step} for {context.partition_key}: {report.metadata()}")
     return dg.MaterializeResult(metadata={"tenant": context.partition_key, **report.metadata()})
@@ -68,7 +71,9 @@ def raw_documents(
     context: dg.AssetExecutionContext, stores: AlienStoresResource
 ) -> dg.MaterializeResult:
     return _materialize(
-        context, stores, lambda s, ctx: pipeline.run_raw_documents(s, _full_refresh(ctx))
+        context,
+        stores,
+        lambda s, ctx: pipeline.run_raw_documents(s, _full_refresh(ctx), _progress(ctx)),
     )
 
 
@@ -94,7 +99,9 @@ def ocr_output(
     **_ASSET,
 )
 def chunks(context: dg.AssetExecutionContext, stores: AlienStoresResource) -> dg.MaterializeResult:
-    return _materialize(context, stores, lambda s, ctx: pipeline.run_chunks(s, _full_refresh(ctx)))
+    return _materialize(
+        context, stores, lambda s, ctx: pipeline.run_chunks(s, _full_refresh(ctx), _progress(ctx))
+    )
 
 
 @dg.asset(
@@ -122,7 +129,9 @@ def vector_index(
     context: dg.AssetExecutionContext, stores: AlienStoresResource
 ) -> dg.MaterializeResult:
     return _materialize(
-        context, stores, lambda s, ctx: pipeline.run_vector_index(s, _full_refresh(ctx))
+        context,
+        stores,
+        lambda s, ctx: pipeline.run_vector_index(s, _full_refresh(ctx), _progress(ctx)),
     )
 
 
@@ -135,7 +144,9 @@ def keyword_index(
     context: dg.AssetExecutionContext, stores: AlienStoresResource
 ) -> dg.MaterializeResult:
     return _materialize(
-        context, stores, lambda s, ctx: pipeline.run_keyword_index(s, _full_refresh(ctx))
+        context,
+        stores,
+        lambda s, ctx: pipeline.run_keyword_index(s, _full_refresh(ctx), _progress(ctx)),
     )
 
 

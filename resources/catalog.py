@@ -647,6 +647,17 @@ class Catalog:
             rows = s.execute(select(EntryRow.status, func.count()).group_by(EntryRow.status))
             return {status: count for status, count in rows}
 
+    def release_processing(self) -> int:
+        """Entries a stopped run left ``processing`` go back to ``pending`` (the next run
+        takes them up from the steps' manifests); how many."""
+        with self._session.begin() as s:
+            result = s.execute(
+                update(EntryRow)
+                .where(EntryRow.status == EntryStatus.PROCESSING)
+                .values(status=EntryStatus.PENDING, reason=None, updated_at=utcnow())
+            )
+            return int(result.rowcount or 0)
+
     def has_unfinished(self) -> bool:
         """Whether any entry waits for the pipeline or was left mid-way by a stopped run."""
         with self._session() as s:

@@ -83,9 +83,24 @@ class EmbeddingWorker:
         with self._lock:
             self._await_ready()
             self._conn.send(list(texts))
-            vectors = self._receive()
+            try:
+                vectors = self._receive()
+            except BaseException:
+                # Interrupted between a request and its reply (KeyboardInterrupt, a signal
+                # handler's exception): the next reply on the socket would answer the wrong
+                # request, so the worker goes; the next call starts another.
+                if not self._hung_up:
+                    self.kill()
+                raise
         assert vectors is not None
         return vectors
+
+    def kill(self) -> None:
+        """End the child now (mid-request included) and reap it."""
+        self._hung_up = True
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self.close()
 
     def close(self) -> None:
         """End the child (it exits on end of input) and reap it."""
@@ -121,5 +136,10 @@ def serve(fd: int, model: str, batch_size: int, device: str) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Ctrl-C at a terminal reaches the whole process group: the parent decides when this
+    # worker stops (it closes the socket, or kills it), never the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(int(sys.argv[1]))
     serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])

@@ -1,0 +1,138 @@
+"""`alien ingest` at a terminal, as a user meets it: Ctrl-C stops it within seconds (during
+embedding, during OCR) leaving nothing running, its entries pending and no run shown started,
+and the next ingest finishes the work; every step's progress bar moves while the step runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import PDFS, pdf_pages
+from tests.terminal import Terminal, alive
+
+ALIEN = str(Path(sys.executable).with_name("alien"))
+STEPS = ("raw_documents", "ocr_output", "chunks", "embeddings", "vector_index", "keyword_index")
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIEN_", "DAGSTER_"))}
+    return {**env, "ALIEN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+
+
+def _alien(home: Path, *args: str) -> tuple[int, dict]:
+    run = subprocess.run(
+        [ALIEN, *args, "--json"], env=_env(home), capture_output=True, text=True, timeout=600
+    )
+    return run.returncode, json.loads(run.stdout)
+
+
+def _statuses(home: Path) -> dict[str, int]:
+    from resources.settings import AlienSettings
+    from resources.stores import TenantRegistry
+
+    registry = TenantRegistry(AlienSettings(home=home))
+    try:
+        return registry.open("acme").catalog.status_counts()
+    finally:
+        registry.forget("acme")
+
+
+def _run_statuses(home: Path) -> list[str]:
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    try:
+        return [run.status.value for run in instance.get_runs()]
+    finally:
+        instance.dispose()
+
+
+def _interrupt_during(step_pattern: str, docs: Path, home: Path, settle: float = 0.0) -> None:
+    home.mkdir()
+    terminal = Terminal([ALIEN, "ingest", str(docs), "-t", "acme"], _env(home), home)
+    try:
+        terminal.wait_for(step_pattern, timeout=240)
+        time.sleep(settle)
+        running = terminal.descendants()
+        assert running, "the run has worker processes"
+        pressed = time.monotonic()
+        terminal.interrupt()  # Ctrl-C: SIGINT to the foreground process group
+        code = terminal.wait(timeout=30)
+        stopped = time.monotonic() - pressed
+    finally:
+        terminal.close()
+    screen = terminal.screen()
+    assert code == 130, screen[-2000:]
+    assert stopped < 10, f"stopped {stopped:.1f} s after Ctrl-C"
+    deadline = time.monotonic() + 5
+    while [pid for pid in running if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in running if alive(pid)], "a worker outlived the interrupt"
+    assert "interrupted" in screen and "run the same `alien ingest` again" in screen
+    assert "Traceback" not in screen
+    statuses = _statuses(home)
+    assert statuses.get("pending", 0) >= 1 and statuses.get("processing", 0) == 0, statuses
+    runs = _run_statuses(home)
+    assert runs and "STARTED" not in runs, runs
+    # the next ingest finishes the work, and the stores agree with each other
+    code, summary = _alien(home, "ingest", str(docs), "-t", "acme")
+    assert code == 0 and summary["run_success"], summary
+    assert summary["entries"]["unchanged"] == len(list(docs.iterdir()))
+    assert summary["embedded_chunks"] > 0  # the interrupted work, finished now
+    code, checks = _alien(home, "check", "-t", "acme")
+    assert code == 0 and checks["passed"], checks
+    assert set(_statuses(home)) == {"indexed"}
+
+
+def test_ctrl_c_during_embedding_stops_and_the_next_run_finishes(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(PDFS / "gri-manual.pdf", docs)  # ~900 chunks: about a minute of embedding
+    _interrupt_during(r"embeddings[^\n/]*? ([1-9]\d*)/(\d{3})", docs, tmp_path / "home")
+
+
+def test_ctrl_c_during_ocr_stops_and_the_next_run_finishes(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    # A scan of 12 pages: Tesseract takes a second or more per page.
+    scan = PDFS / "camlidl-manual.p8-10.scanned.pdf"
+    (docs / "scan.pdf").write_bytes(pdf_pages(scan, [0, 1, 2] * 4))
+    _interrupt_during(r"ocr_output[^\n/]*? 0/1", docs, tmp_path / "home", settle=2.0)
+
+
+def test_every_steps_bar_moves_while_it_runs(tmp_path: Path) -> None:
+    """Each step's bar is drawn unfinished before it is drawn finished, while the run goes."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("camlidl-manual.pdf", "live-manual.en.pdf"):
+        shutil.copy(PDFS / name, docs)
+    home = tmp_path / "home"
+    home.mkdir()
+    terminal = Terminal([ALIEN, "ingest", str(docs), "-t", "acme"], _env(home), home)
+    try:
+        assert terminal.wait(timeout=600) == 0, terminal.screen()[-2000:]
+    finally:
+        terminal.close()
+    first_partial: dict[str, float] = {}
+    first_done: dict[str, float] = {}
+    seen = ""
+    for at, chunk in terminal.chunks:
+        seen += chunk
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen[-20000:])
+        for step in STEPS:
+            for done, total in re.findall(rf"{step}[^\n/]*? (\d+)/(\d+)", plain):
+                target = first_done if done == total else first_partial
+                target.setdefault(step, at)
+    for step in STEPS:
+        assert step in first_partial, f"{step}: never drawn unfinished"
+        assert step in first_done, f"{step}: never drawn finished"
+        assert first_partial[step] < first_done[step], step
+    # the steps run one after another: each bar appears while the run is under way
+    assert first_partial["embeddings"] < first_done["keyword_index"]
+    assert "BetaWarning" not in terminal.screen()
