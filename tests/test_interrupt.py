@@ -136,3 +136,40 @@ def test_every_steps_bar_moves_while_it_runs(tmp_path: Path) -> None:
     # the steps run one after another: each bar appears while the run is under way
     assert first_partial["embeddings"] < first_done["keyword_index"]
     assert "BetaWarning" not in terminal.screen()
+
+
+def test_a_run_whose_process_died_is_marked_failed(tmp_path: Path) -> None:
+    """SIGKILL leaves an in-process run `started` for ever; the tenant's next run ends it."""
+    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from alien.runner import PROCESS_TAG, _process_id, fail_abandoned_runs
+
+    dead = subprocess.Popen(["sleep", "30"])
+    dead_id = _process_id(dead.pid)
+    dead.kill()
+    dead.wait()
+    home = tmp_path / "dagster"
+    home.mkdir()
+    instance = DagsterInstance.from_config(str(home))
+    try:
+
+        def started(process: str | None, tenant: str = "acme") -> str:
+            tags = {"dagster/partition": tenant, **({PROCESS_TAG: process} if process else {})}
+            run = create_run_for_test(
+                instance, "ingest", status=DagsterRunStatus.STARTED, tags=tags
+            )
+            return run.run_id
+
+        killed = started(dead_id)
+        running = started(_process_id())  # this process: alive
+        other = started(dead_id, tenant="globex")  # another tenant's: its own next run
+        unknown = started(None)  # no process recorded: left alone
+        assert fail_abandoned_runs(instance, "acme") == [killed]
+        status = {
+            rid: instance.get_run_by_id(rid).status for rid in (killed, running, other, unknown)
+        }
+        assert status[killed] == DagsterRunStatus.FAILURE
+        assert {status[r] for r in (running, other, unknown)} == {DagsterRunStatus.STARTED}
+    finally:
+        instance.dispose()
