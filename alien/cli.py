@@ -47,6 +47,51 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+_json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON object on stdout; an error is {"error": {"code", "message"}} with a '
+    "non-zero exit.",
+)
+
+
+class JsonErrors(click.Group):
+    """With ``--json`` anywhere on the command line, an error is JSON too: one object
+    ``{"error": {"code", "message"}}`` on stdout and a non-zero exit (2: a usage error, 1: a
+    failure), instead of click's text; an unexpected exception also keeps its traceback on
+    stderr."""
+
+    def main(self, args: Any = None, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv:
+            return super().main(args=argv, **extra)
+        extra.pop("standalone_mode", None)
+        try:
+            return super().main(args=argv, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            _json_error("usage", exc.format_message(), exc.exit_code)
+        except click.ClickException as exc:
+            _json_error("failed", exc.format_message(), exc.exit_code)
+        except click.exceptions.Abort:
+            _json_error("aborted", "aborted", 1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            _json_error("internal", f"{type(exc).__name__}: {exc}", 1)
+        return None
+
+
+def _json_error(code: str, message: str, status: int) -> None:
+    click.echo(json.dumps({"error": {"code": code, "message": message}}))
+    sys.exit(status)
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -82,7 +127,17 @@ def _tenant(value: str) -> str:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alien-data-cluster")
+    except PackageNotFoundError:  # a source checkout without the package installed
+        return "unknown"
+
+
+@click.group(cls=JsonErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", "-V", prog_name="alien")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Alien data cluster: per-tenant documents in, hybrid search out."""
@@ -222,8 +277,10 @@ def ingest_paths(
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_tenant_option
-@click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--dataset", "-d", default=DEFAULT_DATASET, show_default=True, help="Dataset to add them to."
+)
+@_json_option
 @click.pass_obj
 def ingest(ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, as_json: bool) -> None:
     """Register files (directories recursively) and run the pipeline to completion."""
@@ -274,17 +331,32 @@ def _did(summary: dict[str, Any]) -> str:
 @main.command()
 @click.argument("query")
 @_tenant_option
-@click.option("--dataset", "-d", default=None)
-@click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid")
-@click.option("--top-k", "-k", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--dataset", "-d", default=None, help="Only this dataset (default: all).")
+@click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "vector", "keyword"]),
+    default="hybrid",
+    show_default=True,
+    help="hybrid: BM25 and vectors fused (ALIEN_FUSION: convex by default, or rrf).",
+)
+@click.option(
+    "--top-k",
+    "-k",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Results to return.",
+)
+@_json_option
 @click.pass_obj
 def search(
     ctx: Ctx, query: str, tenant: str, dataset: str | None, mode: str, top_k: int, as_json: bool
 ) -> None:
-    """Search a tenant's entries (hybrid = BM25 and vectors fused by reciprocal rank)."""
+    """Search a tenant's entries: hybrid (BM25 and vectors, fused), vector or keyword."""
     from alien.search import search as run_search
 
+    if not query.strip():
+        raise click.BadParameter("the query is empty", param_hint="QUERY")
     stores = ctx.open(_tenant(tenant))
     results = run_search(stores, query, mode=mode, top_k=top_k, dataset=dataset)  # type: ignore[arg-type]
     if as_json:
@@ -303,9 +375,11 @@ def search(
 # -- entries, text, delete, check ------------------------------------------------------------
 @main.command()
 @_tenant_option
-@click.option("--dataset", "-d", default=None)
-@click.option("--status", type=click.Choice(EntryStatus.ALL), default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--dataset", "-d", default=None, help="Only this dataset (default: all).")
+@click.option(
+    "--status", type=click.Choice(EntryStatus.ALL), default=None, help="Only entries in this state."
+)
+@_json_option
 @click.pass_obj
 def entries(ctx: Ctx, tenant: str, dataset: str | None, status: str | None, as_json: bool) -> None:
     """List a tenant's entries (metadata only)."""
@@ -330,7 +404,7 @@ def entries(ctx: Ctx, tenant: str, dataset: str | None, status: str | None, as_j
 @main.command()
 @click.argument("entry_id")
 @_tenant_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def text(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
     """Print an entry's extracted text, page by page."""
@@ -359,7 +433,7 @@ def text(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
 @main.command()
 @click.argument("entry_id")
 @_tenant_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def delete(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
     """Remove an entry from catalog, object store, vector and keyword index."""
@@ -377,7 +451,7 @@ def delete(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
 
 @main.command()
 @_tenant_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def check(ctx: Ctx, tenant: str, as_json: bool) -> None:
     """Run the cross-store consistency checks (the same as the Dagster asset checks)."""
@@ -396,7 +470,7 @@ def check(ctx: Ctx, tenant: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="Also half-made and retained tenants.")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def tenants(ctx: Ctx, show_all: bool, as_json: bool) -> None:
     """List the tenants in the cluster catalog (ready ones, unless --all)."""
@@ -406,6 +480,8 @@ def tenants(ctx: Ctx, show_all: bool, as_json: bool) -> None:
             {"tenants": [r.public() for r in records] if show_all else [r.tenant for r in records]}
         )
         return
+    if not records:
+        err.print("no tenants" + ("" if show_all else " (--all lists half-made and retained ones)"))
     for record in records:
         if not show_all:
             out.print(record.tenant)
@@ -429,7 +505,7 @@ def _new_tenant(ctx: Ctx, value: str) -> str:
 
 @tenant.command(name="create")
 @click.argument("tenant_id")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
     """Provision every store of TENANT_ID and register its Dagster partition (idempotent;
@@ -459,7 +535,7 @@ def tenant_create(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
 @click.option(
     "--retain", is_flag=True, help="Keep the stores and their data; stop serving the tenant."
 )
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None:
     """Retire TENANT_ID: remove every store it has, a half-made tenant's included (unless
@@ -482,7 +558,7 @@ def tenant_delete(ctx: Ctx, tenant_id: str, retain: bool, as_json: bool) -> None
 
 @tenant.command(name="env")
 @click.argument("tenant_id")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
     """Print the complete environment of TENANT_ID's Data API pod as KEY=VALUE lines: its
@@ -507,8 +583,14 @@ def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
 
 @tenant.command(name="manifests")
 @click.argument("tenant_id")
-@click.option("--display-name", default="")
-@click.option("--retention", type=click.Choice(["delete", "retain"]), default="delete")
+@click.option("--display-name", default="", help="The Tenant's spec.displayName.")
+@click.option(
+    "--retention",
+    type=click.Choice(["delete", "retain"]),
+    default="delete",
+    show_default=True,
+    help="What deleting the Tenant does to its data.",
+)
 @click.option("--image", default=None, help="Data API image (default: the release's).")
 @click.option(
     "--defaults",
@@ -517,8 +599,14 @@ def tenant_env(ctx: Ctx, tenant_id: str, as_json: bool) -> None:
     default=None,
     help="The chart's tenant-defaults.json (default: the chart's default values).",
 )
+@_json_option
 def tenant_manifests(
-    tenant_id: str, display_name: str, retention: str, image: str | None, defaults_file: str | None
+    tenant_id: str,
+    display_name: str,
+    retention: str,
+    image: str | None,
+    defaults_file: str | None,
+    as_json: bool,
 ) -> None:
     """Print, as YAML, the Kubernetes objects the operator creates for TENANT_ID (Secrets by
     key name only, never values): for GitOps and for review."""
@@ -532,7 +620,11 @@ def tenant_manifests(
         raise click.UsageError(f"{defaults_file}: {err}") from None
     if image:
         template = template.model_copy(update={"image": image, "data_api_image_override": ""})
-    click.echo(to_yaml(tenant_objects(spec, template=template)), nl=False)
+    objects = tenant_objects(spec, template=template)
+    if as_json:
+        _emit({"tenant": spec.tenant_id, "objects": objects})
+        return
+    click.echo(to_yaml(objects), nl=False)
 
 
 # -- eval, demo ------------------------------------------------------------------------------
@@ -544,18 +636,33 @@ def tenant_manifests(
     default=None,
     help="Write TREC run files <run-dir>/<mode>.run.",
 )
-@click.option("--tenant", default=None, help="Scratch tenant (default: eval-<corpus hash>).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--tenant",
+    default=None,
+    help="Tenant to ingest into and keep (default: a scratch tenant eval-<corpus hash>).",
+)
+@click.option(
+    "--keep", is_flag=True, help="Keep the scratch tenant (a second eval then ingests nothing)."
+)
+@_json_option
 @click.pass_obj
 def eval_(
-    ctx: Ctx, directory: Path, run_dir: Path | None, tenant: str | None, as_json: bool
+    ctx: Ctx,
+    directory: Path,
+    run_dir: Path | None,
+    tenant: str | None,
+    keep: bool,
+    as_json: bool,
 ) -> None:
     """Evaluate every search mode on a BEIR collection: nDCG@10 and recall@100."""
     from alien.evaluation import evaluate, ingest_collection, load_beir
     from alien.runner import run_ingest
 
     started = time.perf_counter()
-    collection = load_beir(directory)
+    try:
+        collection = load_beir(directory)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"not a BEIR collection: {exc}") from None
     stores, entry_to_doc = ingest_collection(ctx.registry, collection, tenant and _tenant(tenant))
     show = not as_json and err.is_terminal
     with _interruptible() as cancel, _progress(show) as bar:
@@ -571,9 +678,15 @@ def eval_(
     if not run.success:
         raise click.ClickException(run.error or "ingest failed")
     results = evaluate(stores, collection, entry_to_doc, run_dir=run_dir)
+    scratch = tenant is None and not keep
+    if scratch:  # the scratch tenant goes, stores and partition
+        from alien.tenants import retire_tenant
+
+        retire_tenant(ctx.settings, stores.tenant, "delete")
     summary = {
         "collection": str(directory),
         "tenant": str(stores.tenant),
+        "tenant_kept": not scratch,
         "documents": len(collection.corpus),
         "queries": len(collection.queries),
         "modes": results,
@@ -598,15 +711,16 @@ DEMO_QUERIES = (
 
 
 @main.command()
-@click.option("--tenant", default="demo", show_default=True)
+@click.option("--tenant", default="demo", show_default=True, help="Tenant to ingest into.")
 @click.option(
     "--source",
     type=click.Path(exists=True, path_type=Path),
     default=None,
     help="Documents to ingest (default: ../shared/data/pdfs).",
 )
+@_json_option
 @click.pass_obj
-def demo(ctx: Ctx, tenant: str, source: Path | None) -> None:
+def demo(ctx: Ctx, tenant: str, source: Path | None, as_json: bool) -> None:
     """Ingest the sample PDFs into a demo tenant and show a few searches."""
     from alien.search import search as run_search
 
@@ -614,22 +728,33 @@ def demo(ctx: Ctx, tenant: str, source: Path | None) -> None:
     if not source.exists():
         raise click.ClickException(f"demo documents not found at {source}; pass --source")
     tenant = _tenant(tenant)
-    summary = ingest_paths(ctx, (source,), tenant, DEFAULT_DATASET, show_progress=err.is_terminal)
+    show = not as_json and err.is_terminal
+    summary = ingest_paths(ctx, (source,), tenant, DEFAULT_DATASET, show_progress=show)
     e = summary["entries"]
-    run = f" (Dagster run {summary['run_id']})" if summary["run_id"] else ""
-    out.print(
-        f"[bold]ingested[/] {e['new'] + e['updated']} changed, {e['unchanged']} unchanged,"
-        f" {e['failed']} failed; {_did(summary)} in {summary['seconds']:.1f} s{run}"
-    )
     if summary["interrupted"]:
+        if as_json:
+            _emit({"ingest": summary, "searches": []})
         err.print("[yellow]interrupted[/]: run `alien demo` again to finish")
         sys.exit(130)
     stores = ctx.open(tenant)
-    for query in DEMO_QUERIES:
-        out.rule(f"[bold]{query}")
-        for rank, r in enumerate(run_search(stores, query, top_k=3), 1):
-            snippet = " ".join(r.text.split())[:200]
-            out.print(f"{rank}. [bold]{r.source_name}[/] p.{r.page} ({r.score:.4f})\n   {snippet}")
+    searches = [(query, run_search(stores, query, top_k=3)) for query in DEMO_QUERIES]
+    if as_json:
+        _emit({"ingest": summary,
+               "searches": [{"query": q, "results": [r.__dict__ for r in results]}
+                            for q, results in searches]})  # fmt: skip
+    else:
+        run = f" (Dagster run {summary['run_id']})" if summary["run_id"] else ""
+        out.print(
+            f"[bold]ingested[/] {e['new'] + e['updated']} changed, {e['unchanged']} unchanged,"
+            f" {e['failed']} failed; {_did(summary)} in {summary['seconds']:.1f} s{run}"
+        )
+        for query, results in searches:
+            out.rule(f"[bold]{query}")
+            for rank, r in enumerate(results, 1):
+                snippet = " ".join(r.text.split())[:200]
+                out.print(
+                    f"{rank}. [bold]{r.source_name}[/] p.{r.page} ({r.score:.4f})\n   {snippet}"
+                )
     if not summary["run_success"]:
         raise click.ClickException(summary["run_error"] or "ingest failed")
 
@@ -672,7 +797,7 @@ def keys() -> None:
     "--scopes", default="read,search", show_default=True, help="Comma-separated: read,search,write"
 )
 @click.option("--name", default="", help="A label for people (default: the key id).")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def keys_create(ctx: Ctx, tenant: str, scopes: str, name: str, as_json: bool) -> None:
     """Create a key; the tenant's stores are provisioned if they do not exist yet."""
@@ -694,7 +819,7 @@ def keys_create(ctx: Ctx, tenant: str, scopes: str, name: str, as_json: bool) ->
 
 @keys.command(name="list")
 @_tenant_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def keys_list(ctx: Ctx, tenant: str, as_json: bool) -> None:
     """The tenant's keys (ids, scopes, dates; never secrets)."""
@@ -722,7 +847,7 @@ def keys_list(ctx: Ctx, tenant: str, as_json: bool) -> None:
 @keys.command(name="revoke")
 @click.argument("key_id")
 @_tenant_option
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def keys_revoke(ctx: Ctx, key_id: str, tenant: str, as_json: bool) -> None:
     """Revoke a key: requests with it are refused from now on."""
@@ -739,9 +864,9 @@ def keys_revoke(ctx: Ctx, key_id: str, tenant: str, as_json: bool) -> None:
 @main.command(name="service-token")
 @_tenant_option
 @click.option("--user", required=True, help="The end user the platform proxy acts for.")
-@click.option("--scopes", default="read,search", show_default=True)
+@click.option("--scopes", default="read,search", show_default=True, help="Comma-separated scopes.")
 @click.option("--ttl", default=60, show_default=True, help="Seconds until it expires.")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def service_token(ctx: Ctx, tenant: str, user: str, scopes: str, ttl: int, as_json: bool) -> None:
     """Mint a service token as the platform proxy would (needs ALIEN_SERVICE_TOKEN_SECRET)."""
@@ -759,25 +884,28 @@ def service_token(ctx: Ctx, tenant: str, user: str, scopes: str, ttl: int, as_js
 
 @main.command()
 @click.option("--tenant", "-t", default=None, help="Tenant id; without it, the cluster's log.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="Newest records to show.")
 @click.option("--entry", "entry_id", default=None, help="Only records about this entry.")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_json: bool) -> None:
     """The audit log, newest first: a tenant's, or the cluster's (refused anonymous requests)."""
     from resources.catalog import AuditLog, sqlite_engine
 
+    log = None
     if tenant is not None:
         log = ctx.open(_tenant(tenant)).catalog.audit
     else:
         path = ctx.settings.system_dir / "audit.db"
-        if not path.is_file():
-            raise click.ClickException("the cluster's audit log is empty (no request refused)")
-        log = AuditLog(sqlite_engine(path))
-        log.create()  # adds the columns newer than the release that made it
-    records = [r.public() for r in log.records(limit=limit, entry_id=entry_id)]
+        if path.is_file():
+            log = AuditLog(sqlite_engine(path))
+            log.create()  # adds the columns newer than the release that made it
+    records = [r.public() for r in log.records(limit=limit, entry_id=entry_id)] if log else []
     if as_json:
         _emit({"records": records})
+        return
+    if not records:
+        err.print("no audit records" + ("" if tenant else " (no request refused)"))
         return
     table = Table(
         "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome", "status",
@@ -806,16 +934,18 @@ def terminal_safe(value: object) -> Text:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option(
     "--worker/--no-worker",
     default=None,
     help="Process uploads in this process (default: ALIEN_API_WORKER, on).",
 )
+@_json_option
 @click.pass_obj
-def serve(ctx: Ctx, host: str, port: int, worker: bool | None) -> None:
-    """Start the Data API (OpenAPI docs at /docs)."""
+def serve(ctx: Ctx, host: str, port: int, worker: bool | None, as_json: bool) -> None:
+    """Start the Data API (OpenAPI docs at /docs). With --json, one JSON line says where it
+    listens, and the server's own log lines are JSON."""
     import uvicorn
 
     from alien.runner import use_home
@@ -823,11 +953,39 @@ def serve(ctx: Ctx, host: str, port: int, worker: bool | None) -> None:
 
     use_home(ctx.settings)
     app = create_app(ctx.settings, worker=worker)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    if as_json:
+        url = f"http://{host}:{port}"
+        click.echo(json.dumps({"serving": url, "docs": f"{url}/docs", "mode": ctx.settings.mode}))
+        sys.stdout.flush()
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        log_config=_JSON_LOGS if as_json else uvicorn.config.LOGGING_CONFIG,
+    )
+
+
+# uvicorn's own lines (started, stopping) as JSON objects on stderr, for `serve --json`.
+_JSON_LOGS = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "format": '{"time": "%(asctime)s", "level": "%(levelname)s", "message": "%(message)s"}'
+        }
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                "uvicorn.error": {"level": "INFO"}},
+}  # fmt: skip
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@_json_option
 @click.pass_obj
 def status(ctx: Ctx, as_json: bool) -> None:
     """Which backend each store uses, and whether it answers (exit 1 if one does not)."""

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy.exc import IntegrityError
 
 from alien.layout import derived_keys, figures_prefix, raw_key
-from resources.catalog import Entry, EntryStatus
+from resources.catalog import Entry, EntrySource, EntryStatus
 from resources.extract import detect_media_type
 from resources.stores import TenantStores
 
@@ -50,22 +50,28 @@ def register_source(
     size: int,
     mtime_ns: int | None = None,
 ) -> Registration:
-    """Make ``source_uri`` an entry of ``dataset`` holding the stream's bytes.
+    """Make ``source_uri`` a source of the ``dataset`` entry holding the stream's bytes.
 
-    Unchanged content (same size and mtime, or same sha256) does nothing; changed content
-    replaces the stored original and sets the entry back to ``pending``.
+    The rules every door follows (CLI, inbox, upload): the same bytes in the same dataset
+    are one entry, whatever path or door they came through (a second path becomes another
+    source of that entry: ``unchanged``); a known source whose size and modification time
+    did not move is not even read; a known source whose bytes changed updates its entry in
+    place (``updated``, back to ``pending``) when it is the entry's own source, or moves to
+    the entry of its new bytes (a new one if none) when it was another source.
     """
     catalog = stores.catalog
     existing = catalog.find_entry(dataset, source_uri)
-    if (
-        existing is not None
-        and mtime_ns is not None
-        and existing.size == size
-        and existing.source_mtime_ns == mtime_ns
-    ):
+    alias = None if existing is not None else catalog.find_source(dataset, source_uri)
+    if existing is not None and _same_file(existing.size, existing.source_mtime_ns, size, mtime_ns):
         return Registration(existing, "unchanged")
+    if alias is not None and _same_file(alias.size, alias.source_mtime_ns, size, mtime_ns):
+        entry = catalog.get_entry(alias.entry_id)
+        if entry is not None and entry.sha256 == alias.sha256:
+            return Registration(entry, "unchanged")
     limit = stores.settings.max_file_bytes
     if size > limit:
+        if alias is not None:
+            catalog.remove_source(dataset, source_uri)
         return _register_refused(
             stores,
             existing,
@@ -83,8 +89,17 @@ def register_source(
                 existing.id, source_mtime_ns=mtime_ns, updated_at=existing.updated_at
             )
         return Registration(existing, "unchanged")
-    media_type = detect_media_type(source_name, head)
     if existing is None:
+        # Known bytes from a new path (or a source that changed to them): one more source.
+        same = catalog.find_by_content(dataset, sha256)
+        if same is not None:
+            catalog.put_source(
+                EntrySource(dataset, source_uri, same.id, source_name, size, sha256, mtime_ns)
+            )
+            return Registration(same, "unchanged")
+        if alias is not None:  # its bytes changed to new ones: it leaves its old entry
+            catalog.remove_source(dataset, source_uri)
+        media_type = detect_media_type(source_name, head)
         entry = _store_new(
             stores,
             open_stream,
@@ -97,6 +112,7 @@ def register_source(
             source_mtime_ns=mtime_ns,
         )
         return Registration(entry, "new")
+    media_type = detect_media_type(source_name, head)
     with open_stream() as stream:
         stores.objects.put_stream(raw_key(existing.id), stream)
     catalog.update_entry(
@@ -114,6 +130,11 @@ def register_source(
     updated = catalog.get_entry(existing.id)
     assert updated is not None
     return Registration(updated, "updated")
+
+
+def _same_file(size: int, mtime_ns: int | None, new_size: int, new_mtime_ns: int | None) -> bool:
+    """Whether a file's size and modification time say it did not change (no time: unknown)."""
+    return new_mtime_ns is not None and size == new_size and mtime_ns == new_mtime_ns
 
 
 def _store_new(
@@ -223,7 +244,10 @@ def register_upload(
     """
     sha256, _, size = _hash_stream(lambda: _rewound(stream))
     source_uri = f"upload:sha256:{sha256}"
-    existing = stores.catalog.find_entry(dataset, source_uri)
+    # The same bytes are the same entry, whichever door they came through first.
+    existing = stores.catalog.find_entry(dataset, source_uri) or stores.catalog.find_by_content(
+        dataset, sha256
+    )
     if existing is not None:
         return Registration(existing, "unchanged")
     try:

@@ -105,6 +105,21 @@ class EntryRow(Base):
     __table_args__ = (UniqueConstraint("dataset", "source_uri", name="uq_entry_source"),)
 
 
+class SourceRow(Base):
+    """Another source of an entry's bytes: the same content from another path or door is
+    the same entry. The entry's first source is its own ``source_uri``."""
+
+    __tablename__ = "entry_sources"
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source_uri: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(36), index=True)
+    source_name: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source_mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ManifestRow(Base):
     """What one asset produced for one entry, from which input."""
 
@@ -305,6 +320,22 @@ class AuditLog:
                 )
                 for r in s.scalars(query)
             ]
+
+
+@dataclass(frozen=True)
+class EntrySource:
+    dataset: str
+    source_uri: str
+    entry_id: str
+    source_name: str
+    size: int
+    sha256: str
+    source_mtime_ns: int | None
+
+    @classmethod
+    def from_row(cls, row: SourceRow) -> EntrySource:
+        return cls(row.dataset, row.source_uri, row.entry_id, row.source_name, row.size,
+                   row.sha256, row.source_mtime_ns)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -683,7 +714,60 @@ class Catalog:
     def delete_entry(self, entry_id: str) -> bool:
         with self._session.begin() as s:
             s.execute(delete(ManifestRow).where(ManifestRow.entry_id == entry_id))
+            s.execute(delete(SourceRow).where(SourceRow.entry_id == entry_id))
             return s.execute(delete(EntryRow).where(EntryRow.id == entry_id)).rowcount > 0
+
+    # -- sources: more paths (or doors) to an entry's bytes --------------------------------
+    def find_by_content(self, dataset: str, sha256: str) -> Entry | None:
+        """The entry of ``dataset`` holding these bytes (the oldest, should there be two)."""
+        if not sha256:
+            return None
+        with self._session() as s:
+            row = s.scalar(
+                select(EntryRow)
+                .where(EntryRow.dataset == dataset, EntryRow.sha256 == sha256)
+                .order_by(EntryRow.created_at, EntryRow.id)
+                .limit(1)
+            )
+            return Entry.from_row(row) if row else None
+
+    def find_source(self, dataset: str, source_uri: str) -> EntrySource | None:
+        with self._session() as s:
+            row = s.get(SourceRow, (dataset, source_uri))
+            return EntrySource.from_row(row) if row else None
+
+    def put_source(self, source: EntrySource) -> None:
+        """Record (or move) ``source``: its URI now gives the bytes of its entry."""
+        with self._session.begin() as s:
+            s.merge(
+                SourceRow(
+                    dataset=source.dataset,
+                    source_uri=source.source_uri,
+                    entry_id=source.entry_id,
+                    source_name=source.source_name,
+                    size=source.size,
+                    sha256=source.sha256,
+                    source_mtime_ns=source.source_mtime_ns,
+                )
+            )
+
+    def remove_source(self, dataset: str, source_uri: str) -> None:
+        with self._session.begin() as s:
+            s.execute(
+                delete(SourceRow).where(
+                    SourceRow.dataset == dataset, SourceRow.source_uri == source_uri
+                )
+            )
+
+    def sources(self, entry_id: str) -> list[EntrySource]:
+        """The entry's other sources, oldest first (its own ``source_uri`` is not listed)."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(SourceRow)
+                .where(SourceRow.entry_id == entry_id)
+                .order_by(SourceRow.created_at, SourceRow.source_uri)
+            )
+            return [EntrySource.from_row(r) for r in rows]
 
     # -- manifests -----------------------------------------------------------------------
     def manifest(self, asset: str) -> dict[str, ManifestRecord]:

@@ -184,6 +184,60 @@ def test_a_second_identical_ingest_is_unchanged_and_fast(acme):
     assert seconds < 0.1 * acme["rerun_seconds"], (seconds, acme["rerun_seconds"])
 
 
+def test_a_copy_of_an_ingested_folder_creates_no_entry(acme, tmp_path):
+    """The same bytes in the same dataset are one entry, whichever folder they come from."""
+    copy = tmp_path / "copy"
+    shutil.copytree(PDFS, copy)  # byte-identical, other paths and times
+    before = _json(acme["home"], "entries", "--tenant", "acme")["entries"]
+    again = _json(acme["home"], "ingest", str(copy), "--tenant", "acme")
+    assert again["entries"] == {"new": 0, "unchanged": 6, "updated": 0, "failed": 0}
+    assert again["run_id"] is None  # nothing to do
+    after = _json(acme["home"], "entries", "--tenant", "acme")["entries"]
+    assert sorted(e["entry_id"] for e in after) == sorted(e["entry_id"] for e in before)
+    hits = _json(acme["home"], "search", "installer", "--tenant", "acme", "--top-k", "20")
+    chunk_ids = [h["chunk_id"] for h in hits["results"]]
+    assert len(chunk_ids) == len(set(chunk_ids))  # every result once
+    # and the copy is now a known source: the next time it is not even read
+    assert _json(acme["home"], "ingest", str(copy), "--tenant", "acme")["entries"]["unchanged"] == 6
+
+
+def test_identity_rules_hold_across_paths_and_doors(tmp_path, monkeypatch):
+    from alien.documents import register_path, register_upload
+    from resources.settings import AlienSettings as Settings
+
+    monkeypatch.setenv("ALIEN_HOME", str(tmp_path / "home"))
+    registry = TenantRegistry(Settings(home=tmp_path / "home"))
+    stores = registry.create("ids")
+    stores.catalog.ensure_dataset("default")
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("The wind tunnel runs on Tuesdays.")
+    b.write_text("The wind tunnel runs on Tuesdays.")
+    first = register_path(stores, a, dataset="default")
+    second = register_path(stores, b, dataset="default")  # same bytes, another path
+    assert (first.outcome, second.outcome) == ("new", "unchanged")
+    assert second.entry.id == first.entry.id
+    assert [s.source_uri for s in stores.catalog.sources(first.entry.id)] == [f"file://{b}"]
+    # the same bytes through the API's door: the same entry
+    with a.open("rb") as stream:
+        upload = register_upload(stores, stream, dataset="default", source_name="a.txt",
+                                 media_type="text/plain")  # fmt: skip
+    assert (upload.outcome, upload.entry.id) == ("unchanged", first.entry.id)
+    # another dataset is another entry
+    stores.catalog.ensure_dataset("other")
+    assert register_path(stores, b, dataset="other").outcome == "new"
+    # the second path changes: it leaves the entry for one of its own
+    b.write_text("The wind tunnel now runs on Fridays.")
+    moved = register_path(stores, b, dataset="default")
+    assert moved.outcome == "new" and moved.entry.id != first.entry.id
+    assert stores.catalog.sources(first.entry.id) == []
+    # the first path changes: its entry is updated in place
+    a.write_text("The wind tunnel now runs on Mondays.")
+    changed = register_path(stores, a, dataset="default")
+    assert (changed.outcome, changed.entry.id) == ("updated", first.entry.id)
+    assert len(stores.catalog.entries(dataset="default")) == 2
+    registry.drop("ids")
+
+
 def test_changing_one_file_reprocesses_only_that_file(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ALIEN_HOME", str(home))
@@ -275,3 +329,7 @@ def test_eval_on_cranfield_hybrid_beats_both_single_modes(tmp_path, monkeypatch)
     assert len(lines) == 225 * 100
     _qid, q0, _doc, rank, _score, tag = lines[0].split()
     assert (q0, rank, tag) == ("Q0", "1", "alien-hybrid")
+    # its scratch tenant is gone, unless asked to keep it
+    assert json.loads(result.output)["tenant_kept"] is False
+    tenants = CliRunner().invoke(main, ["tenants", "--all", "--json"])
+    assert json.loads(tenants.output)["tenants"] == []

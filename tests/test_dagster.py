@@ -169,3 +169,29 @@ def test_runs_side_by_side_leave_the_process_logging_alone(settings, registry, m
     assert calls == []
     for stores in tenants:
         assert {e.status for e in stores.catalog.entries()} == {EntryStatus.INDEXED}
+
+
+def test_a_retained_tenant_stays_retired_on_the_next_sensor_tick(settings, registry):
+    """`alien tenant delete T --retain`: T's data stays, and the sensor neither lists it
+    again, nor re-adds its partition, nor ingests what waits in its inbox."""
+    from alien.runner import dagster_instance
+    from alien.tenants import provision_tenant, retire_tenant
+
+    provision_tenant(settings, "kept-tenant")
+    provision_tenant(settings, "live-tenant")
+    kept = registry.open("kept-tenant")
+    kept.objects.put_bytes("inbox/late.txt", b"arrived after the decision")
+    instance = dagster_instance(settings)
+    assert instance.has_dynamic_partition(TENANTS, "kept-tenant")
+    message, found = retire_tenant(settings, "kept-tenant", "retain")
+    assert found and "retained" in message
+    assert not instance.has_dynamic_partition(TENANTS, "kept-tenant")
+    assert [str(t) for t in registry.list()] == ["live-tenant"]
+    result = _evaluate(instance, settings)
+    partitions = result.dynamic_partitions_requests if isinstance(result, dg.SensorResult) else []
+    requests = result.run_requests if isinstance(result, dg.SensorResult) else []
+    assert all("kept-tenant" not in r.partition_keys for r in partitions)
+    assert all(r.partition_key != "kept-tenant" for r in requests)
+    assert not instance.has_dynamic_partition(TENANTS, "kept-tenant")
+    # its data is still there, for whoever decides to bring it back
+    assert registry.records(("retained",))[0].tenant == "kept-tenant"
