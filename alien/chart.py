@@ -92,6 +92,11 @@ def dagster_values(docs: list[dict[str, Any]]) -> dict[str, Any]:
         "dagsterDaemon": {
             "image": ours,
             **security,
+            "runMonitoring": {
+                "enabled": instance["run_monitoring"]["enabled"],
+                "maxResumeRunAttempts": instance["run_monitoring"]["max_resume_run_attempts"],
+                "pollIntervalSeconds": instance["run_monitoring"]["poll_interval_seconds"],
+            },
             "runCoordinator": {
                 "enabled": True,
                 "type": "QueuedRunCoordinator",

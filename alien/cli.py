@@ -13,7 +13,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -114,6 +114,31 @@ def _step_bars(bar: Progress) -> Callable[[str, int, int], None]:
         bar.update(tasks[step], completed=done, total=total)
 
     return listener
+
+
+def _resolve_id(stores: TenantStores, kind: Literal["entry", "key"], value: str) -> str:
+    """An entry or key id given whole or by a unique prefix (git-style, 4 characters or more)."""
+    if len(value) >= 4:
+        found = stores.catalog.ids_starting(kind, value)
+        if value in found:
+            return value
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise click.ClickException(f"{kind} id prefix {value!r} is ambiguous: give more of it")
+    raise click.ClickException(f"no {kind} {value} in tenant {stores.tenant}")
+
+
+def _id_table(*columns: str, ids: tuple[str, ...] = ()) -> Table:
+    """A table whose id columns are never cut (other columns wrap instead): an id copied from
+    it can be pasted into the next command."""
+    table = Table()
+    for name in columns:
+        if name in ids:
+            table.add_column(name, no_wrap=True, overflow="ignore", min_width=36)
+        else:
+            table.add_column(name, overflow="fold")
+    return table
 
 
 def _tenant_option(func: Any) -> Any:
@@ -388,7 +413,11 @@ def entries(ctx: Ctx, tenant: str, dataset: str | None, status: str | None, as_j
     if as_json:
         _emit({"entries": rows})
         return
-    table = Table("entry_id", "source_name", "status", "pages", "chunks", "reason")
+    if not rows:
+        err.print(f"no entries in tenant {tenant}" + (f" matching {status}" if status else ""))
+        return
+    table = _id_table("entry_id", "source_name", "status", "pages", "chunks", "reason",
+                      ids=("entry_id",))  # fmt: skip
     for r in rows:
         table.add_row(
             r["entry_id"],
@@ -412,6 +441,7 @@ def text(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
     from resources.objects import ObjectNotFoundError
 
     stores = ctx.open(_tenant(tenant))
+    entry_id = _resolve_id(stores, "entry", entry_id)
     entry = stores.catalog.get_entry(entry_id)
     if entry is None:
         raise click.ClickException(f"no entry {entry_id} in tenant {tenant}")
@@ -440,6 +470,7 @@ def delete(ctx: Ctx, entry_id: str, tenant: str, as_json: bool) -> None:
     from alien.documents import delete_entry
 
     stores = ctx.open(_tenant(tenant))
+    entry_id = _resolve_id(stores, "entry", entry_id)
     removed = delete_entry(stores, entry_id)
     if as_json:
         _emit({"entry_id": entry_id, "deleted": removed})
@@ -836,7 +867,10 @@ def keys_list(ctx: Ctx, tenant: str, as_json: bool) -> None:
     if as_json:
         _emit({"keys": rows})
         return
-    table = Table("key id", "name", "scopes", "created", "revoked")
+    if not rows:
+        err.print(f"no API keys in tenant {tenant}")
+        return
+    table = _id_table("key id", "name", "scopes", "created", "revoked", ids=("key id",))
     for r in rows:
         table.add_row(
             r["key_id"], r["name"], ",".join(r["scopes"]), r["created_at"], r["revoked_at"] or ""
@@ -852,6 +886,7 @@ def keys_list(ctx: Ctx, tenant: str, as_json: bool) -> None:
 def keys_revoke(ctx: Ctx, key_id: str, tenant: str, as_json: bool) -> None:
     """Revoke a key: requests with it are refused from now on."""
     stores = ctx.open(_tenant(tenant))
+    key_id = _resolve_id(stores, "key", key_id)
     if not stores.catalog.revoke_api_key(key_id):
         raise click.ClickException(f"no key {key_id} in tenant {tenant}")
     _audit_cli(stores, "revoke_key", f"key {key_id}")
@@ -886,9 +921,12 @@ def service_token(ctx: Ctx, tenant: str, user: str, scopes: str, ttl: int, as_js
 @click.option("--tenant", "-t", default=None, help="Tenant id; without it, the cluster's log.")
 @click.option("--limit", default=50, show_default=True, help="Newest records to show.")
 @click.option("--entry", "entry_id", default=None, help="Only records about this entry.")
+@click.option("--wide", is_flag=True, help="Every column, request ids included.")
 @_json_option
 @click.pass_obj
-def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_json: bool) -> None:
+def audit(
+    ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, wide: bool, as_json: bool
+) -> None:
     """The audit log, newest first: a tenant's, or the cluster's (refused anonymous requests)."""
     from resources.catalog import AuditLog, sqlite_engine
 
@@ -907,14 +945,28 @@ def audit(ctx: Ctx, tenant: str | None, limit: int, entry_id: str | None, as_jso
     if not records:
         err.print("no audit records" + ("" if tenant else " (no request refused)"))
         return
-    table = Table(
-        "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome", "status",
-        "request id", "client request id",
-    )  # fmt: skip
+    if wide:
+        table = Table(
+            "time", "tenant", "principal", "on behalf of", "action", "entry", "outcome",
+            "status", "request id", "client request id",
+        )  # fmt: skip
+        for r in records:
+            cells = (r["at"], r["tenant"], r["principal"], r["on_behalf_of"], r["action"],
+                     r["entry_id"], r["outcome"], r["status_code"], r["request_id"],
+                     r["client_request_id"])  # fmt: skip
+            table.add_row(*(terminal_safe(c) for c in cells))
+        out.print(table)
+        return
+    # Readable at 80 columns: who did what to which entry (a unique prefix: `alien text`
+    # takes it), and how it ended; request ids with --wide or --json.
+    table = Table("time (UTC)", "who", "action", "entry", "result", box=None, pad_edge=False)
     for r in records:
-        cells = (r["at"], r["tenant"], r["principal"], r["on_behalf_of"], r["action"],
-                 r["entry_id"], r["outcome"], r["status_code"], r["request_id"],
-                 r["client_request_id"])  # fmt: skip
+        who = str(r["principal"] or "")
+        if r["on_behalf_of"]:
+            who += f" for {r['on_behalf_of']}"
+        result = " ".join(str(x) for x in (r["outcome"], r["status_code"]) if x is not None)
+        cells = (str(r["at"])[:19].replace("T", " "), who, r["action"],
+                 (r["entry_id"] or "")[:8], result)  # fmt: skip
         table.add_row(*(terminal_safe(c) for c in cells))
     out.print(table)
 

@@ -144,7 +144,12 @@ class ServiceTokens:
         """(tenant, issuer, end user, scopes) of a valid token; CredentialError otherwise."""
         s = self.settings
         if self.key is None:
-            raise CredentialError("service tokens are not accepted by this cluster")
+            # Not an API key (those start with the tenant's prefix), and no service token
+            # can be valid here: say what would be.
+            raise CredentialError(
+                "unknown credential: not an API key of this cluster (service tokens are not "
+                "enabled here)"
+            )
         try:
             claims = jwt.decode(
                 token,

@@ -34,6 +34,11 @@ telemetry:
 compute_logs:
   module: dagster._core.storage.noop_compute_log_manager
   class: NoOpComputeLogManager
+# A run whose process died (SIGKILL, out of memory) is marked failed by the daemon (runs it
+# launched); in-process runs are checked by the tenant's next run (fail_abandoned_runs).
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
 concurrency:
   runs:
     # Tenants side by side, one run per tenant at a time: the daemon's queue launches another

@@ -12,4 +12,7 @@ ingest_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(GROUP),
     executor_def=dg.in_process_executor,
     description="Bring a tenant's indexes up to date with its entries (incremental).",
+    # Every event is in the run's event log (the UI); the console (`make dev`'s terminal)
+    # gets warnings only, not a DEBUG line per event. Editable per run in the launchpad.
+    config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
 )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -546,6 +546,21 @@ class Catalog:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             return True
+
+    def ids_starting(self, kind: Literal["entry", "key"], prefix: str, limit: int = 2) -> list[str]:
+        """Ids of entries (or API keys) that start with ``prefix``, at most ``limit``: a
+        unique prefix names one, git-style."""
+        column = EntryRow.id if kind == "entry" else ApiKeyRow.id
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._session() as s:
+            return list(
+                s.scalars(
+                    select(column)
+                    .where(column.like(f"{escaped}%", escape="\\"))
+                    .order_by(column)
+                    .limit(limit)
+                )
+            )
 
     # -- entries -------------------------------------------------------------------------
     def add_entry(

@@ -1,9 +1,11 @@
-"""Metadata-only sync to the platform: a job, a schedule, and a sensor on change.
+"""Metadata-only sync to the platform: a sensor on change, a job that sends, a catch-up
+schedule; a run only when there is something to send, so Dagster's runs list shows ingestion.
 
-The job queues each tenant's dataset summaries in the outbox (when they changed) and drains
-the outbox to ``ALIEN_PLATFORM_URL``. The schedule runs it every 15 minutes whatever happened,
-so a platform that was down catches up; the sensor runs it as soon as a tenant's aggregates
-change (its cursor keeps one fingerprint per tenant).
+The sensor queues a tenant's dataset summaries in the outbox as soon as its aggregates change
+(its cursor keeps one fingerprint per tenant; queuing is a local write), and launches the job
+only when a platform is configured (``ALIEN_PLATFORM_URL``) and the outbox holds unsent
+messages. The job drains the outbox. The schedule (every 15 minutes) launches it only when
+messages are still waiting, so a platform that was down catches up.
 """
 
 import hashlib
@@ -11,7 +13,7 @@ import json
 
 import dagster as dg
 
-from alien.sync import sync_tenants
+from alien.sync import dataset_summaries, outbox_for, sync_tenants
 from resources.dagster_resources import AlienStoresResource
 
 
@@ -26,17 +28,36 @@ def push_metadata(context: dg.OpExecutionContext, stores: AlienStoresResource) -
         raise dg.Failure(f"platform unreachable: {report.error}", allow_retries=True)
 
 
-@dg.job(description="Push per-dataset metadata (never content) to the platform.")
+@dg.job(
+    description="Push per-dataset metadata (never content) to the platform.",
+    config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+)
 def metadata_sync_job() -> None:
     push_metadata()
 
 
-metadata_sync_schedule = dg.ScheduleDefinition(
+def _waiting(stores: AlienStoresResource) -> int:
+    """Unsent messages, where there is a platform to send them to (else 0: the outbox is
+    the record)."""
+    settings = stores.registry().settings
+    if not settings.platform_url:
+        return 0
+    return outbox_for(settings).counts()["pending"]
+
+
+@dg.schedule(
     job=metadata_sync_job,
     cron_schedule="*/15 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Catch-up push of every tenant's dataset metadata.",
+    description="Catch-up push of metadata still waiting in the outbox (a platform was down).",
 )
+def metadata_sync_schedule(
+    context: dg.ScheduleEvaluationContext, stores: AlienStoresResource
+) -> dg.RunRequest | dg.SkipReason:
+    waiting = _waiting(stores)
+    if not waiting:
+        return dg.SkipReason("nothing waits to be sent")
+    return dg.RunRequest(tags={"alien/waiting": str(waiting)})
 
 
 def stats_fingerprint(stores: object) -> str:
@@ -57,16 +78,25 @@ def metadata_change_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     registry = stores.registry()
-    now = {str(t): stats_fingerprint(registry.open(t)) for t in registry.list()}
+    opened = {str(t): registry.open(t) for t in registry.list()}
+    now = {t: stats_fingerprint(s) for t, s in opened.items()}
     changed = sorted(t for t, f in now.items() if cursor.get(t) != f)
     if not changed and set(cursor) == set(now):
         return dg.SkipReason(f"no change in {len(now)} tenant(s)")
-    key = hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:20]
+    outbox = outbox_for(registry.settings)
+    queued = sum(outbox.add(t, dataset_summaries(opened[t])) is not None for t in changed)
+    cursor_now = json.dumps(now, sort_keys=True)
+    if not _waiting(stores):
+        return dg.SensorResult(
+            skip_reason=f"{queued} summaries queued; nothing to send (no platform, or all sent)",
+            cursor=cursor_now,
+        )
+    key = hashlib.sha256(cursor_now.encode()).hexdigest()[:20]
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 run_key=f"metadata:{key}", tags={"alien/changed": ",".join(changed)[:200]}
             )
         ],
-        cursor=json.dumps(now, sort_keys=True),
+        cursor=cursor_now,
     )

@@ -168,3 +168,43 @@ def test_tenant_env_json_in_cluster_mode(
         assert code == 0 and data["config"]["ALIEN_TENANT"] == "jsonenv", data
     finally:
         invoke(env, "tenant", "delete", "jsonenv")
+
+
+def test_tables_keep_ids_whole_and_commands_take_unique_prefixes(world: dict[str, Any]) -> None:
+    """At 80 columns, `alien entries` and `alien keys list` show ids whole, so they can be
+    pasted; `text`, `delete` and `keys revoke` take a unique prefix; `audit` fits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIEN_")}
+    env = {**env, **world["env"], "COLUMNS": "80"}
+
+    def alien(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ALIEN, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    assert alien("ingest", str(world["docs"]), "-t", "wide").returncode == 0
+    _, listed = invoke(world["env"], "entries", "-t", "wide")
+    shown = alien("entries", "-t", "wide").stdout
+    for entry in listed["entries"]:
+        assert entry["entry_id"] in shown  # whole, on one line
+    assert max(len(line) for line in shown.splitlines()) <= 80
+    first = listed["entries"][0]["entry_id"]
+    page = alien("text", first[:8], "-t", "wide")
+    assert page.returncode == 0 and "--- page 1" in page.stdout
+    assert alien("text", "zzzz", "-t", "wide").returncode != 0
+    _, key = invoke(world["env"], "keys", "create", "-t", "wide")
+    keys_shown = alien("keys", "list", "-t", "wide").stdout
+    assert key["key_id"] in keys_shown
+    revoked = alien("keys", "revoke", key["key_id"][:6], "-t", "wide")
+    assert revoked.returncode == 0, revoked.stderr
+    audit = alien("audit", "-t", "wide").stdout
+    assert "revoke_key" in audit and "…" not in audit
+    assert max(len(line) for line in audit.splitlines()) <= 80
+
+
+def test_every_command_and_option_has_help() -> None:
+    for path in commands():
+        command: click.Command = main
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        assert command.help, path
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"alien {' '.join(path)} {param.opts[0]} has no help"

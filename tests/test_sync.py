@@ -15,7 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alien.sync import SCHEMA, SNAPSHOT_FIELDS, Outbox, dataset_summaries, drain, envelope
+from alien.sync import (
+    SCHEMA,
+    SNAPSHOT_FIELDS,
+    Outbox,
+    dataset_summaries,
+    drain,
+    envelope,
+    outbox_for,
+    sync_tenants,
+)
 from resources.catalog import EntryStatus
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry, TenantStores
@@ -191,30 +200,51 @@ def test_without_a_platform_url_the_outbox_file_is_the_record(
     assert outbox_for(settings).pending(10)[0].body["datasets"][0]["entries"] == 1
 
 
-def test_change_sensor_requests_a_sync_only_on_change(tenant_stores: TenantStores) -> None:
+def test_change_sensor_requests_a_sync_only_on_change(
+    tenant_stores: TenantStores, monkeypatch
+) -> None:
     from resources.dagster_resources import AlienStoresResource
     from sensors.metadata_sync import metadata_change_sensor
 
     resource = AlienStoresResource(home=str(tenant_stores.settings.home))
     with dg.instance_for_test() as instance:
-        first = metadata_change_sensor(
-            dg.build_sensor_context(instance=instance, resources={"stores": resource})
-        )
-        assert isinstance(first, dg.SensorResult) and len(first.run_requests or []) == 1
-        same = metadata_change_sensor(
-            dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, resources={"stores": resource}
+
+        def tick(cursor: str | None = None):  # type: ignore[no-untyped-def]
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"stores": resource}
             )
-        )
-        assert isinstance(same, dg.SkipReason)
+            return metadata_change_sensor(context)
+
+        # No platform: the summaries go to the outbox, and no run clutters the runs list.
+        first = tick()
+        assert isinstance(first, dg.SensorResult) and not first.run_requests
+        assert "queued" in (first.skip_reason.skip_message or "")  # type: ignore[union-attr]
+        assert outbox_for(tenant_stores.settings).counts()["pending"] == 1
+        # A platform to send to: a run, on change only.
+        monkeypatch.setenv("ALIEN_PLATFORM_URL", "http://127.0.0.1:9")
+        resource = AlienStoresResource(home=str(tenant_stores.settings.home))
         _add(tenant_stores, 7)
-        changed = metadata_change_sensor(
-            dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, resources={"stores": resource}
-            )
-        )
+        changed = tick(first.cursor)
         assert isinstance(changed, dg.SensorResult) and len(changed.run_requests or []) == 1
         assert changed.run_requests[0].tags["alien/changed"] == "sync-tenant"  # type: ignore[index]
+        assert isinstance(tick(changed.cursor), dg.SkipReason)
+
+
+def test_the_schedule_runs_only_when_messages_wait(tenant_stores: TenantStores, monkeypatch):
+    from resources.dagster_resources import AlienStoresResource
+    from sensors.metadata_sync import metadata_sync_schedule
+
+    def evaluate():  # type: ignore[no-untyped-def]
+        resource = AlienStoresResource(home=str(tenant_stores.settings.home))
+        context = dg.build_schedule_context(resources={"stores": resource})
+        return metadata_sync_schedule(context)
+
+    assert isinstance(evaluate(), dg.SkipReason)  # nothing queued
+    _add(tenant_stores, 1)
+    sync_tenants(tenant_stores.settings, [tenant_stores])  # queued; no platform
+    assert isinstance(evaluate(), dg.SkipReason)  # no platform: the outbox is the record
+    monkeypatch.setenv("ALIEN_PLATFORM_URL", "http://127.0.0.1:9")
+    assert isinstance(evaluate(), dg.RunRequest)
 
 
 def test_sync_job_pushes_to_the_platform(tenant_stores: TenantStores, monkeypatch) -> None:

@@ -438,7 +438,9 @@ def check_media_type(name: str, claimed: str | None, head: bytes) -> str:
         )
     if media_type == PDF or media_type in IMAGE_TYPES:
         raise ApiError(
-            415, "media_type_mismatch", f"the bytes do not start like a {media_type} file"
+            415,
+            "media_type_mismatch",
+            f"the bytes do not start like a file of type {media_type}",
         )
     if not looks_like_text(head):
         raise ApiError(415, "media_type_mismatch", f"binary bytes where {media_type} was claimed")

@@ -144,7 +144,7 @@ def test_audit_shows_the_client_request_id_beside_the_servers(
     import alien.cli
 
     monkeypatch.setattr(alien.cli.out, "width", 400)  # no cell cut short
-    shown = CliRunner().invoke(main, ["audit", "--tenant", "acme"])
+    shown = CliRunner().invoke(main, ["audit", "--tenant", "acme", "--wide"])
     assert shown.exit_code == 0, shown.output
     assert "client request id" in shown.output
     assert "job-7" in shown.output and served.headers["x-request-id"] in shown.output
