@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -68,15 +69,16 @@ class JsonErrors(click.Group):
             return super().main(args=argv, **extra)
         extra.pop("standalone_mode", None)
         try:
-            return super().main(args=argv, standalone_mode=False, **extra)
+            result = super().main(args=argv, standalone_mode=False, **extra)
+            if isinstance(result, int) and result:  # click's exit code for ctx.exit(n)
+                sys.exit(result)
+            return result
         except click.UsageError as exc:
             _json_error("usage", exc.format_message(), exc.exit_code)
         except click.ClickException as exc:
             _json_error("failed", exc.format_message(), exc.exit_code)
         except click.exceptions.Abort:
             _json_error("aborted", "aborted", 1)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -129,13 +131,13 @@ def _resolve_id(stores: TenantStores, kind: Literal["entry", "key"], value: str)
     raise click.ClickException(f"no {kind} {value} in tenant {stores.tenant}")
 
 
-def _id_table(*columns: str, ids: tuple[str, ...] = ()) -> Table:
-    """A table whose id columns are never cut (other columns wrap instead): an id copied from
-    it can be pasted into the next command."""
+def _id_table(*columns: str, ids: dict[str, int] | None = None) -> Table:
+    """A table whose id columns (name: width) are never cut, other columns wrapping instead:
+    an id copied from it can be pasted into the next command."""
     table = Table()
     for name in columns:
-        if name in ids:
-            table.add_column(name, no_wrap=True, overflow="ignore", min_width=36)
+        if ids and name in ids:
+            table.add_column(name, no_wrap=True, overflow="ignore", min_width=ids[name])
         else:
             table.add_column(name, overflow="fold")
     return table
@@ -195,6 +197,7 @@ def _interruptible() -> Iterator[threading.Event]:
 
     def stop(signum: int, frame: object) -> None:
         if cancel.is_set():
+            err.show_cursor(True)  # a live progress display hid it
             os._exit(128 + signum)
         cancel.set()
         err.print("[yellow]stopping after the current document or batch[/] (again: quit now)")
@@ -379,6 +382,7 @@ def search(
 ) -> None:
     """Search a tenant's entries: hybrid (BM25 and vectors, fused), vector or keyword."""
     from alien.search import search as run_search
+    from alien.search import snippet as text_snippet
 
     if not query.strip():
         raise click.BadParameter("the query is empty", param_hint="QUERY")
@@ -391,7 +395,7 @@ def search(
     if not results:
         out.print("no results")
     for rank, r in enumerate(results, 1):
-        snippet = " ".join(r.text.split())[:240]
+        snippet = text_snippet(r.text, query, 240)
         out.print(
             f"[bold]{rank}. {r.source_name}[/] p.{r.page}  [dim]{r.score:.4f}[/]\n   {snippet}"
         )
@@ -417,7 +421,7 @@ def entries(ctx: Ctx, tenant: str, dataset: str | None, status: str | None, as_j
         err.print(f"no entries in tenant {tenant}" + (f" matching {status}" if status else ""))
         return
     table = _id_table("entry_id", "source_name", "status", "pages", "chunks", "reason",
-                      ids=("entry_id",))  # fmt: skip
+                      ids={"entry_id": 36})  # fmt: skip
     for r in rows:
         table.add_row(
             r["entry_id"],
@@ -696,6 +700,7 @@ def eval_(
         raise click.ClickException(f"not a BEIR collection: {exc}") from None
     stores, entry_to_doc = ingest_collection(ctx.registry, collection, tenant and _tenant(tenant))
     show = not as_json and err.is_terminal
+    stores.embedder.preload()  # loads in its worker while the run starts
     with _interruptible() as cancel, _progress(show) as bar:
         run = _in_thread(
             lambda: run_ingest(ctx.settings, stores.tenant, listener=_step_bars(bar), cancel=cancel)
@@ -704,6 +709,9 @@ def eval_(
         from alien import pipeline
 
         pipeline.release(stores)
+        if as_json:
+            _emit({"collection": str(directory), "tenant": str(stores.tenant),
+                   "interrupted": True})  # fmt: skip
         err.print("[yellow]interrupted[/]: run the same `alien eval` again to finish")
         sys.exit(130)
     if not run.success:
@@ -754,6 +762,7 @@ DEMO_QUERIES = (
 def demo(ctx: Ctx, tenant: str, source: Path | None, as_json: bool) -> None:
     """Ingest the sample PDFs into a demo tenant and show a few searches."""
     from alien.search import search as run_search
+    from alien.search import snippet as text_snippet
 
     source = source or SHARED_PDFS
     if not source.exists():
@@ -782,7 +791,7 @@ def demo(ctx: Ctx, tenant: str, source: Path | None, as_json: bool) -> None:
         for query, results in searches:
             out.rule(f"[bold]{query}")
             for rank, r in enumerate(results, 1):
-                snippet = " ".join(r.text.split())[:200]
+                snippet = text_snippet(r.text, query, 200)
                 out.print(
                     f"{rank}. [bold]{r.source_name}[/] p.{r.page} ({r.score:.4f})\n   {snippet}"
                 )
@@ -870,7 +879,10 @@ def keys_list(ctx: Ctx, tenant: str, as_json: bool) -> None:
     if not rows:
         err.print(f"no API keys in tenant {tenant}")
         return
-    table = _id_table("key id", "name", "scopes", "created", "revoked", ids=("key id",))
+    table = _id_table(
+        "key id", "name", "scopes", "created", "revoked",
+        ids={"key id": max((len(r["key_id"]) for r in rows), default=8)},
+    )  # fmt: skip
     for r in rows:
         table.add_row(
             r["key_id"], r["name"], ",".join(r["scopes"]), r["created_at"], r["revoked_at"] or ""
@@ -932,7 +944,11 @@ def audit(
 
     log = None
     if tenant is not None:
-        log = ctx.open(_tenant(tenant)).catalog.audit
+        stores = ctx.open(_tenant(tenant))
+        log = stores.catalog.audit
+        if entry_id is not None and stores.catalog.get_entry(entry_id) is None:
+            ids = stores.catalog.ids_starting("entry", entry_id) if len(entry_id) >= 4 else []
+            entry_id = ids[0] if len(ids) == 1 else entry_id  # a deleted entry: as given
     else:
         path = ctx.settings.system_dir / "audit.db"
         if path.is_file():
@@ -1019,18 +1035,26 @@ def serve(ctx: Ctx, host: str, port: int, worker: bool | None, as_json: bool) ->
     )
 
 
-# uvicorn's own lines (started, stopping) as JSON objects on stderr, for `serve --json`.
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log record (its exception, if any, as a field)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": self.formatTime(record), "level": record.levelname,
+                "logger": record.name, "message": record.getMessage()}  # fmt: skip
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+# Every log line as a JSON object on stderr, uvicorn's and the app's, for `serve --json`.
 _JSON_LOGS = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "json": {
-            "format": '{"time": "%(asctime)s", "level": "%(levelname)s", "message": "%(message)s"}'
-        }
-    },
+    "formatters": {"json": {"()": JsonLogFormatter}},
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     },
+    "root": {"handlers": ["stderr"], "level": "INFO"},
     "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
                 "uvicorn.error": {"level": "INFO"}},
 }  # fmt: skip

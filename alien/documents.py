@@ -72,6 +72,8 @@ def register_source(
     if size > limit:
         if alias is not None:
             catalog.remove_source(dataset, source_uri)
+        if existing is not None and _hand_over(stores, existing):
+            existing = None  # its copies keep the entry; this path gets one of its own
         return _register_refused(
             stores,
             existing,
@@ -89,6 +91,19 @@ def register_source(
                 existing.id, source_mtime_ns=mtime_ns, updated_at=existing.updated_at
             )
         return Registration(existing, "unchanged")
+    if existing is not None:
+        # Its own file changed. Copies elsewhere still hold the entry's bytes: the oldest
+        # becomes the entry's own source, and this path is registered anew. No copies, but
+        # another entry holds the new bytes: this path joins it, the emptied entry goes.
+        holder = catalog.find_by_content(dataset, sha256)
+        if _hand_over(stores, existing):
+            existing = None
+        elif holder is not None and holder.id != existing.id:
+            delete_entry(stores, existing.id)
+            catalog.put_source(
+                EntrySource(dataset, source_uri, holder.id, source_name, size, sha256, mtime_ns)
+            )
+            return Registration(holder, "updated")
     if existing is None:
         # Known bytes from a new path (or a source that changed to them): one more source.
         same = catalog.find_by_content(dataset, sha256)
@@ -130,6 +145,24 @@ def register_source(
     updated = catalog.get_entry(existing.id)
     assert updated is not None
     return Registration(updated, "updated")
+
+
+def _hand_over(stores: TenantStores, entry: Entry) -> bool:
+    """Make the oldest other source of ``entry`` its own source (its own path is leaving);
+    whether it had one."""
+    others = stores.catalog.sources(entry.id)
+    if not others:
+        return False
+    heir = others[0]
+    stores.catalog.remove_source(heir.dataset, heir.source_uri)
+    stores.catalog.update_entry(
+        entry.id,
+        source_uri=heir.source_uri,
+        source_name=heir.source_name,
+        source_mtime_ns=heir.source_mtime_ns,
+        updated_at=entry.updated_at,
+    )
+    return True
 
 
 def _same_file(size: int, mtime_ns: int | None, new_size: int, new_mtime_ns: int | None) -> bool:

@@ -63,10 +63,13 @@ def load_beir(directory: Path) -> Collection:
 
 def ingest_collection(
     registry: TenantRegistry, collection: Collection, tenant: str | None = None
-) -> tuple[TenantStores, dict[str, str]]:
-    """Register the corpus as entries of a scratch tenant; returns entry id -> doc id."""
+) -> tuple[TenantStores, dict[str, list[str]]]:
+    """Register the corpus as entries of a scratch tenant; returns entry id -> doc ids.
+
+    Byte-identical documents (Cranfield has some) are one entry, by the rule every door
+    follows: a hit on that entry retrieves each of them."""
     stores = registry.create(tenant or f"eval-{collection.fingerprint}")
-    entry_to_doc = {}
+    entry_to_doc: dict[str, list[str]] = {}
     for doc_id, text in collection.corpus.items():
         reg = register_bytes(
             stores,
@@ -75,14 +78,14 @@ def ingest_collection(
             source_uri=f"beir:{doc_id}",
             source_name=f"{doc_id}.txt",
         )
-        entry_to_doc[reg.entry.id] = doc_id
+        entry_to_doc.setdefault(reg.entry.id, []).append(doc_id)
     return stores, entry_to_doc
 
 
 def document_run(
     stores: TenantStores,
     collection: Collection,
-    entry_to_doc: dict[str, str],
+    entry_to_doc: dict[str, list[str]],
     mode: Mode,
     query_vectors: dict[str, object] | None = None,
     depth: int = DEPTH,
@@ -98,14 +101,14 @@ def document_run(
             query_vector=None if query_vectors is None else query_vectors[qid],
         )
         docs: dict[str, float] = {}
-        for position, item in enumerate(ranked):
-            doc = entry_to_doc.get(item.entry_id)
-            if doc is None or doc in docs:
-                continue
-            # trec_eval orders by score: make scores strictly follow our rank order.
-            docs[doc] = float(len(ranked) - position)
-            if len(docs) == depth:
-                break
+        score = float(len(ranked) * 2)
+        for item in ranked:
+            for doc in entry_to_doc.get(item.entry_id, []):
+                if doc in docs or len(docs) == depth:
+                    continue
+                # trec_eval orders by score: make scores strictly follow our rank order.
+                docs[doc] = score
+                score -= 1
         run[qid] = docs
     return run
 
@@ -139,7 +142,7 @@ def write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> No
 def evaluate(
     stores: TenantStores,
     collection: Collection,
-    entry_to_doc: dict[str, str],
+    entry_to_doc: dict[str, list[str]],
     modes: Sequence[Mode] = MODES,
     run_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,

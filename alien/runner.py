@@ -34,8 +34,9 @@ telemetry:
 compute_logs:
   module: dagster._core.storage.noop_compute_log_manager
   class: NoOpComputeLogManager
-# A run whose process died (SIGKILL, out of memory) is marked failed by the daemon (runs it
-# launched); in-process runs are checked by the tenant's next run (fail_abandoned_runs).
+# The daemon's run monitoring ends runs stuck starting or canceling; a run whose process died
+# (SIGKILL, out of memory) is marked failed by the tenant's next run (fail_abandoned_runs:
+# every run records its process, daemon-launched ones from their first step).
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30
@@ -143,9 +144,17 @@ class RunOutcome:
 PROCESS_TAG = "alien/process"
 
 
-def _process_id(pid: int | None = None) -> str | None:
-    """``host:pid:start`` of a process (its start time in clock ticks since boot, so a pid
-    used again by another process does not match); None where /proc is missing."""
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers sharing a host name each have their own)."""
+    try:
+        return os.readlink("/proc/self/ns/pid").split("[")[-1].rstrip("]")
+    except OSError:
+        return "?"
+
+
+def process_id(pid: int | None = None) -> str | None:
+    """``host/pid-namespace:pid:start`` of a process (its start time in clock ticks since
+    boot, so a pid used again by another process does not match); None without /proc."""
     import socket
 
     pid = os.getpid() if pid is None else pid
@@ -154,17 +163,18 @@ def _process_id(pid: int | None = None) -> str | None:
     except OSError:
         return None
     start = stat.rsplit(")", 1)[1].split()[19]
-    return f"{socket.gethostname()}:{pid}:{start}"
+    return f"{socket.gethostname()}/{_pid_namespace()}:{pid}:{start}"
 
 
 def _process_gone(process: str) -> bool:
-    """Whether the process a run was started by has ended (only said of this host's)."""
+    """Whether the process a run was started by has ended (only said of processes this one
+    can see: the same host and PID namespace)."""
     import socket
 
-    host, pid, _ = process.rsplit(":", 2)
-    if host != socket.gethostname():
+    where, pid, _ = process.rsplit(":", 2)
+    if where != f"{socket.gethostname()}/{_pid_namespace()}":
         return False
-    return _process_id(int(pid)) != process
+    return process_id(int(pid)) != process
 
 
 def fail_abandoned_runs(instance: DagsterInstance, tenant: str) -> list[str]:
@@ -211,7 +221,7 @@ def run_ingest(
         pipeline.release(TenantRegistry(settings).open(tenant))
     job = defs.resolve_job_def("ingest")
     tags = {"alien/trigger": "cli"}
-    process = _process_id()
+    process = process_id()
     if process:
         tags[PROCESS_TAG] = process
     if full_refresh:

@@ -11,6 +11,7 @@ import dagster as dg
 
 from alien import pipeline
 from alien.pipeline import StepReport
+from alien.runner import PROCESS_TAG, process_id
 from alien_assets.partitions import tenant_partitions
 from resources.dagster_resources import AlienStoresResource
 from resources.stores import TenantStores
@@ -45,6 +46,10 @@ def _materialize(
     step: Callable[[TenantStores, dg.AssetExecutionContext], StepReport],
 ) -> dg.MaterializeResult:
     tenant_stores = stores.for_tenant(context.partition_key)
+    if PROCESS_TAG not in context.run.tags:  # launched by the daemon: say which process runs it
+        process = process_id()
+        if process:
+            context.instance.add_run_tags(context.run_id, {PROCESS_TAG: process})
     try:
         report = step(tenant_stores, context)
     except pipeline.RunCancelled as err:  # asked to stop: no retry, the next run resumes

@@ -174,7 +174,8 @@ class EntryChunks(Page):
 
 
 class SearchRequest(StrictModel):
-    query: str = Field(min_length=1, max_length=1000)
+    # at least one character that is not white space: an empty query is an error, not junk
+    query: str = Field(min_length=1, max_length=1000, pattern=r"\S")
     mode: Mode = "hybrid"
     top_k: int = Field(default=10, ge=1, description="At most the cluster's cap (default 50)")
     dataset: DatasetName | None = None

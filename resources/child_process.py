@@ -2,8 +2,8 @@
 
 The embedding worker and the extraction worker are both ``python -m resources.<module>``
 children that talk to their parent over a socket pair with ``multiprocessing.connection``
-framing. A child ties its life to the parent's first thing (``PR_SET_PDEATHSIG``), so a parent
-killed mid-run leaves nothing running.
+framing. A child's first act is to watch its parent (``die_with_parent``): a parent killed
+mid-run leaves nothing running.
 """
 
 from __future__ import annotations
@@ -54,17 +54,31 @@ def start_child(
     return proc, Connection(parent.detach())
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this process when its parent dies; exit if it has already."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+WATCH_SECONDS = 0.5
 
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # it died before the line above took effect
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process (and, when it leads its own process group, what it started there:
+    Tesseract) within half a second of its parent's death, SIGKILL included.
+
+    Not ``PR_SET_PDEATHSIG``: Linux sends that when the *thread* that started the child
+    exits, and the parent starts workers from short-lived threads (a CLI run's thread, the
+    API's per-tenant threads): the worker died with the thread that happened to start it."""
+    import threading
+
+    def watch() -> None:
+        import signal
+        import time
+
+        while os.getppid() == parent_pid:
+            time.sleep(WATCH_SECONDS)
+        if os.getpgrp() == os.getpid():  # a group of its own: take the group along
+            os.killpg(os.getpid(), signal.SIGKILL)
         os._exit(0)
+
+    if os.getppid() != parent_pid:  # it died before the watch began
+        os._exit(0)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:

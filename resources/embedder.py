@@ -245,7 +245,7 @@ class Embedder:
         if worker is not None:
             try:
                 return worker.embed(texts)
-            except Exception:
+            except BaseException:  # an interrupted request kills the worker too
                 if not worker.alive:  # it died (say, killed for memory): the retry loads here
                     with self._preload_lock:
                         self._worker = None

@@ -9,8 +9,8 @@ the model on every core while the parent waits for vectors.
 
 The parent talks to it over a socket pair with ``multiprocessing.connection`` framing:
 a request is a list of texts, an answer is a float32 array or an error message. The child
-exits when the parent closes its end, and is killed with the parent (``PR_SET_PDEATHSIG``),
-so a parent killed mid-run leaves nothing behind.
+exits when the parent closes its end, and within half a second of the parent's death
+(``die_with_parent``), so a parent killed mid-run leaves nothing behind.
 """
 
 from __future__ import annotations

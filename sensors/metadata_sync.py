@@ -1,11 +1,12 @@
 """Metadata-only sync to the platform: a sensor on change, a job that sends, a catch-up
 schedule; a run only when there is something to send, so Dagster's runs list shows ingestion.
 
-The sensor queues a tenant's dataset summaries in the outbox as soon as its aggregates change
-(its cursor keeps one fingerprint per tenant; queuing is a local write), and launches the job
-only when a platform is configured (``ALIEN_PLATFORM_URL``) and the outbox holds unsent
-messages. The job drains the outbox. The schedule (every 15 minutes) launches it only when
-messages are still waiting, so a platform that was down catches up.
+The sensor watches each tenant's aggregates (its cursor keeps one fingerprint per tenant).
+Without a platform (no ``ALIEN_PLATFORM_URL``) it queues the changed summaries in the outbox
+itself, a local write, and launches nothing: the outbox is the record. With one, a change
+launches the job, which queues and sends where it runs (a run pod has its own disk). The
+schedule (every 15 minutes) launches the job only when something may wait: unsent messages
+here, or a last sync that failed, so a platform that was down catches up.
 """
 
 import hashlib
@@ -36,28 +37,33 @@ def metadata_sync_job() -> None:
     push_metadata()
 
 
-def _waiting(stores: AlienStoresResource) -> int:
-    """Unsent messages, where there is a platform to send them to (else 0: the outbox is
-    the record)."""
+def _catch_up(context: dg.ScheduleEvaluationContext, stores: AlienStoresResource) -> str | None:
+    """Why a catch-up sync should run now, or None: no platform, or nothing waits."""
     settings = stores.registry().settings
     if not settings.platform_url:
-        return 0
-    return outbox_for(settings).counts()["pending"]
+        return None
+    waiting = outbox_for(settings).counts()["pending"]
+    if waiting:
+        return f"{waiting} messages wait"
+    last = context.instance.get_runs(dg.RunsFilter(job_name=metadata_sync_job.name), limit=1)
+    if last and last[0].status == dg.DagsterRunStatus.FAILURE:
+        return "the last sync failed"
+    return None
 
 
 @dg.schedule(
     job=metadata_sync_job,
     cron_schedule="*/15 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Catch-up push of metadata still waiting in the outbox (a platform was down).",
+    description="Catch-up push when messages wait or the last sync failed (a platform was down).",
 )
 def metadata_sync_schedule(
     context: dg.ScheduleEvaluationContext, stores: AlienStoresResource
 ) -> dg.RunRequest | dg.SkipReason:
-    waiting = _waiting(stores)
-    if not waiting:
+    reason = _catch_up(context, stores)
+    if reason is None:
         return dg.SkipReason("nothing waits to be sent")
-    return dg.RunRequest(tags={"alien/waiting": str(waiting)})
+    return dg.RunRequest(tags={"alien/catch-up": reason})
 
 
 def stats_fingerprint(stores: object) -> str:
@@ -83,12 +89,12 @@ def metadata_change_sensor(
     changed = sorted(t for t, f in now.items() if cursor.get(t) != f)
     if not changed and set(cursor) == set(now):
         return dg.SkipReason(f"no change in {len(now)} tenant(s)")
-    outbox = outbox_for(registry.settings)
-    queued = sum(outbox.add(t, dataset_summaries(opened[t])) is not None for t in changed)
     cursor_now = json.dumps(now, sort_keys=True)
-    if not _waiting(stores):
+    if not registry.settings.platform_url:
+        outbox = outbox_for(registry.settings)
+        queued = sum(outbox.add(t, dataset_summaries(opened[t])) is not None for t in changed)
         return dg.SensorResult(
-            skip_reason=f"{queued} summaries queued; nothing to send (no platform, or all sent)",
+            skip_reason=f"{queued} summaries queued in the outbox (no platform to send to)",
             cursor=cursor_now,
         )
     key = hashlib.sha256(cursor_now.encode()).hexdigest()[:20]

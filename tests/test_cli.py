@@ -235,6 +235,25 @@ def test_identity_rules_hold_across_paths_and_doors(tmp_path, monkeypatch):
     changed = register_path(stores, a, dataset="default")
     assert (changed.outcome, changed.entry.id) == ("updated", first.entry.id)
     assert len(stores.catalog.entries(dataset="default")) == 2
+    # a file whose copy still holds the entry's bytes changes: the copy inherits the entry
+    c, d = tmp_path / "c.txt", tmp_path / "d.txt"
+    c.write_text("Schlieren photographs of the shock.")
+    d.write_text("Schlieren photographs of the shock.")
+    held = register_path(stores, c, dataset="default").entry
+    assert register_path(stores, d, dataset="default").entry.id == held.id
+    c.write_text("Interferograms of the shock.")
+    own = register_path(stores, c, dataset="default")
+    assert own.outcome == "new" and own.entry.id != held.id
+    kept = stores.catalog.get_entry(held.id)
+    assert kept is not None and kept.source_uri == f"file://{d}"  # d holds those bytes
+    assert register_path(stores, d, dataset="default").outcome == "unchanged"
+    # a file changes into bytes another entry holds: it joins that entry, its own goes
+    c.write_text("The wind tunnel now runs on Mondays.")  # a's bytes
+    joined = register_path(stores, c, dataset="default")
+    assert (joined.outcome, joined.entry.id) == ("updated", first.entry.id)
+    assert stores.catalog.get_entry(own.entry.id) is None
+    hashes = [e.sha256 for e in stores.catalog.entries(dataset="default")]
+    assert len(hashes) == len(set(hashes))  # never two entries with the same bytes
     registry.drop("ids")
 
 

@@ -208,3 +208,32 @@ def test_every_command_and_option_has_help() -> None:
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"alien {' '.join(path)} {param.opts[0]} has no help"
+
+
+def test_eval_in_a_fresh_process_scores_duplicate_documents(tmp_path: Path) -> None:
+    """`alien eval` as a user starts it (a new process: its embedding worker is started from
+    the run's thread), on a collection holding two byte-identical documents: both are
+    retrieved, and its scratch tenant is gone afterwards."""
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    texts = ["wind tunnel tests at supersonic speed", "flat plate heat transfer",
+             "boundary layer separation", "wind tunnel tests at supersonic speed"]  # fmt: skip
+    (beir / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"_id": f"d{i}", "text": t}) for i, t in enumerate(texts))
+    )
+    (beir / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "wind tunnel"}))
+    (beir / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIEN_")}
+    env.update(ALIEN_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "home" / "dagster"))
+    run = subprocess.run(
+        [ALIEN, "eval", str(beir), "--run-dir", str(tmp_path / "runs"), "--json"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["modes"]["keyword"]["ndcg@10"] > 0.5
+    ranked = [
+        line.split()[2] for line in (tmp_path / "runs" / "keyword.run").read_text().splitlines()
+    ]
+    assert set(ranked[:2]) == {"d0", "d3"}  # the shared entry stands for both
+    assert result["tenant_kept"] is False

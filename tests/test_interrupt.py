@@ -53,12 +53,27 @@ def _run_statuses(home: Path) -> list[str]:
         instance.dispose()
 
 
-def _interrupt_during(step_pattern: str, docs: Path, home: Path, settle: float = 0.0) -> None:
+def _running(terminal: Terminal, name: str) -> bool:
+    for pid in terminal.descendants():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _interrupt_during(step_pattern: str, docs: Path, home: Path, busy: str | None = None) -> None:
+    """Ctrl-C once ``step_pattern`` is on the screen (and, given ``busy``, once a process of
+    that name runs under the command: the step is at work, not just drawn)."""
     home.mkdir()
     terminal = Terminal([ALIEN, "ingest", str(docs), "-t", "acme"], _env(home), home)
     try:
         terminal.wait_for(step_pattern, timeout=240)
-        time.sleep(settle)
+        deadline = time.monotonic() + 60
+        while busy and not _running(terminal, busy):
+            assert time.monotonic() < deadline, f"no {busy} process appeared"
+            time.sleep(0.05)
         running = terminal.descendants()
         assert running, "the run has worker processes"
         pressed = time.monotonic()
@@ -100,10 +115,10 @@ def test_ctrl_c_during_embedding_stops_and_the_next_run_finishes(tmp_path: Path)
 def test_ctrl_c_during_ocr_stops_and_the_next_run_finishes(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    # A scan of 12 pages: Tesseract takes a second or more per page.
+    # A scan of 24 pages: Tesseract takes a second or more per page and core.
     scan = PDFS / "camlidl-manual.p8-10.scanned.pdf"
-    (docs / "scan.pdf").write_bytes(pdf_pages(scan, [0, 1, 2] * 4))
-    _interrupt_during(r"ocr_output[^\n/]*? 0/1", docs, tmp_path / "home", settle=2.0)
+    (docs / "scan.pdf").write_bytes(pdf_pages(scan, [0, 1, 2] * 8))
+    _interrupt_during(r"ocr_output[^\n/]*? 0/1", docs, tmp_path / "home", busy="tesseract")
 
 
 def test_every_steps_bar_moves_while_it_runs(tmp_path: Path) -> None:
@@ -119,22 +134,29 @@ def test_every_steps_bar_moves_while_it_runs(tmp_path: Path) -> None:
         assert terminal.wait(timeout=600) == 0, terminal.screen()[-2000:]
     finally:
         terminal.close()
-    first_partial: dict[str, float] = {}
-    first_done: dict[str, float] = {}
-    seen = ""
-    for at, chunk in terminal.chunks:
-        seen += chunk
-        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen[-20000:])
-        for step in STEPS:
-            for done, total in re.findall(rf"{step}[^\n/]*? (\d+)/(\d+)", plain):
-                target = first_done if done == total else first_partial
-                target.setdefault(step, at)
+    # Where on the screen (the byte offset of the output) each step was first drawn unfinished
+    # and first drawn done: every bar shows from its step's start (the fast ones may jump
+    # from 0 to done between two redraws), and the long one, embedding, moves in between.
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.text())
+    first_unfinished: dict[str, int] = {}
+    first_done: dict[str, int] = {}
+    moving: set[str] = set()
     for step in STEPS:
-        assert step in first_partial, f"{step}: never drawn unfinished"
+        for found in re.finditer(rf"{step}[^\n/]*? (\d+)/(\d+)", screen):
+            done, total = int(found.group(1)), int(found.group(2))
+            if done == total:
+                first_done.setdefault(step, found.start())
+                continue
+            first_unfinished.setdefault(step, found.start())
+            if done > 0 and step not in first_done:
+                moving.add(step)
+    for step in STEPS:
+        assert step in first_unfinished, f"{step}: never drawn unfinished"
         assert step in first_done, f"{step}: never drawn finished"
-        assert first_partial[step] < first_done[step], step
-    # the steps run one after another: each bar appears while the run is under way
-    assert first_partial["embeddings"] < first_done["keyword_index"]
+        assert first_unfinished[step] < first_done[step], step
+    assert "embeddings" in moving, "the embedding bar never advanced part-way"
+    # one after another: embedding was drawn under way before indexing finished
+    assert first_unfinished["embeddings"] < first_done["keyword_index"]
     assert "BetaWarning" not in terminal.screen()
 
 
@@ -143,10 +165,10 @@ def test_a_run_whose_process_died_is_marked_failed(tmp_path: Path) -> None:
     from dagster import DagsterInstance, DagsterRunStatus
     from dagster._core.test_utils import create_run_for_test
 
-    from alien.runner import PROCESS_TAG, _process_id, fail_abandoned_runs
+    from alien.runner import PROCESS_TAG, fail_abandoned_runs, process_id
 
     dead = subprocess.Popen(["sleep", "30"])
-    dead_id = _process_id(dead.pid)
+    dead_id = process_id(dead.pid)
     dead.kill()
     dead.wait()
     home = tmp_path / "dagster"
@@ -162,7 +184,7 @@ def test_a_run_whose_process_died_is_marked_failed(tmp_path: Path) -> None:
             return run.run_id
 
         killed = started(dead_id)
-        running = started(_process_id())  # this process: alive
+        running = started(process_id())  # this process: alive
         other = started(dead_id, tenant="globex")  # another tenant's: its own next run
         unknown = started(None)  # no process recorded: left alone
         assert fail_abandoned_runs(instance, "acme") == [killed]

@@ -43,7 +43,11 @@ TENANTS = kmock.resource(GROUP, VERSION, PLURAL)
 FIELD_MANAGER = "alien-operator"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", state: Any = None
+) -> Any:
+    """``predicate`` true within ``timeout``; else fail, showing ``state()`` (the Tenant's
+    status: its conditions say why a step is being retried)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -52,7 +56,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = ""
         except (KeyError, ValueError):  # not there yet
             pass
         time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what or predicate}")
+    shown = ""
+    if state is not None:
+        try:
+            shown = json.dumps(state(), default=str)[:4000]
+        except Exception as err:
+            shown = repr(err)
+    raise AssertionError(f"not within {timeout}s: {what or predicate}\n{shown}")
 
 
 @pytest.fixture
@@ -223,6 +233,7 @@ def test_the_operator_provisions_applies_reports_and_retires(
             lambda: _condition(stored[TENANTS, None, tenant], "Ready") == "True",
             timeout=120,
             what="Ready",
+            state=lambda: stored[TENANTS, None, tenant].get("status"),
         )
         status = stored[TENANTS, None, tenant]["status"]
         assert status["namespace"] == namespace

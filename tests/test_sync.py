@@ -234,17 +234,19 @@ def test_the_schedule_runs_only_when_messages_wait(tenant_stores: TenantStores, 
     from resources.dagster_resources import AlienStoresResource
     from sensors.metadata_sync import metadata_sync_schedule
 
-    def evaluate():  # type: ignore[no-untyped-def]
-        resource = AlienStoresResource(home=str(tenant_stores.settings.home))
-        context = dg.build_schedule_context(resources={"stores": resource})
-        return metadata_sync_schedule(context)
+    with dg.instance_for_test() as instance:
 
-    assert isinstance(evaluate(), dg.SkipReason)  # nothing queued
-    _add(tenant_stores, 1)
-    sync_tenants(tenant_stores.settings, [tenant_stores])  # queued; no platform
-    assert isinstance(evaluate(), dg.SkipReason)  # no platform: the outbox is the record
-    monkeypatch.setenv("ALIEN_PLATFORM_URL", "http://127.0.0.1:9")
-    assert isinstance(evaluate(), dg.RunRequest)
+        def evaluate():  # type: ignore[no-untyped-def]
+            resource = AlienStoresResource(home=str(tenant_stores.settings.home))
+            context = dg.build_schedule_context(instance=instance, resources={"stores": resource})
+            return metadata_sync_schedule(context)
+
+        assert isinstance(evaluate(), dg.SkipReason)  # nothing queued
+        _add(tenant_stores, 1)
+        sync_tenants(tenant_stores.settings, [tenant_stores])  # queued; no platform
+        assert isinstance(evaluate(), dg.SkipReason)  # no platform: the outbox is the record
+        monkeypatch.setenv("ALIEN_PLATFORM_URL", "http://127.0.0.1:9")
+        assert isinstance(evaluate(), dg.RunRequest)  # messages wait
 
 
 def test_sync_job_pushes_to_the_platform(tenant_stores: TenantStores, monkeypatch) -> None:

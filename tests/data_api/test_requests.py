@@ -209,6 +209,7 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "invalid_request",
     ),
     ("empty-query", "POST", "/v1/search", {"json": {"query": ""}}, 422, "invalid_request"),
+    ("blank-query", "POST", "/v1/search", {"json": {"query": " \t\n "}}, 422, "invalid_request"),
     ("bad-dataset-name", "GET", "/v1/datasets/Not%20Valid", {}, 422, "invalid_request"),
     (
         "dataset-unknown-field",

@@ -106,6 +106,23 @@ def test_worker_dies_with_its_parent() -> None:
     assert not _alive(pid)
 
 
+def test_a_worker_outlives_the_thread_that_started_it() -> None:
+    """A CLI run's thread (or an API worker's) starts the worker and ends: the worker stays
+    (``PR_SET_PDEATHSIG`` would have killed it with that thread)."""
+    import threading
+
+    embedder = Embedder(worker=True)
+    starter = threading.Thread(target=embedder.preload)
+    starter.start()
+    starter.join()
+    pid = embedder.worker_pid
+    assert pid is not None
+    time.sleep(1.5)  # three of the child's watch intervals
+    assert _alive(pid)
+    assert embedder.embed(["still here"]).shape == (1, embedder.dimension)
+    assert embedder.worker_pid == pid  # the same worker answered
+
+
 def test_a_dead_worker_fails_the_call_and_the_next_call_runs_here(in_process: Embedder) -> None:
     embedder = Embedder(worker=True)
     embedder.preload()
