@@ -157,3 +157,37 @@ def test_sensor_and_backfill_under_dagster_dev(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+@pytest.mark.dagster_dev
+def test_ctrl_c_stops_dagster_dev_at_a_terminal(tmp_path: Path) -> None:
+    """`make dev` as a user runs it: Ctrl-C at its terminal stops the webserver, the daemon
+    and the code server within seconds (no SIGKILL needed); the runs' consoles stay quiet."""
+    from tests.terminal import Terminal, alive
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIEN_", "DAGSTER_"))}
+    home = tmp_path / "home"
+    env.update(ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+    first = "from alien.runner import use_home; from resources.settings import AlienSettings;"
+    subprocess.run(  # what `make dev` does first: the instance file for ALIEN_HOME
+        [sys.executable, "-c", first + "use_home(AlienSettings())"], env=env, check=True
+    )
+    port = _free_port()
+    argv = [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    terminal = Terminal(argv, env, REPO)
+    try:
+        terminal.wait_for(r"Serving dagster-webserver", timeout=120)
+        terminal.wait_for(r"ingestion_sensor", timeout=60)  # the daemon ticks
+        running = terminal.descendants()
+        pressed = time.monotonic()
+        terminal.interrupt()
+        terminal.wait(timeout=30)
+        assert time.monotonic() - pressed < 15
+    finally:
+        terminal.close()
+    deadline = time.monotonic() + 10
+    while [p for p in running if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in running if alive(p)], "a Dagster process outlived Ctrl-C"
+    assert "Dagster services shut down" in terminal.screen()
+    assert " - DEBUG - " not in terminal.screen()
