@@ -147,6 +147,22 @@ def cluster_database(postgres: object) -> Iterator[str]:
 
 
 @pytest.fixture
+def control(
+    tmp_path: Path, servers: object, postgres: object, cluster_database: str
+) -> dict[str, str]:
+    """The control plane's environment (cluster mode): the cluster's keys for every server."""
+    return {
+        "ALIEN_HOME": str(tmp_path / "control"),
+        "DAGSTER_HOME": str(tmp_path / "control" / "dagster"),
+        "ALIEN_MODE": "cluster",
+        "ALIEN_POSTGRES_URL": POSTGRES_ADMIN,
+        "ALIEN_CLUSTER_SECRET": CLUSTER_SECRET,
+        "ALIEN_CLUSTER_DATABASE": cluster_database,
+        **servers.cluster_settings(),  # type: ignore[attr-defined]
+    }
+
+
+@pytest.fixture
 def dagster_database(postgres: object) -> Iterator[str]:
     """An empty database for a Dagster instance's storage (dagster-postgres), dropped after."""
     from sqlalchemy import create_engine, text

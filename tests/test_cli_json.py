@@ -17,8 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from alien.cli import main
-from alien.local_servers import LocalServers, free_port
-from tests.conftest import CLUSTER_SECRET, POSTGRES_ADMIN
+from alien.local_servers import free_port
 
 ALIEN = str(Path(sys.executable).with_name("alien"))
 
@@ -149,18 +148,8 @@ def test_serve_json_says_where_it_listens(world: dict[str, Any]) -> None:
         proc.wait(30)
 
 
-def test_tenant_env_json_in_cluster_mode(
-    tmp_path: Path, servers: LocalServers, postgres: object, cluster_database: str
-) -> None:
-    env = {
-        "ALIEN_HOME": str(tmp_path / "control"),
-        "DAGSTER_HOME": str(tmp_path / "control" / "dagster"),
-        "ALIEN_MODE": "cluster",
-        "ALIEN_POSTGRES_URL": POSTGRES_ADMIN,
-        "ALIEN_CLUSTER_SECRET": CLUSTER_SECRET,
-        "ALIEN_CLUSTER_DATABASE": cluster_database,
-        **servers.cluster_settings(),
-    }
+def test_tenant_env_json_in_cluster_mode(control: dict[str, str]) -> None:
+    env = control
     code, created = invoke(env, "tenant", "create", "jsonenv")
     assert code == 0, created
     try:

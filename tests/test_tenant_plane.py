@@ -32,26 +32,10 @@ from data_api.local import LocalServer
 from resources.kube import TenantSpec, tenant_objects
 from resources.postgres import identifier, sqlalchemy_url
 from resources.s3objects import S3ObjectStore, s3_client
-from tests.conftest import CLUSTER_SECRET, POSTGRES_ADMIN
+from tests.conftest import CLUSTER_SECRET
 
 # What only the control plane may hold.
 CLUSTER_KEYS = ("ALIEN_CLUSTER_SECRET", "ALIEN_MEILI_MASTER_KEY", "ALIEN_QDRANT_API_KEY")
-
-
-@pytest.fixture
-def control(
-    tmp_path: Path, servers: LocalServers, postgres: object, cluster_database: str
-) -> dict[str, str]:
-    """The control plane's environment: the cluster's keys for every server."""
-    return {
-        "ALIEN_HOME": str(tmp_path / "control"),
-        "DAGSTER_HOME": str(tmp_path / "control" / "dagster"),
-        "ALIEN_MODE": "cluster",
-        "ALIEN_POSTGRES_URL": POSTGRES_ADMIN,
-        "ALIEN_CLUSTER_SECRET": CLUSTER_SECRET,
-        "ALIEN_CLUSTER_DATABASE": cluster_database,
-        **servers.cluster_settings(),
-    }
 
 
 def alien(env: dict[str, str], *args: str, ok: bool = True) -> Any:
