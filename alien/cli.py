@@ -690,7 +690,7 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Evaluate every search mode on a BEIR collection: nDCG@10 and recall@100."""
-    from alien.evaluation import evaluate, ingest_collection, load_beir
+    from alien.evaluation import MODES, evaluate, ingest_collection, load_beir
     from alien.runner import run_ingest
 
     started = time.perf_counter()
@@ -698,13 +698,19 @@ def eval_(
         collection = load_beir(directory)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise click.ClickException(f"not a BEIR collection: {exc}") from None
-    stores, entry_to_doc = ingest_collection(ctx.registry, collection, tenant and _tenant(tenant))
     show = not as_json and err.is_terminal
-    stores.embedder.preload()  # loads in its worker while the run starts
     with _interruptible() as cancel, _progress(show) as bar:
-        run = _in_thread(
-            lambda: run_ingest(ctx.settings, stores.tenant, listener=_step_bars(bar), cancel=cancel)
-        )
+        bars = _step_bars(bar)
+        stores, entry_to_doc = ingest_collection(
+            ctx.registry, collection, tenant and _tenant(tenant),
+            progress=lambda done, total: bars("register", done, total),
+        )  # fmt: skip
+        stores.embedder.preload()  # loads in its worker while the run starts
+        run = None
+        if not cancel.is_set():
+            run = _in_thread(
+                lambda: run_ingest(ctx.settings, stores.tenant, listener=bars, cancel=cancel)
+            )
     if cancel.is_set():
         from alien import pipeline
 
@@ -714,9 +720,16 @@ def eval_(
                    "interrupted": True})  # fmt: skip
         err.print("[yellow]interrupted[/]: run the same `alien eval` again to finish")
         sys.exit(130)
-    if not run.success:
-        raise click.ClickException(run.error or "ingest failed")
-    results = evaluate(stores, collection, entry_to_doc, run_dir=run_dir)
+    if run is None or not run.success:
+        raise click.ClickException(run.error if run and run.error else "ingest failed")
+    with _progress(show) as bar:
+        searching = bar.add_task("search", total=len(MODES))
+        results = evaluate(
+            stores, collection, entry_to_doc, run_dir=run_dir,
+            progress=lambda mode: bar.update(searching, description=f"search ({mode})",
+                                             advance=0 if mode == MODES[0] else 1),
+        )  # fmt: skip
+        bar.update(searching, completed=len(MODES))
     scratch = tenant is None and not keep
     if scratch:  # the scratch tenant goes, stores and partition
         from alien.tenants import retire_tenant

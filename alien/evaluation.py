@@ -62,7 +62,10 @@ def load_beir(directory: Path) -> Collection:
 
 
 def ingest_collection(
-    registry: TenantRegistry, collection: Collection, tenant: str | None = None
+    registry: TenantRegistry,
+    collection: Collection,
+    tenant: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[TenantStores, dict[str, list[str]]]:
     """Register the corpus as entries of a scratch tenant; returns entry id -> doc ids.
 
@@ -70,7 +73,8 @@ def ingest_collection(
     follows: a hit on that entry retrieves each of them."""
     stores = registry.create(tenant or f"eval-{collection.fingerprint}")
     entry_to_doc: dict[str, list[str]] = {}
-    for doc_id, text in collection.corpus.items():
+    total = len(collection.corpus)
+    for n, (doc_id, text) in enumerate(collection.corpus.items(), 1):
         reg = register_bytes(
             stores,
             text.encode("utf-8"),
@@ -79,6 +83,8 @@ def ingest_collection(
             source_name=f"{doc_id}.txt",
         )
         entry_to_doc.setdefault(reg.entry.id, []).append(doc_id)
+        if progress and (n % 50 == 0 or n == total):
+            progress(n, total)
     return stores, entry_to_doc
 
 
