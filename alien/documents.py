@@ -130,6 +130,8 @@ def register_source(
     media_type = detect_media_type(source_name, head)
     with open_stream() as stream:
         stores.objects.put_stream(raw_key(existing.id), stream)
+    if existing.object_key and existing.object_key != raw_key(existing.id):
+        stores.objects.delete(existing.object_key)  # a refused file kept aside: now stored
     catalog.update_entry(
         existing.id,
         media_type=media_type,
@@ -214,8 +216,11 @@ def _register_refused(
         outcome: Outcome = "new"
     else:
         remove_derived(stores, existing.id)
+        if existing.object_key:  # the superseded original: its source now holds other bytes
+            stores.objects.delete(existing.object_key)
         catalog.update_entry(
             existing.id,
+            object_key="",
             size=size,
             sha256="",
             source_mtime_ns=mtime_ns,

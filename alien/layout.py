@@ -3,6 +3,14 @@
 import re
 
 INBOX = "inbox/"
+# Inbox files the pipeline refused (too large, say): kept, with the reason on their entry,
+# until the user deletes that entry. Nothing of a user's is deleted unless stored.
+REJECTED = "rejected/"
+
+
+def rejected_key(inbox_key: str) -> str:
+    """Where a refused inbox file is kept (its path under the inbox, moved)."""
+    return REJECTED + inbox_key[len(INBOX) :]
 
 
 def raw_key(entry_id: str) -> str:

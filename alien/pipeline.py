@@ -36,6 +36,7 @@ from alien.layout import (
     figure_key,
     figures_prefix,
     raw_key,
+    rejected_key,
     text_key,
 )
 from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
@@ -223,8 +224,10 @@ def _unexpected(err: BaseException) -> str:
 
 # -- raw_documents --------------------------------------------------------------------------
 def drain_inbox(stores: TenantStores, dataset: str = DEFAULT_DATASET) -> dict[str, int]:
-    """Register every file in the tenant's inbox folder, then remove it from the inbox."""
-    counts = {"new": 0, "updated": 0, "unchanged": 0}
+    """Register every file in the tenant's inbox folder, then remove it from the inbox: once
+    stored as an entry's original, or, when refused before storage (too large), moved to
+    ``rejected/`` with the reason on its failed entry, until the user deletes that entry."""
+    counts = {"new": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     stores.catalog.ensure_dataset(dataset)
     for info in list(stores.objects.list(INBOX)):
         name = info.key[len(INBOX) :]
@@ -237,6 +240,15 @@ def drain_inbox(stores: TenantStores, dataset: str = DEFAULT_DATASET) -> dict[st
                 open_stream=lambda p=path: p.open("rb"),
                 size=info.size,
             )
+            entry = reg.entry
+            if entry.status == EntryStatus.FAILED and not entry.sha256:  # refused, not stored
+                kept = rejected_key(info.key)
+                with path.open("rb") as stream:
+                    stores.objects.put_stream(kept, stream)
+                stores.catalog.update_entry(
+                    entry.id, object_key=kept, reason=f"{entry.reason}; the file is kept at {kept}"
+                )
+                counts["rejected"] += 1
         counts[reg.outcome] += 1
         stores.objects.delete(info.key)
     return counts
@@ -250,6 +262,7 @@ def run_raw_documents(
     with stores.lock(RAW):
         inbox = drain_inbox(stores)
         report.details["inbox_registered"] = inbox["new"] + inbox["updated"]
+        report.details["inbox_rejected"] = inbox["rejected"]
         if full_refresh or stores.catalog.has_unfinished():
             # This run will embed: load the model while the next steps extract and chunk.
             stores.embedder.preload()

@@ -144,6 +144,40 @@ def test_files_dropped_into_the_inbox_are_registered(tenant):
     assert search(tenant, "flutter", top_k=1)[0].entry_id == entry.id
 
 
+def test_a_refused_inbox_file_is_kept_until_its_entry_is_deleted(tenant, monkeypatch):
+    """Nothing of a user's is deleted unless stored: an inbox file refused before storage
+    (too large) moves to rejected/, its entry failed with the reason and where it is kept."""
+    monkeypatch.setattr(tenant.settings, "max_file_bytes", 64)
+    big = b"Flutter of tail surfaces at transonic speeds. " * 10
+    tenant.objects.put_bytes("inbox/reports/big.txt", big)
+    tenant.objects.put_bytes("inbox/small.txt", b"Tail flutter.")
+    reports = run_all(tenant)
+    assert reports[0].details["inbox_rejected"] == 1
+    assert list(tenant.objects.list("inbox/")) == []  # the inbox is drained...
+    assert tenant.objects.get_bytes("rejected/reports/big.txt") == big  # ...and nothing lost
+    by_name = {e.source_name: e for e in tenant.catalog.entries()}
+    refused = by_name["big.txt"]
+    assert refused.status == EntryStatus.FAILED
+    assert "too large" in refused.reason and "rejected/reports/big.txt" in refused.reason
+    assert by_name["small.txt"].status == EntryStatus.INDEXED
+    # the same name dropped again, now small enough: stored, and the kept copy goes
+    monkeypatch.setattr(tenant.settings, "max_file_bytes", 10_000)
+    tenant.objects.put_bytes("inbox/reports/big.txt", big)
+    run_all(tenant)
+    again = tenant.catalog.get_entry(refused.id)
+    assert again is not None and again.status == EntryStatus.INDEXED
+    assert not tenant.objects.exists("rejected/reports/big.txt")
+    # refused again, then deleted by the user: the kept copy goes with the entry
+    monkeypatch.setattr(tenant.settings, "max_file_bytes", 64)
+    tenant.objects.put_bytes("inbox/reports/big.txt", big + b"more")
+    run_all(tenant)
+    assert tenant.objects.exists("rejected/reports/big.txt")
+    assert not [i.key for i in tenant.objects.list() if refused.id in i.key]  # no stale original
+    assert delete_entry(tenant, refused.id)
+    assert not [i.key for i in tenant.objects.list("rejected/")]
+    _all_pass(tenant)
+
+
 def test_tenants_never_see_each_other(registry):
     a, b = registry.create("tenant-a"), registry.create("tenant-b")
     _register_all(a)
