@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from resources.helm_values import DEFAULT_PROXY_LABELS, Placement, Probe, Resources, TenantTemplate
+from resources.helm_values import DEFAULT_PROXY_LABELS, Placement, Probe, TenantTemplate
 from resources.tenancy import TenantId
 
 GROUP = "alien.ai"
@@ -106,10 +106,6 @@ def _probe(probe: Probe) -> dict[str, Any]:
             "failureThreshold": probe.failure_threshold}  # fmt: skip
 
 
-def _resources(resources: Resources) -> dict[str, Any]:
-    return resources.model_dump(exclude_defaults=False)
-
-
 def _placement(api: Placement) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if api.node_selector:
@@ -178,7 +174,7 @@ def tenant_objects(
         "readinessProbe": _probe(api.readiness_probe),
         "livenessProbe": _probe(api.liveness_probe),
         "startupProbe": _probe(api.startup_probe),
-        "resources": _resources(api.resources),
+        "resources": api.resources.model_dump(),
         "securityContext": dict(tpl.security_context),
         "volumeMounts": WRITABLE_MOUNTS,
     }  # fmt: skip

@@ -20,6 +20,7 @@ import asyncio
 import datetime
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -249,3 +250,20 @@ class BackgroundKMock:
         self._thread.join(10)
         if self._error is not None and exc[0] is None:
             raise self._error
+
+
+def write_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """A kube-config that reaches ``server`` with a bearer ``token``."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "kmock",
+                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+                "users": [{"name": "kmock", "user": {"token": token}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+            }
+        )
+    )
+    return path

@@ -20,7 +20,7 @@ from dagster._core.launcher import LaunchRunContext
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test
 
-from tests.kube_api import BackgroundKMock
+from tests.kube_api import BackgroundKMock, write_kubeconfig
 from tests.test_helm_chart import NAMESPACE, instance_config, render, value_set
 
 JOBS = kmock.resource("batch", "v1", "jobs")
@@ -113,13 +113,7 @@ def test_a_tenants_run_is_a_job_in_its_namespace_with_its_credentials_only(
         api.handler.resources.load_bundled()
         # The same configuration, reaching the API through a kube-config instead of the pod's
         # service account (kmock speaks plain HTTP; in-cluster loading assumes HTTPS).
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "k",
-            "clusters": [{"name": "k", "cluster": {"server": api.url}}],
-            "users": [{"name": "k", "user": {"token": "daemon-token"}}],
-            "contexts": [{"name": "k", "context": {"cluster": "k", "user": "k"}}],
-        }))  # fmt: skip
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, "daemon-token")
         launcher.update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
         instance = DagsterInstance.from_config(str(_home(tmp_path, config, monkeypatch)))
         try:

@@ -24,7 +24,6 @@ import kopf
 import kubernetes
 import kubernetes_validate
 import pytest
-import yaml
 from kopf.testing import KopfRunner
 from kubernetes.dynamic import DynamicClient
 from sqlalchemy.engine import make_url
@@ -35,7 +34,7 @@ from data_api.local import LocalServer
 from resources.kube import GROUP, KIND, PLURAL, VERSION, crd
 from resources.settings import AlienSettings
 from tests.conftest import CLUSTER_SECRET, POSTGRES_ADMIN
-from tests.kube_api import BackgroundKMock
+from tests.kube_api import BackgroundKMock, write_kubeconfig
 from tests.test_helm_chart import one, render, value_set
 
 HANDLERS = Path(__file__).resolve().parents[1] / "operator" / "handlers.py"
@@ -156,19 +155,7 @@ def operator_env(
         for path, directory in mounts.items():
             if value == path or value.startswith(path + "/"):
                 env[key] = str(directory) + value[len(path) :]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "kmock",
-                "clusters": [{"name": "kmock", "cluster": {"server": api.url}}],
-                "users": [{"name": "kmock", "user": {"token": "operator-token"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, "operator-token")
     env["KUBECONFIG"] = str(kubeconfig)  # in a pod: its service account, in-cluster
     for key in [k for k in os.environ if k.startswith("ALIEN_")]:
         monkeypatch.delenv(key)
