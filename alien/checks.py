@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alien.pipeline import CHUNKS
+from alien.repair import diagnose
 from resources.catalog import EntryStatus
 from resources.stores import TenantStores
 
@@ -74,9 +75,49 @@ def indexed_entries_have_text(stores: TenantStores) -> CheckResult:
     )
 
 
+def indexes_match_catalog(stores: TenantStores) -> CheckResult:
+    """Each index holds, entry by entry, the rows the catalog recorded, and no row of an
+    entry the catalog does not have (``alien repair`` puts it right)."""
+    damage = diagnose(stores)
+    meta = {
+        "mismatched": {k: len(v) for k, v in damage.index_mismatch.items()},
+        "orphaned": {k: len(v) for k, v in damage.index_orphans.items()},
+        "examples": sorted(
+            {e for v in damage.index_mismatch.values() for e in v[:3]}
+            | {e for v in damage.index_orphans.values() for e in v[:3]}
+        ),
+    }
+    return CheckResult(
+        "indexes_match_catalog",
+        damage.indexes_ok(),
+        "vector and keyword rows per entry = what the catalog recorded; no orphans",
+        meta,
+    )
+
+
+def objects_match_catalog(stores: TenantStores) -> CheckResult:
+    """Every original and derived object the catalog records is in the object store, and no
+    object belongs to an entry the catalog does not have (``alien repair`` puts it right)."""
+    damage = diagnose(stores)
+    meta = {
+        "missing_originals": len(damage.missing_originals),
+        "missing_outputs": {k: len(v) for k, v in damage.missing_outputs.items()},
+        "orphan_objects": len(damage.orphan_objects),
+        "examples": (damage.missing_originals + damage.orphan_objects)[:5],
+    }
+    return CheckResult(
+        "objects_match_catalog",
+        damage.objects_ok(),
+        "originals and derived objects = what the catalog recorded; no orphans",
+        meta,
+    )
+
+
 def run_checks(stores: TenantStores) -> list[CheckResult]:
     return [
         chunk_counts_agree(stores),
         vectors_match_model(stores),
         indexed_entries_have_text(stores),
+        indexes_match_catalog(stores),
+        objects_match_catalog(stores),
     ]

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from resources.catalog import DEFAULT_DATASET, EntryStatus
+from resources.outages import classify
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry, TenantStores
 from resources.tenancy import InvalidTenantError, TenantId, UnknownTenantError, validate_dataset
@@ -66,7 +67,14 @@ class JsonErrors(click.Group):
     def main(self, args: Any = None, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         if "--json" not in argv:
-            return super().main(args=argv, **extra)
+            try:
+                return super().main(args=argv, **extra)
+            except Exception as exc:  # a store that does not answer: its name, no traceback
+                outage = classify(exc)
+                if outage is None:
+                    raise
+                err.print(f"[red]alien: {outage}[/]")
+                sys.exit(1)
         extra.pop("standalone_mode", None)
         try:
             result = super().main(args=argv, standalone_mode=False, **extra)
@@ -82,6 +90,9 @@ class JsonErrors(click.Group):
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:
+            outage = classify(exc)
+            if outage is not None:
+                _json_error("store_unavailable", str(outage), 1, store=outage.store)
             import traceback
 
             traceback.print_exc()
@@ -89,8 +100,8 @@ class JsonErrors(click.Group):
         return None
 
 
-def _json_error(code: str, message: str, status: int) -> None:
-    click.echo(json.dumps({"error": {"code": code, "message": message}}))
+def _json_error(code: str, message: str, status: int, **more: str) -> None:
+    click.echo(json.dumps({"error": {"code": code, "message": message, **more}}))
     sys.exit(status)
 
 
@@ -274,7 +285,8 @@ def ingest_paths(
     text = run.report("ocr_output") if run else None
     chunked = run.report("chunks") if run else None
     embedded = run.report("embeddings") if run else None
-    indexed = run.report("vector_index") if run else None
+    # in both indexes: a step that failed (a store down) has no report
+    indexed = [run.report(step) if run else None for step in ("vector_index", "keyword_index")]
     return {
         "tenant": tenant,
         "dataset": dataset,
@@ -289,7 +301,7 @@ def ingest_paths(
         "chunked_entries": chunked.processed if chunked else 0,
         "chunks": chunked.chunks if chunked else 0,
         "embedded_chunks": embedded.chunks if embedded else 0,
-        "indexed_entries": indexed.processed if indexed else 0,
+        "indexed_entries": min(r.processed if r else 0 for r in indexed),
         "seconds": round(time.perf_counter() - started, 3),
         "run_id": run.run_id if run else None,
         "run_seconds": round(run.seconds, 3) if run else 0.0,
@@ -338,6 +350,8 @@ def ingest(ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, as_json
         sys.exit(130)
     if not summary["run_success"]:
         err.print(f"[red]{summary['run_error']}[/]")
+        if summary["pending"]:
+            err.print(f"{summary['pending']} entries wait (pending) for the next run")
         sys.exit(1)
 
 
@@ -500,6 +514,72 @@ def check(ctx: Ctx, tenant: str, as_json: bool) -> None:
             mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
             out.print(f"{mark} {r.name}: {r.metadata}")
     if not all(r.passed for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@_tenant_option
+@_json_option
+@click.pass_obj
+def repair(ctx: Ctx, tenant: str, as_json: bool) -> None:
+    """Compare the tenant's catalog with its object store and both indexes; remove rows and
+    objects of entries the catalog does not have, make again (by a pipeline run) what a store
+    lost, then run the checks. Safe to run at any time; the Dagster `repair` job does the
+    first part and leaves the run to the ingestion sensor."""
+    from alien import pipeline
+    from alien.checks import run_checks
+    from alien.repair import repair as repair_tenant
+    from alien.runner import run_ingest
+
+    tenant = _tenant(tenant)
+    stores = ctx.open(tenant)
+    report = repair_tenant(stores)
+    run = None
+    if stores.catalog.has_unfinished():
+        with _interruptible() as cancel, _progress(not as_json and err.is_terminal) as bar:
+            run = _in_thread(
+                lambda: run_ingest(ctx.settings, tenant, listener=_step_bars(bar), cancel=cancel)
+            )
+        if cancel.is_set():
+            pipeline.release(stores)
+            err.print("[yellow]interrupted[/]: run `alien repair` again to finish")
+            sys.exit(130)
+    results = run_checks(stores)
+    passed = all(r.passed for r in results) and (run is None or run.success)
+    if as_json:
+        _emit(
+            {
+                "tenant": tenant,
+                "found": report.before,
+                "deletions_finished": report.deletions_finished,
+                "rows_removed": report.rows_removed,
+                "objects_removed": report.objects_removed,
+                "redone": report.redo,
+                "originals_missing": report.originals_missing,
+                "run_id": run.run_id if run else None,
+                "run_error": run.error if run else None,
+                "checks": [r.__dict__ for r in results],
+                "passed": passed,
+            }
+        )
+    else:
+        removed = sum(report.rows_removed.values())
+        out.print(
+            f"[bold]{tenant}[/]: removed {removed} orphaned index rows and "
+            f"{report.objects_removed} orphaned objects; remade {report.entries_to_redo} "
+            f"outputs ({', '.join(f'{k} {v}' for k, v in report.redo.items()) or 'none'})"
+            + (
+                f"; {report.originals_missing} originals are gone"
+                if report.originals_missing
+                else ""
+            )
+        )
+        if run is not None and not run.success:
+            err.print(f"[red]{run.error}[/]")
+        for r in results:
+            mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+            out.print(f"{mark} {r.name}")
+    if not passed:
         sys.exit(1)
 
 

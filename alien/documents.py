@@ -7,6 +7,7 @@ import io
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -60,6 +61,7 @@ def register_source(
     the entry of its new bytes (a new one if none) when it was another source.
     """
     catalog = stores.catalog
+    _clear_tombstone(stores, dataset, source_uri)
     existing = catalog.find_entry(dataset, source_uri)
     alias = None if existing is not None else catalog.find_source(dataset, source_uri)
     if existing is not None and _same_file(existing.size, existing.source_mtime_ns, size, mtime_ns):
@@ -282,6 +284,7 @@ def register_upload(
     """
     sha256, _, size = _hash_stream(lambda: _rewound(stream))
     source_uri = f"upload:sha256:{sha256}"
+    _clear_tombstone(stores, dataset, source_uri)
     # The same bytes are the same entry, whichever door they came through first.
     existing = stores.catalog.find_entry(dataset, source_uri) or stores.catalog.find_by_content(
         dataset, sha256
@@ -336,11 +339,39 @@ def remove_derived(stores: TenantStores, entry_id: str) -> None:
 
 
 def delete_entry(stores: TenantStores, entry_id: str) -> bool:
-    """Remove an entry from indexes, object store and catalog (in that order, retry-safe)."""
-    entry = stores.catalog.get_entry(entry_id)
+    """Delete an entry: first a tombstone (it is gone for every reader at once), then its
+    index rows, derived objects and original, then its catalog row. A crash part-way leaves
+    the tombstone, and whoever meets it next finishes (``finish_deletions``: the next run;
+    a registration of the same source). Whether there was such an entry."""
+    entry = stores.catalog.mark_deleting(entry_id)
     if entry is None:
         return False
-    remove_derived(stores, entry_id)
+    _remove_all(stores, entry)
+    return True
+
+
+def _remove_all(stores: TenantStores, entry: Entry) -> None:
+    """Everything of a tombstoned entry, in an order a crash can resume (idempotent)."""
+    remove_derived(stores, entry.id)
     if entry.object_key:
         stores.objects.delete(entry.object_key)
-    return stores.catalog.delete_entry(entry_id)
+    stores.catalog.delete_entry(entry.id)
+
+
+def finish_deletions(stores: TenantStores, older_than: datetime | None = None) -> int:
+    """Finish the deletions a crash interrupted (tombstones marked before ``older_than``,
+    else all); how many."""
+    finished = 0
+    while batch := stores.catalog.deleting(older_than):
+        for entry in batch:
+            _remove_all(stores, entry)
+        finished += len(batch)
+    return finished
+
+
+def _clear_tombstone(stores: TenantStores, dataset: str, source_uri: str) -> None:
+    """A source registered again while its old entry's deletion is unfinished: finish it
+    (the source is free for a new entry)."""
+    dying = stores.catalog.find_entry(dataset, source_uri, deleting=True)
+    if dying is not None and dying.status == EntryStatus.DELETING:
+        _remove_all(stores, dying)

@@ -44,3 +44,13 @@ def figure_key(entry_id: str, figure_id: str) -> str:
 def derived_keys(entry_id: str) -> tuple[str, ...]:
     """Everything the pipeline derives from an entry."""
     return (text_key(entry_id), chunks_key(entry_id), embeddings_key(entry_id))
+
+
+STORED_PREFIXES = ("raw/", "derived/")
+_ENTRY_KEY = re.compile(r"^(?:raw/|derived/(?:text|chunks|embeddings|figures)/)([0-9a-f-]{36})")
+
+
+def entry_of(key: str) -> str | None:
+    """The entry an original or a derived object belongs to (None: not an entry's object)."""
+    found = _ENTRY_KEY.match(key)
+    return found.group(1) if found else None

@@ -24,11 +24,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 import numpy as np
 
-from alien.documents import register_source
+from alien.documents import finish_deletions, register_source
 from alien.layout import (
     INBOX,
     chunks_key,
@@ -39,12 +40,20 @@ from alien.layout import (
     rejected_key,
     text_key,
 )
-from resources.catalog import DEFAULT_DATASET, Entry, EntryStatus, ManifestRecord
+from resources.catalog import (
+    DEFAULT_DATASET,
+    Catalog,
+    Entry,
+    EntryStatus,
+    ManifestRecord,
+    utcnow,
+)
 from resources.chunking import Chunk, chunk_pages
 from resources.extract import IMAGE_TYPES, PDF, DocumentLimits, ExtractionError, PageText
 from resources.extract_worker import BoundedExtractor, ExtractionJob
 from resources.keywords import KeywordDoc
 from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
+from resources.outages import reraise_outage
 from resources.settings import AlienSettings
 from resources.stores import TenantStores
 from resources.vectors import VectorPoint
@@ -71,9 +80,69 @@ class RunCancelled(Exception):
     run takes them up."""
 
 
-def release(stores: TenantStores) -> int:
-    """After a stopped run: its unfinished entries are ``pending`` again; how many."""
-    return stores.catalog.release_processing()
+def release(stores: TenantStores, claim: str | None = None) -> int:
+    """After a stopped run: its unfinished entries (those of ``claim``, else every one left
+    ``processing``) are ``pending`` again; how many."""
+    return stores.catalog.release_processing(claim)
+
+
+@dataclass
+class _Claim:
+    """The run working in this thread: its id marks the entries it takes (``processing``),
+    and it renews them while it lives, so a run that died is told from one that is slow."""
+
+    id: str
+    catalog: Catalog
+    every: float
+    renewed: float
+
+
+@contextlib.contextmanager
+def claiming(stores: TenantStores, claim: str) -> Iterator[str]:
+    """Entries this thread's steps take meanwhile carry ``claim`` (the run id), renewed at
+    every quarter of ``ALIEN_CLAIM_TIMEOUT_SECONDS`` from the steps' regular checkpoints."""
+    previous = getattr(_local, "claim", None)
+    every = stores.settings.claim_timeout_seconds / 4
+    _local.claim = _Claim(claim, stores.catalog, every, time.monotonic())
+    try:
+        yield claim
+    finally:
+        _local.claim = previous
+
+
+def current_claim() -> str | None:
+    current: _Claim | None = getattr(_local, "claim", None)
+    return current.id if current else None
+
+
+def _renew_claim() -> None:
+    current: _Claim | None = getattr(_local, "claim", None)
+    if current is not None and time.monotonic() - current.renewed >= current.every:
+        current.catalog.renew_claim(current.id)
+        current.renewed = time.monotonic()
+
+
+def take_over(stores: TenantStores, run_ended: Callable[[str], bool] | None = None) -> int:
+    """Entries whose run will not finish them go back to ``pending``, saying so: those of a
+    run known to have ended (``run_ended(claim)``: failed while its catalog was down, say),
+    and those whose run stopped renewing its claim (killed, its machine lost). How many."""
+    taken = 0
+    for claim in stores.catalog.claims() if run_ended is not None else []:
+        if claim != current_claim() and run_ended(claim):
+            released = stores.catalog.release_processing(claim)
+            log.warning("%s entries of %s: taken over from run %s, which ended without "
+                        "finishing them", released, stores.tenant, claim)  # fmt: skip
+            taken += released
+    cutoff = utcnow() - timedelta(seconds=stores.settings.claim_timeout_seconds)
+    for entry in stores.catalog.take_over_stale(cutoff):
+        log.warning(
+            "entry %s of %s: taken over, its run stopped renewing its claim at %s",
+            entry.id,
+            stores.tenant,
+            entry.updated_at.isoformat(),
+        )
+        taken += 1
+    return taken
 
 
 @dataclass
@@ -120,10 +189,12 @@ def record_report(report: StepReport) -> None:
 
 
 def check_cancelled() -> None:
-    """Raise ``RunCancelled`` if this thread's run was asked to stop."""
+    """Raise ``RunCancelled`` if this thread's run was asked to stop; renew the run's claim
+    when due (steps call this between entries and batches)."""
     current = _current()
     if current is not None and current.cancel is not None and current.cancel.is_set():
         raise RunCancelled("the run was cancelled before it finished")
+    _renew_claim()
 
 
 @dataclass
@@ -218,6 +289,7 @@ def _fail(
 def _unexpected(err: BaseException) -> str:
     """The reason an entry gets for a failure nobody foresaw: its kind only; the message (a
     server's address, a path, a query) goes to this service's log."""
+    reraise_outage(err)  # a store that does not answer is not the document's fault
     log.error("unexpected error: %s", "".join(traceback.format_exception(err)))
     return f"internal error ({type(err).__name__}); the service log has the details"
 
@@ -255,11 +327,16 @@ def drain_inbox(stores: TenantStores, dataset: str = DEFAULT_DATASET) -> dict[st
 
 
 def run_raw_documents(
-    stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
+    stores: TenantStores,
+    full_refresh: bool = False,
+    progress: Progress | None = None,
+    run_ended: Callable[[str], bool] | None = None,
 ) -> StepReport:
     started = time.perf_counter()
     report = StepReport(RAW)
     with stores.lock(RAW):
+        report.details["taken_over"] = take_over(stores, run_ended)
+        report.details["deletions_finished"] = finish_deletions(stores)
         inbox = drain_inbox(stores)
         report.details["inbox_registered"] = inbox["new"] + inbox["updated"]
         report.details["inbox_rejected"] = inbox["rejected"]
@@ -336,7 +413,9 @@ def run_ocr_output(
     )
     with stores.lock(TEXT), bounded:
         plan = _plan(stores, TEXT, _upstream_of(stores, RAW), config, full_refresh)
-        stores.catalog.set_status([eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING)
+        stores.catalog.set_status(
+            [eid for eid, _, _ in plan.todo], EntryStatus.PROCESSING, claim=current_claim()
+        )
         if progress and plan.todo:
             progress(TEXT, 0, len(plan.todo))  # the bar shows while the first one is read
         ocr_pages = 0
@@ -637,7 +716,9 @@ def _run_index_step(
         orphans = [eid for eid in index.counts_by_entry() if eid not in known]
         report.details["orphans_removed"] = index.delete_entries(orphans) if orphans else 0
         report.unchanged = plan.unchanged
-        mark_indexed(stores, [t[0] for t in plan.todo])
+        # Entries this step wrote, and any left unfinished whose every step is done (a run
+        # killed after its last index write and before this mark).
+        mark_indexed(stores, [t[0] for t in plan.todo] + stores.catalog.unfinished())
     report.seconds = time.perf_counter() - started
     return report
 

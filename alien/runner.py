@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,6 +178,17 @@ def _process_gone(process: str) -> bool:
     return process_id(int(pid)) != process
 
 
+def run_ended(instance: DagsterInstance) -> Callable[[str], bool]:
+    """Whether the run of a given id has ended (or is unknown to ``instance``): its claims on
+    entries will not be renewed, so the next run takes them over."""
+
+    def ended(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is None or run.is_finished
+
+    return ended
+
+
 def fail_abandoned_runs(instance: DagsterInstance, tenant: str) -> list[str]:
     """Runs of ``tenant`` still marked started whose process has died (SIGKILL, out of
     memory): marked failed, so the UI stops showing them running; their entries are the next
@@ -215,10 +227,13 @@ def run_ingest(
     register_partition(settings, tenant)
     instance = dagster_instance(settings)
     _without_logging_reset(instance)
-    if fail_abandoned_runs(instance, tenant):  # what they left processing waits again
+    abandoned = fail_abandoned_runs(instance, tenant)
+    if abandoned:  # what they left processing waits again
         from resources.stores import TenantRegistry
 
-        pipeline.release(TenantRegistry(settings).open(tenant))
+        stores = TenantRegistry(settings).open(tenant)
+        for run_id in abandoned:
+            pipeline.release(stores, run_id)
     job = defs.resolve_job_def("ingest")
     tags = {"alien/trigger": "cli"}
     process = process_id()

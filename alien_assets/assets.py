@@ -5,21 +5,26 @@ Each asset is a thin wrapper: it opens the partition's tenant stores and calls t
 object store. Dagster's run storage gets only counts and timings.
 """
 
+import contextlib
 from collections.abc import Callable
 
 import dagster as dg
 
 from alien import pipeline
 from alien.pipeline import StepReport
-from alien.runner import PROCESS_TAG, process_id
+from alien.runner import PROCESS_TAG, process_id, run_ended
 from alien_assets.partitions import tenant_partitions
 from resources.dagster_resources import AlienStoresResource
+from resources.outages import classify
 from resources.stores import TenantStores
 
 FULL_REFRESH_TAG = "alien/full_refresh"
 GROUP = "documents"
-# Store writes can hit a busy SQLite file or a flaky server: retry with backoff.
-STORE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+# A busy SQLite file or a server that does not answer: retried with exponential backoff and
+# jitter (about 2, 4 and 8 s), so runs of many tenants do not retry in step.
+STORE_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 def _full_refresh(context: dg.AssetExecutionContext) -> bool:
@@ -45,18 +50,34 @@ def _materialize(
     stores: AlienStoresResource,
     step: Callable[[TenantStores, dg.AssetExecutionContext], StepReport],
 ) -> dg.MaterializeResult:
-    tenant_stores = stores.for_tenant(context.partition_key)
+    tenant_stores: TenantStores | None = None
     if PROCESS_TAG not in context.run.tags:  # launched by the daemon: say which process runs it
         process = process_id()
         if process:
-            context.instance.add_run_tags(context.run_id, {PROCESS_TAG: process})
+            context.instance.add_run_tags(context.run.run_id, {PROCESS_TAG: process})
     try:
-        report = step(tenant_stores, context)
+        tenant_stores = stores.for_tenant(context.partition_key)
+        with pipeline.claiming(tenant_stores, context.run.run_id):
+            report = step(tenant_stores, context)
     except pipeline.RunCancelled as err:  # asked to stop: no retry, the next run resumes
-        released = pipeline.release(tenant_stores)
+        assert tenant_stores is not None
+        released = pipeline.release(tenant_stores, context.run.run_id)
         raise dg.Failure(
             description=f"{err}; {released} entries are pending again", allow_retries=False
         ) from None
+    except Exception as err:
+        outage = classify(err)
+        if outage is None:
+            raise
+        # Not the documents' fault: retried with backoff (STORE_RETRY), and after the last
+        # try the entries wait, pending, for the next run (the sensor relaunches it).
+        if tenant_stores is not None:
+            with contextlib.suppress(Exception):  # the catalog may be the store that is down
+                pipeline.release(tenant_stores, context.run.run_id)
+        raise dg.Failure(
+            description=f"{outage}; the entries stay pending for the next run",
+            metadata={"store": outage.store},
+        ) from err
     pipeline.record_report(report)
     context.log.info(f"{report.step} for {context.partition_key}: {report.metadata()}")
     return dg.MaterializeResult(metadata={"tenant": context.partition_key, **report.metadata()})
@@ -78,7 +99,9 @@ def raw_documents(
     return _materialize(
         context,
         stores,
-        lambda s, ctx: pipeline.run_raw_documents(s, _full_refresh(ctx), _progress(ctx)),
+        lambda s, ctx: pipeline.run_raw_documents(
+            s, _full_refresh(ctx), _progress(ctx), run_ended=run_ended(ctx.instance)
+        ),
     )
 
 

@@ -1,13 +1,23 @@
-"""Asset checks: cross-store consistency and quality, per tenant partition."""
+"""Asset checks: cross-store consistency and quality, per tenant partition. Each is one of
+``alien.checks``'s functions (what `alien check` runs), attached to the asset it judges."""
 
 import warnings
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 
 from alien import checks
-from alien_assets.assets import embeddings, keyword_index, vector_index
+from alien_assets.assets import (
+    chunks,
+    embeddings,
+    keyword_index,
+    ocr_output,
+    raw_documents,
+    vector_index,
+)
 from alien_assets.partitions import tenant_partitions
 from resources.dagster_resources import AlienStoresResource
+from resources.stores import TenantStores
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; they are what lets a check
 # report on one tenant, so the warning is expected.
@@ -16,48 +26,65 @@ warnings.filterwarnings(
 )
 
 
-def _result(result: checks.CheckResult) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=result.passed,
-        metadata=result.metadata,
-        description=result.description,
-        severity=dg.AssetCheckSeverity.ERROR,
-    )
+def _tenant_check(
+    check: Callable[[TenantStores], checks.CheckResult],
+    asset: dg.AssetsDefinition,
+    also: Sequence[dg.AssetsDefinition],
+    description: str,
+) -> dg.AssetChecksDefinition:
+    """The asset check of ``check`` on ``asset`` (after ``also``), for one tenant partition."""
+
+    def evaluate(
+        context: dg.AssetCheckExecutionContext, stores: AlienStoresResource
+    ) -> dg.AssetCheckResult:
+        result = check(stores.for_tenant(context.partition_key))
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            metadata=result.metadata,
+            description=result.description,
+            severity=dg.AssetCheckSeverity.ERROR,
+        )
+
+    return dg.asset_check(
+        asset=asset,
+        name=check.__name__,
+        additional_deps=list(also),
+        partitions_def=tenant_partitions,
+        description=description,
+    )(evaluate)
 
 
-@dg.asset_check(
-    asset=keyword_index,
-    additional_deps=[vector_index],
-    partitions_def=tenant_partitions,
-    description="Chunks = vectors = keyword documents, per entry, for the tenant.",
-)
-def chunk_counts_agree(
-    context: dg.AssetCheckExecutionContext, stores: AlienStoresResource
-) -> dg.AssetCheckResult:
-    return _result(checks.chunk_counts_agree(stores.for_tenant(context.partition_key)))
-
-
-@dg.asset_check(
-    asset=vector_index,
-    partitions_def=tenant_partitions,
-    description="Every vector comes from the configured model, with its dimension.",
-)
-def vectors_match_model(
-    context: dg.AssetCheckExecutionContext, stores: AlienStoresResource
-) -> dg.AssetCheckResult:
-    return _result(checks.vectors_match_model(stores.for_tenant(context.partition_key)))
-
-
-@dg.asset_check(
-    asset=embeddings,
-    additional_deps=[keyword_index],
-    partitions_def=tenant_partitions,
-    description="No indexed entry without text.",
-)
-def indexed_entries_have_text(
-    context: dg.AssetCheckExecutionContext, stores: AlienStoresResource
-) -> dg.AssetCheckResult:
-    return _result(checks.indexed_entries_have_text(stores.for_tenant(context.partition_key)))
-
-
-PIPELINE_CHECKS = [chunk_counts_agree, vectors_match_model, indexed_entries_have_text]
+PIPELINE_CHECKS = [
+    _tenant_check(
+        checks.chunk_counts_agree,
+        keyword_index,
+        [vector_index],
+        "Chunks = vectors = keyword documents, per entry, for the tenant.",
+    ),
+    _tenant_check(
+        checks.vectors_match_model,
+        vector_index,
+        [],
+        "Every vector comes from the configured model, with its dimension.",
+    ),
+    _tenant_check(
+        checks.indexed_entries_have_text,
+        embeddings,
+        [keyword_index],
+        "No indexed entry without text.",
+    ),
+    _tenant_check(
+        checks.indexes_match_catalog,
+        keyword_index,
+        [vector_index],
+        "Vector and keyword rows per entry = what the catalog recorded, and no row of an entry "
+        "the catalog lacks; `alien repair` (or the repair job) puts it right.",
+    ),
+    _tenant_check(
+        checks.objects_match_catalog,
+        raw_documents,
+        [ocr_output, chunks, embeddings],
+        "Every original and derived object the catalog records is stored, and no object "
+        "belongs to an entry the catalog lacks; `alien repair` puts it right.",
+    ),
+]

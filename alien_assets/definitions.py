@@ -4,7 +4,7 @@ import dagster as dg
 
 from alien_assets.assets import PIPELINE_ASSETS
 from alien_assets.checks import PIPELINE_CHECKS
-from alien_assets.jobs import ingest_job
+from alien_assets.jobs import ingest_job, repair_job
 from resources.dagster_resources import AlienStoresResource
 from sensors.ingestion import ingestion_sensor
 from sensors.metadata_sync import (
@@ -16,7 +16,7 @@ from sensors.metadata_sync import (
 defs = dg.Definitions(
     assets=PIPELINE_ASSETS,
     asset_checks=PIPELINE_CHECKS,
-    jobs=[ingest_job, metadata_sync_job],
+    jobs=[ingest_job, repair_job, metadata_sync_job],
     schedules=[metadata_sync_schedule],
     sensors=[ingestion_sensor, metadata_change_sensor],
     # The code server's settings (ALIEN_HOME and the rest, read once when a run's resources

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -34,7 +35,7 @@ from alien.credentials import (
     split_api_key,
     verify_api_key,
 )
-from data_api.errors import ApiError, unauthorized
+from data_api.errors import ApiError, outage_error, unauthorized
 from resources.catalog import AuditLog, AuditRecord
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry, TenantStores
@@ -282,16 +283,16 @@ class Door:
             log.exception("request %s failed", request_id)
             if status_holder["started"]:
                 raise
+            failure = outage_error(sys.exc_info()[1]) or ApiError(
+                500, "internal_error",
+                f"the request failed on the server; quote request id {request_id}")  # fmt: skip
             ctx = state.get("ctx")
             if ctx is not None:
                 with contextlib.suppress(Exception):
                     await run_in_threadpool(
-                        ctx.audit, "request", "error", status_code=500, detail="internal_error"
-                    )
-            await _responder(
-                ApiError(500, "internal_error",
-                         f"the request failed on the server; quote request id {request_id}")
-            )(send_with_id)  # fmt: skip
+                        ctx.audit, "request", "error", status_code=failure.status,
+                        detail=failure.code)  # fmt: skip
+            await _responder(failure)(send_with_id)
         finally:
             # The route template, or a fixed label: paths never become label values.
             route = scope.get("route")

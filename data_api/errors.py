@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from resources.outages import classify
+
 
 class ApiError(Exception):
     """A refusal with an HTTP status, a stable machine code and a message for people."""
@@ -34,6 +36,21 @@ class ApiError(Exception):
         body = error_body(self.code, self.message)
         body["error"].update(self.extra)
         return body
+
+
+def outage_error(err: BaseException | None) -> ApiError | None:
+    """503 with ``Retry-After`` when ``err`` comes from a store whose server did not answer:
+    the store's kind is named, its address and answer stay in this service's log."""
+    outage = classify(err) if err is not None else None
+    if outage is None:
+        return None
+    return ApiError(
+        503,
+        "store_unavailable",
+        outage.public,
+        headers={"Retry-After": str(outage.retry_after)},
+        extra={"store": outage.store},
+    )
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -68,7 +85,8 @@ _DESCRIPTIONS = {
     415: "Unsupported media type, or bytes that do not match the claimed type",
     422: "The request does not match the schema",
     429: "Rate limit exceeded; retry after the seconds in Retry-After",
-    503: "A store or the audit log cannot be written",
+    503: "A store this operation needs does not answer (retry after the seconds in "
+    "Retry-After), or the audit log cannot be written",
 }
 
 

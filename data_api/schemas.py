@@ -205,3 +205,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
+    unavailable: list[str] = Field(
+        default_factory=list,
+        description="What is not ready, by name only (catalog, objects, vectors, keywords, "
+        "audit_log, embedder); the reasons go to the service's log",
+    )

@@ -55,6 +55,9 @@ class EntryStatus:
     INDEXED = "indexed"
     FAILED = "failed"
     ALL = (PENDING, PROCESSING, INDEXED, FAILED)
+    # A tombstone: the entry is being deleted. Readers no longer see it; whoever finds it
+    # (the delete itself, the next run, a later registration of its source) finishes the job.
+    DELETING = "deleting"
 
 
 def utcnow() -> datetime:
@@ -97,12 +100,19 @@ class EntryRow(Base):
     object_key: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The run working on a ``processing`` entry; it refreshes ``updated_at`` while it lives.
+    claim: Mapped[str | None] = mapped_column(String(64), nullable=True)
     pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
     chunks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (UniqueConstraint("dataset", "source_uri", name="uq_entry_source"),)
+
+
+def _live() -> Any:
+    """Entries that are not being deleted."""
+    return EntryRow.status != EntryStatus.DELETING
 
 
 class SourceRow(Base):
@@ -552,15 +562,11 @@ class Catalog:
         unique prefix names one, git-style."""
         column = EntryRow.id if kind == "entry" else ApiKeyRow.id
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = select(column).where(column.like(f"{escaped}%", escape="\\"))
+        if kind == "entry":
+            query = query.where(_live())
         with self._session() as s:
-            return list(
-                s.scalars(
-                    select(column)
-                    .where(column.like(f"{escaped}%", escape="\\"))
-                    .order_by(column)
-                    .limit(limit)
-                )
-            )
+            return list(s.scalars(query.order_by(column).limit(limit)))
 
     # -- entries -------------------------------------------------------------------------
     def add_entry(
@@ -601,10 +607,18 @@ class Catalog:
         if "metadata" in fields:
             fields["metadata_"] = fields.pop("metadata")
         fields.setdefault("updated_at", utcnow())
-        with self._session.begin() as s:
-            s.execute(update(EntryRow).where(EntryRow.id == entry_id).values(**fields))
+        with self._session.begin() as s:  # a tombstone is never brought back
+            s.execute(update(EntryRow).where(EntryRow.id == entry_id, _live()).values(**fields))
 
-    def set_status(self, entry_ids: Iterable[str], status: str, reason: str | None = None) -> None:
+    def set_status(
+        self,
+        entry_ids: Iterable[str],
+        status: str,
+        reason: str | None = None,
+        claim: str | None = None,
+    ) -> None:
+        """Set the entries' status (``processing`` with the claim of the run that works on
+        them; any other status drops the claim)."""
         ids = list(entry_ids)
         if not ids:
             return
@@ -612,23 +626,45 @@ class Catalog:
             for batch in _batches(ids, 500):
                 s.execute(
                     update(EntryRow)
-                    .where(EntryRow.id.in_(batch))
-                    .values(status=status, reason=reason, updated_at=utcnow())
+                    .where(EntryRow.id.in_(batch), _live())
+                    .values(status=status, reason=reason, claim=claim, updated_at=utcnow())
                 )
 
-    def get_entry(self, entry_id: str) -> Entry | None:
+    def get_entry(self, entry_id: str, *, deleting: bool = False) -> Entry | None:
+        """The entry (one being deleted only if ``deleting``)."""
         with self._session() as s:
             row = s.get(EntryRow, entry_id)
+            if row is None or (row.status == EntryStatus.DELETING and not deleting):
+                return None
+            return Entry.from_row(row)
+
+    def find_entry(self, dataset: str, source_uri: str, *, deleting: bool = False) -> Entry | None:
+        """The entry whose own source this is (one being deleted only if ``deleting``)."""
+        query = select(EntryRow).where(
+            EntryRow.dataset == dataset, EntryRow.source_uri == source_uri
+        )
+        with self._session() as s:
+            row = s.scalar(query if deleting else query.where(_live()))
             return Entry.from_row(row) if row else None
 
-    def find_entry(self, dataset: str, source_uri: str) -> Entry | None:
+    def mark_deleting(self, entry_id: str) -> Entry | None:
+        """Turn the entry into a tombstone (readers stop seeing it at once); the entry as it
+        was, or None if there is no such entry. Marking one already marked returns it."""
+        with self._session.begin() as s:
+            row = s.get(EntryRow, entry_id)
+            if row is None:
+                return None
+            entry = Entry.from_row(row)
+            row.status, row.claim, row.updated_at = EntryStatus.DELETING, None, utcnow()
+            return entry
+
+    def deleting(self, older_than: datetime | None = None, limit: int = 1000) -> list[Entry]:
+        """Tombstones (marked before ``older_than``): deletions a crash left unfinished."""
+        query = select(EntryRow).where(EntryRow.status == EntryStatus.DELETING)
+        if older_than is not None:
+            query = query.where(EntryRow.updated_at < older_than)
         with self._session() as s:
-            row = s.scalar(
-                select(EntryRow).where(
-                    EntryRow.dataset == dataset, EntryRow.source_uri == source_uri
-                )
-            )
-            return Entry.from_row(row) if row else None
+            return [Entry.from_row(r) for r in s.scalars(query.order_by(EntryRow.id).limit(limit))]
 
     def entries(
         self,
@@ -639,12 +675,16 @@ class Catalog:
         limit: int | None = None,
         offset: int = 0,
     ) -> list[Entry]:
-        """Entries, oldest first."""
-        query = select(EntryRow).order_by(EntryRow.created_at, EntryRow.id)
+        """Entries, oldest first (not those being deleted)."""
+        query = select(EntryRow).where(_live()).order_by(EntryRow.created_at, EntryRow.id)
         if dataset is not None:
             query = query.where(EntryRow.dataset == dataset)
         if status is not None:
             query = query.where(EntryRow.status == status)
+        if ids is not None and limit is None and len(ids) > 500:  # bounded IN lists
+            found = [e for batch in _batches(ids, 500) for e in self.entries(
+                dataset=dataset, status=status, ids=batch)]  # fmt: skip
+            return sorted(found, key=lambda e: (e.created_at, e.id))
         if ids is not None:
             query = query.where(EntryRow.id.in_(list(ids)))
         if limit is not None:
@@ -654,7 +694,7 @@ class Catalog:
 
     def entry_ids(self, *, dataset: str | None = None, metadata: dict[str, Any]) -> set[str]:
         """Ids of the entries whose metadata has every pair of ``metadata``, types included."""
-        query = select(EntryRow.id, EntryRow.metadata_)
+        query = select(EntryRow.id, EntryRow.metadata_).where(_live())
         if dataset is not None:
             query = query.where(EntryRow.dataset == dataset)
         for key, value in metadata.items():  # narrows in SQL; the exact test is below
@@ -669,19 +709,24 @@ class Catalog:
             }
 
     def entry_hashes(self) -> dict[str, str]:
-        """entry id -> sha256 of its current content, for every entry."""
+        """entry id -> sha256 of its current content, for every entry not being deleted."""
         with self._session() as s:
-            return {eid: sha for eid, sha in s.execute(select(EntryRow.id, EntryRow.sha256))}
+            query = select(EntryRow.id, EntryRow.sha256).where(_live())
+            return {eid: sha for eid, sha in s.execute(query)}
 
     def entry_stats(self) -> list[tuple[str, str, int, int, datetime | None]]:
         """(dataset, status, entries, bytes, latest update) per dataset and status."""
-        query = select(
-            EntryRow.dataset,
-            EntryRow.status,
-            func.count(),
-            func.coalesce(func.sum(EntryRow.size), 0),
-            func.max(EntryRow.updated_at),
-        ).group_by(EntryRow.dataset, EntryRow.status)
+        query = (
+            select(
+                EntryRow.dataset,
+                EntryRow.status,
+                func.count(),
+                func.coalesce(func.sum(EntryRow.size), 0),
+                func.max(EntryRow.updated_at),
+            )
+            .where(_live())
+            .group_by(EntryRow.dataset, EntryRow.status)
+        )
         with self._session() as s:
             return [
                 (d, st, int(n), int(b), as_utc(last) if last else None)
@@ -690,39 +735,88 @@ class Catalog:
 
     def status_counts(self) -> dict[str, int]:
         with self._session() as s:
-            rows = s.execute(select(EntryRow.status, func.count()).group_by(EntryRow.status))
+            query = select(EntryRow.status, func.count()).where(_live())
+            rows = s.execute(query.group_by(EntryRow.status))
             return {status: count for status, count in rows}
 
-    def release_processing(self) -> int:
+    def release_processing(self, claim: str | None = None) -> int:
         """Entries a stopped run left ``processing`` go back to ``pending`` (the next run
-        takes them up from the steps' manifests); how many."""
+        takes them up from the steps' manifests): that run's (``claim``), else all; how many."""
+        query = update(EntryRow).where(EntryRow.status == EntryStatus.PROCESSING)
+        if claim is not None:
+            query = query.where(EntryRow.claim == claim)
         with self._session.begin() as s:
             result = s.execute(
-                update(EntryRow)
-                .where(EntryRow.status == EntryStatus.PROCESSING)
-                .values(status=EntryStatus.PENDING, reason=None, updated_at=utcnow())
+                query.values(
+                    status=EntryStatus.PENDING, reason=None, claim=None, updated_at=utcnow()
+                )
             )
             return int(result.rowcount or 0)
 
-    def has_unfinished(self) -> bool:
-        """Whether any entry waits for the pipeline or was left mid-way by a stopped run."""
+    def renew_claim(self, claim: str) -> int:
+        """The run holding ``claim`` is alive: its entries' claims are fresh again."""
+        with self._session.begin() as s:
+            result = s.execute(
+                update(EntryRow)
+                .where(EntryRow.status == EntryStatus.PROCESSING, EntryRow.claim == claim)
+                .values(updated_at=utcnow())
+            )
+            return int(result.rowcount or 0)
+
+    def claims(self) -> list[str]:
+        """The runs that hold ``processing`` entries now."""
         with self._session() as s:
-            return (
-                s.execute(
-                    select(EntryRow.id)
-                    .where(EntryRow.status.in_((EntryStatus.PENDING, EntryStatus.PROCESSING)))
-                    .limit(1)
-                ).first()
-                is not None
+            return list(
+                s.scalars(
+                    select(EntryRow.claim)
+                    .where(EntryRow.status == EntryStatus.PROCESSING, EntryRow.claim.is_not(None))
+                    .distinct()
+                )
             )
 
-    def pending_marker(self) -> str | None:
-        """A cheap fingerprint of entries waiting for the pipeline (None when none wait)."""
+    def take_over_stale(self, older_than: datetime) -> list[Entry]:
+        """Entries left ``processing`` by a run that stopped renewing its claim before
+        ``older_than`` (killed, its machine gone): ``pending`` again, saying so in their
+        reason; the entries as they were."""
+        stale = (EntryRow.status == EntryStatus.PROCESSING) & (EntryRow.updated_at < older_than)
+        with self._session.begin() as s:
+            rows = [Entry.from_row(r) for r in s.scalars(select(EntryRow).where(stale))]
+            for batch in _batches([e.id for e in rows], 500):
+                s.execute(
+                    update(EntryRow)
+                    .where(EntryRow.id.in_(batch), stale)
+                    .values(
+                        status=EntryStatus.PENDING,
+                        reason="taken over: the run working on it stopped without finishing",
+                        claim=None,
+                        updated_at=utcnow(),
+                    )
+                )
+        return rows
+
+    def unfinished(self, limit: int = 10_000) -> list[str]:
+        """Ids of entries waiting for the pipeline or being worked on (at most ``limit``)."""
+        waiting = (EntryStatus.PENDING, EntryStatus.PROCESSING)
+        with self._session() as s:
+            return list(
+                s.scalars(select(EntryRow.id).where(EntryRow.status.in_(waiting)).limit(limit))
+            )
+
+    def has_unfinished(self) -> bool:
+        """Whether any entry waits for the pipeline or was left mid-way by a stopped run."""
+        return bool(self.unfinished(limit=1))
+
+    def pending_marker(self, stale_before: datetime | None = None) -> str | None:
+        """A cheap fingerprint of entries waiting for the pipeline, counting those whose
+        claim went stale before ``stale_before`` (None when nothing waits)."""
+        waiting = EntryRow.status == EntryStatus.PENDING
+        if stale_before is not None:
+            waiting = waiting | (
+                (EntryRow.status == EntryStatus.PROCESSING) & (EntryRow.updated_at < stale_before)
+            )
         with self._session() as s:
             count, latest = s.execute(
-                select(func.count(), func.max(EntryRow.updated_at)).where(
-                    EntryRow.status == EntryStatus.PENDING
-                )
+                select(func.count(), func.max(EntryRow.updated_at)).where(waiting)
             ).one()
         return f"{count}@{latest}" if count else None
 
@@ -740,7 +834,7 @@ class Catalog:
         with self._session() as s:
             row = s.scalar(
                 select(EntryRow)
-                .where(EntryRow.dataset == dataset, EntryRow.sha256 == sha256)
+                .where(EntryRow.dataset == dataset, EntryRow.sha256 == sha256, _live())
                 .order_by(EntryRow.created_at, EntryRow.id)
                 .limit(1)
             )
@@ -851,3 +945,24 @@ def _metadata_narrowing(key: str, value: Any) -> Any:
 def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+_SQLITE_BUSY = ("database is locked", "unable to open database", "disk i/o error")
+
+
+def unavailable(err: BaseException) -> str | None:
+    """Why the catalog's server did not answer, if ``err`` says so (``resources.outages``):
+    a lost or refused PostgreSQL connection, an exhausted pool, a SQLite file locked too long.
+    An error in the SQL itself is not an outage."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(err, DisconnectionError | InterfaceError | PoolTimeout):
+        return str(getattr(err, "orig", None) or err)
+    if isinstance(err, OperationalError):
+        message = str(err.orig)
+        if type(err.orig).__module__.startswith("sqlite3"):
+            return message if any(m in message.lower() for m in _SQLITE_BUSY) else None
+        # psycopg: "connection failed: connection to server at ..., port ... failed: <why>"
+        return (message.strip().splitlines() or [""])[0].rsplit(": ", 1)[-1]
+    return None

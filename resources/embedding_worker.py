@@ -27,8 +27,10 @@ from resources.child_process import ParentLink, die_with_parent, reap, start_chi
 if TYPE_CHECKING:  # the child imports nothing before it has tied its life to the parent's
     import numpy as np
 
-# How long the parent waits for the child to import and load before giving up.
+# How long the parent waits for the child to import and load before giving up, and for
+# the answer to one batch (plus a second per text).
 LOAD_TIMEOUT_S = 600.0
+REPLY_TIMEOUT_S = 300.0
 
 
 class EmbeddingWorkerError(RuntimeError):
@@ -84,6 +86,13 @@ class EmbeddingWorker:
             self._await_ready()
             self._conn.send(list(texts))
             try:
+                if not self._conn.poll(REPLY_TIMEOUT_S + len(texts)):
+                    # Seen once in a full test run: both ends waiting on an idle socket. A
+                    # batch never takes this long; the worker goes, and the step's retry
+                    # loads the model again rather than wait forever.
+                    raise EmbeddingWorkerError(
+                        f"embedding worker gave no answer in {REPLY_TIMEOUT_S + len(texts):.0f} s"
+                    )
                 vectors = self._receive()
             except BaseException:
                 # Interrupted between a request and its reply (KeyboardInterrupt, a signal

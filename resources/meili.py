@@ -271,3 +271,15 @@ class MeiliKeywordIndex:
 
     def close(self) -> None:
         pass
+
+
+def unavailable(err: BaseException) -> str | None:
+    """Why Meilisearch did not answer, if ``err`` says so (``resources.outages``): no
+    connection, a timeout, or a 5xx answer."""
+    from meilisearch.errors import MeilisearchCommunicationError, MeilisearchTimeoutError
+
+    if isinstance(err, MeilisearchCommunicationError | MeilisearchTimeoutError):
+        return str(err).split(", ", 1)[-1]
+    if isinstance(err, MeilisearchApiError) and (err.status_code or 0) >= 500:
+        return f"Meilisearch answered {err.status_code}"
+    return None

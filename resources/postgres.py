@@ -71,7 +71,9 @@ class PostgresProvisioner:
     def __init__(self, admin_url: str, secret: str) -> None:
         self.admin_url = sqlalchemy_url(admin_url)
         self.secret = secret
-        self.engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", pool_size=2)
+        self.engine = create_engine(
+            self.admin_url, isolation_level="AUTOCOMMIT", pool_size=2, pool_pre_ping=True
+        )
 
     def describe(self, tenant: TenantId, generation: str = "") -> TenantDatabase:
         name = identifier(tenant)

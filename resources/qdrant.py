@@ -285,3 +285,16 @@ class _ScopedQdrantIndex(QdrantVectorIndex):
 
 def _match(key: str, value: str) -> qm.FieldCondition:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+
+
+def unavailable(err: BaseException) -> str | None:
+    """Why Qdrant did not answer, if ``err`` says so (``resources.outages``): no connection
+    (the client wraps httpx's error), or a 502/503/504 from it or a proxy before it."""
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException
+
+    if isinstance(err, ResponseHandlingException | httpx.TransportError):
+        return str(getattr(err, "source", None) or err)
+    if isinstance(err, UnexpectedResponse) and err.status_code in (502, 503, 504):
+        return f"Qdrant answered {err.status_code}"
+    return None

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from minio import Minio
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 
 from resources.objects import (
     InvalidObjectKeyError,
@@ -211,3 +211,17 @@ def _translate(err: S3Error, key: str) -> Exception:
     if err.code in _MISSING:
         return ObjectNotFoundError(key)
     return err
+
+
+def unavailable(err: BaseException) -> str | None:
+    """Why the S3 server did not answer, if ``err`` says so (``resources.outages``): no
+    connection, a reset or timed-out one, or a 5xx answer (SlowDown included)."""
+    import urllib3.exceptions
+
+    if isinstance(err, urllib3.exceptions.HTTPError):  # MaxRetryError, ProtocolError, ...
+        return str(getattr(err, "reason", None) or err)
+    if isinstance(err, ServerError) and err.status_code >= 500:
+        return f"S3 answered {err.status_code}"
+    if isinstance(err, S3Error) and err.code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+        return f"S3 answered {err.code}"
+    return None

@@ -224,6 +224,22 @@ class AlienSettings(BaseSettings):
         "credentials (as the operator deploys it): the control plane's ingestion sensor then "
         "only registers partitions and launches no runs",
     )
+    claim_timeout_seconds: float = Field(
+        default=600.0,
+        ge=10,
+        description="A run renews its claim on the entries it works on every quarter of this; "
+        "an entry whose claim is older (its run was killed, its machine lost) is taken over "
+        "by the next run, which says so in the entry's reason",
+    )
+    retry_backoff_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="After a tenant's run failed (a store down, say), the ingestion sensor "
+        "relaunches it after this long, doubling per further failure, with jitter",
+    )
+    retry_backoff_max_seconds: float = Field(
+        default=900.0, gt=0, description="The longest wait between relaunches of failed work"
+    )
     service_token_secret: SecretStr | None = Field(
         default=None,
         description="HS256 secret shared with the platform proxy (service tokens are refused "

@@ -78,6 +78,7 @@ def test_every_command_answers_json_on_success_and_on_error(world: dict[str, Any
     entries = ok("entries", "-t", "acme")["entries"]
     ok("text", entries[0]["entry_id"], "-t", "acme")
     ok("check", "-t", "acme")
+    assert ok("repair", "-t", "acme")["passed"] is True
     ok("tenants")
     ok("tenant", "create", "beta")
     ok("tenant", "manifests", "acme")

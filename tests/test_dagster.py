@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -41,7 +43,10 @@ def test_definitions_load_with_the_lineage_graph():
         "chunk_counts_agree",
         "vectors_match_model",
         "indexed_entries_have_text",
+        "indexes_match_catalog",
+        "objects_match_catalog",
     }
+    assert defs.resolve_job_def("repair").partitions_def.name == TENANTS
 
 
 def _check_results(instance, run_id):
@@ -74,6 +79,8 @@ def test_job_run_materializes_every_asset_and_checks_pass(settings, tenant):
         "chunk_counts_agree": True,
         "vectors_match_model": True,
         "indexed_entries_have_text": True,
+        "indexes_match_catalog": True,
+        "objects_match_catalog": True,
     }
     # After a delete, the checks still pass on the next run.
     (entry,) = tenant.catalog.entries()
@@ -135,6 +142,53 @@ def test_sensor_requests_one_run_per_tenant_with_work(settings, registry):
         busy, b"pending entry", dataset="default", source_uri="mem:p", source_name="p.txt"
     )
     assert _evaluate(instance, settings, later.cursor).run_requests
+
+
+def test_sensor_relaunches_a_failed_run_after_a_backoff_that_grows(settings, registry):
+    """The tenant's latest run failed: no relaunch before its backoff, one after it (with a
+    run key of its own), none again for that same failure; a second failure waits longer."""
+    from sensors.ingestion import backoff
+
+    instance = dg.DagsterInstance.ephemeral()
+    busy = registry.create("busy-tenant")
+    register_bytes(busy, b"waiting", dataset="default", source_uri="mem:w", source_name="w.txt")
+
+    def add_failed() -> str:
+        run_id = uuid.uuid4().hex
+        instance.add_run(
+            dg.DagsterRun(
+                job_name="ingest",
+                run_id=run_id,
+                status=dg.DagsterRunStatus.FAILURE,
+                tags={"dagster/partition": "busy-tenant"},
+            )
+        )
+        return run_id
+
+    first = _evaluate(instance, settings)  # a first run for the waiting work
+    (request,) = first.run_requests
+    add_failed()
+    slow = settings.model_copy(
+        update={"retry_backoff_seconds": 3600.0, "retry_backoff_max_seconds": 10_000.0}
+    )
+    waiting = _evaluate(instance, slow, first.cursor)
+    assert not getattr(waiting, "run_requests", None)  # backing off
+    state = json.loads(waiting.cursor)["busy-tenant"]
+    assert state["failures"] == 1 and state["retry_at"] > time.time() + 1700
+    fast = settings.model_copy(update={"retry_backoff_seconds": 0.01})
+    state["retry_at"] = time.time() - 1  # its time has come
+    due = _evaluate(instance, fast, json.dumps({"busy-tenant": state}))
+    (retry,) = due.run_requests
+    assert retry.run_key.endswith(":retry-1") and retry.run_key != request.run_key
+    assert retry.tags["alien/trigger"] == "ingestion_sensor_retry"
+    assert not getattr(_evaluate(instance, fast, due.cursor), "run_requests", None)  # once
+    add_failed()  # the relaunch failed too
+    again = _evaluate(instance, slow, due.cursor)
+    assert json.loads(again.cursor)["busy-tenant"]["failures"] == 2
+    # doubling per failure, capped, with jitter between half and all of it
+    assert all(1800 <= backoff(slow, 1) <= 3600 for _ in range(20))
+    assert all(3600 <= backoff(slow, 2) <= 7200 for _ in range(20))
+    assert backoff(slow, 30) <= 10_000
 
 
 def test_runs_side_by_side_leave_the_process_logging_alone(settings, registry, monkeypatch):

@@ -27,11 +27,11 @@ def health() -> Health:
 @router.get("/v1/ready", responses={503: {"model": Readiness, "description": "Not ready"}})
 def ready(request: Request) -> Readiness:
     """Whether this service can serve: its stores answer, the audit log is writable, the model
-    is loaded. Only up or down: which check failed goes to the service's log (and
-    ``alien status``), never to an unauthenticated caller."""
-    ok = request.app.state.readiness.ready()
-    body = Readiness(status="ready" if ok else "not_ready")
-    if not ok:
+    is loaded. What is not ready is named (``keywords``: the keyword index's server), but why
+    (addresses, server answers) goes to the service's log and ``alien status`` only."""
+    failed = request.app.state.readiness.failed()
+    body = Readiness(status="not_ready" if failed else "ready", unavailable=failed)
+    if failed:
         return JSONResponse(body.model_dump(), status_code=503)  # type: ignore[return-value]
     return body
 
@@ -46,17 +46,18 @@ class ReadinessProbe:
         self.interval = interval
         self._lock = threading.Lock()
         self._at = -float("inf")
-        self._ok = False
+        self._failed: list[str] = []
 
-    def ready(self) -> bool:
+    def failed(self) -> list[str]:
+        """The names of the checks that fail now (empty: ready)."""
         with self._lock:
             if time.monotonic() - self._at < self.interval:
-                return self._ok
+                return list(self._failed)
             failed = {name: detail for name, detail in self._checks() if detail is not None}
             if failed:
                 log.warning("not ready: %s", "; ".join(f"{k}: {v}" for k, v in failed.items()))
-            self._ok, self._at = not failed, time.monotonic()
-            return self._ok
+            self._failed, self._at = sorted(failed), time.monotonic()
+            return list(self._failed)
 
     def _checks(self) -> list[tuple[str, str | None]]:
         state = self.app.state  # type: ignore[attr-defined]

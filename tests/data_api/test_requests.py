@@ -514,7 +514,7 @@ def test_service_tokens_are_limited_per_tenant_and_end_user(tmp_path: Path) -> N
 def test_health_ready_and_metrics(client: TestClient, world: World) -> None:
     assert client.get("/v1/health").json() == {"status": "ok"}
     ready = client.get("/v1/ready")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "unavailable": []}
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert 'alien_api_requests_total{method="GET",route="/v1/entries/{entry_id}"' in metrics.text

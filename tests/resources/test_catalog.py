@@ -13,7 +13,7 @@ from resources.catalog import AuditRecord, Catalog, EntryStatus, ManifestRecord,
 from resources.migrate import current, upgrade
 from resources.tenancy import InvalidTenantError, TenantId, validate_dataset
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _add(catalog, uri="file:///a.pdf", sha="s1"):
@@ -123,6 +123,59 @@ def test_entries_statuses_and_pending_marker(catalog):
     assert catalog.pending_marker() is None
     assert catalog.find_entry("default", "file:///a.pdf").id == entry.id
     assert catalog.status_counts() == {"failed": 1}
+
+
+def test_claims_are_renewed_released_and_taken_over_when_stale(catalog):
+    from datetime import timedelta
+
+    mine, theirs, idle = (_add(catalog, f"file:///{n}.pdf", n) for n in ("m", "t", "i"))
+    catalog.set_status([mine.id], EntryStatus.PROCESSING, claim="run-mine")
+    catalog.set_status([theirs.id], EntryStatus.PROCESSING, claim="run-theirs")
+    assert sorted(catalog.claims()) == ["run-mine", "run-theirs"]
+    assert catalog.renew_claim("run-mine") == 1
+    # a stale claim counts as waiting work; a fresh one does not
+    assert catalog.pending_marker(stale_before=datetime.now(UTC) - timedelta(hours=1)) == (
+        catalog.pending_marker()
+    )
+    assert catalog.pending_marker(stale_before=datetime.now(UTC) + timedelta(seconds=5)) != (
+        catalog.pending_marker()
+    )
+    assert catalog.take_over_stale(datetime.now(UTC) - timedelta(hours=1)) == []
+    taken = catalog.take_over_stale(datetime.now(UTC) + timedelta(seconds=5))
+    assert sorted(e.id for e in taken) == sorted([mine.id, theirs.id])
+    now = {e.id: e for e in catalog.entries()}
+    assert now[mine.id].status == EntryStatus.PENDING and "taken over" in now[mine.id].reason
+    assert catalog.claims() == []
+    # releasing one run's claim leaves another run's alone
+    catalog.set_status([mine.id], EntryStatus.PROCESSING, claim="run-mine")
+    catalog.set_status([theirs.id], EntryStatus.PROCESSING, claim="run-theirs")
+    assert catalog.release_processing("run-mine") == 1
+    assert catalog.claims() == ["run-theirs"]
+    assert sorted(catalog.unfinished()) == sorted([mine.id, theirs.id, idle.id])
+
+
+def test_a_tombstone_is_gone_for_readers_and_never_comes_back(catalog):
+    entry = _add(catalog)
+    other = _add(catalog, "file:///b.pdf", "s2")
+    assert catalog.mark_deleting(entry.id).status == EntryStatus.PENDING  # as it was
+    assert catalog.get_entry(entry.id) is None
+    assert catalog.get_entry(entry.id, deleting=True).status == EntryStatus.DELETING
+    assert catalog.find_entry("default", "file:///a.pdf") is None
+    assert catalog.find_entry("default", "file:///a.pdf", deleting=True) is not None
+    assert catalog.find_by_content("default", "s1") is None
+    assert [e.id for e in catalog.entries()] == [other.id]
+    assert set(catalog.entry_hashes()) == {other.id}
+    assert catalog.status_counts() == {"pending": 1}
+    assert catalog.ids_starting("entry", entry.id[:8]) == []
+    # a run still working on it cannot bring it back
+    catalog.set_status([entry.id], EntryStatus.INDEXED)
+    catalog.update_entry(entry.id, status=EntryStatus.PENDING, chunks=3)
+    assert catalog.get_entry(entry.id, deleting=True).status == EntryStatus.DELETING
+    assert [e.id for e in catalog.deleting()] == [entry.id]
+    assert catalog.deleting(older_than=datetime(2000, 1, 1, tzinfo=UTC)) == []
+    assert catalog.mark_deleting("no-such-entry") is None
+    assert catalog.delete_entry(entry.id)
+    assert catalog.deleting() == []
 
 
 def test_same_source_twice_in_a_dataset_is_refused(catalog):
