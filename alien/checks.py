@@ -62,10 +62,11 @@ def vectors_match_model(stores: TenantStores) -> CheckResult:
 
 def indexed_entries_have_text(stores: TenantStores) -> CheckResult:
     """No indexed entry without chunks."""
+    documents = stores.keywords.counts_by_entry()  # one query, not one per entry
     bad = [
         e.id
         for e in stores.catalog.entries(status=EntryStatus.INDEXED)
-        if not e.chunks or stores.keywords.count(e.id) == 0
+        if not e.chunks or not documents.get(e.id)
     ]
     return CheckResult(
         "indexed_entries_have_text",

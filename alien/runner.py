@@ -7,6 +7,7 @@ UI started by ``make dev``); the in-process executor keeps one embedding model f
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -176,6 +177,17 @@ def _process_gone(process: str) -> bool:
     if where != f"{socket.gethostname()}/{_pid_namespace()}":
         return False
     return process_id(int(pid)) != process
+
+
+def backoff(settings: AlienSettings, failures: int) -> float:
+    """Seconds to wait before relaunching a tenant's work after ``failures`` consecutive
+    failed runs: doubling, capped, and between half and all of that (jitter), so the tenants
+    one outage hit do not all retry at the same moment."""
+    ceiling = min(
+        settings.retry_backoff_max_seconds,
+        settings.retry_backoff_seconds * 2 ** max(0, failures - 1),
+    )
+    return ceiling * random.uniform(0.5, 1.0)
 
 
 def run_ended(instance: DagsterInstance) -> Callable[[str], bool]:

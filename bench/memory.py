@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/memory.py [--pages 2000] [--json]
 
-The PDF is made of real pages (the Debian Live manual's, repeated in order) so it has a text
-layer, fonts and images like the documents users store. `alien ingest` runs in a fresh
+The PDF is made of real pages so it has a text layer, fonts and images like the documents
+users store: the Gri manual's 285 text pages in order, repeated, with every 100th page a
+scanned page (read by OCR). `alien ingest` runs in a fresh
 ALIEN_HOME; every 0.1 s the resident memory (RSS) of its whole process tree is summed (the
 CLI, the embedding worker, the extraction child and any Tesseract it starts), and the peak of
 that sum is reported with each process's own peak (VmHWM).
@@ -22,17 +23,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO.parent / "shared" / "data" / "pdfs" / "live-manual.en.pdf"
+PDFS = REPO.parent / "shared" / "data" / "pdfs"
+TEXT_SOURCE = PDFS / "gri-manual.pdf"
+SCANNED_SOURCE = PDFS / "camlidl-manual.p8-10.scanned.pdf"
 ALIEN = str(Path(sys.executable).with_name("alien"))
 
 
 def make_pdf(pages: int, path: Path) -> None:
     import pypdf
 
-    reader = pypdf.PdfReader(SOURCE)
+    text, scanned = pypdf.PdfReader(TEXT_SOURCE), pypdf.PdfReader(SCANNED_SOURCE)
     writer = pypdf.PdfWriter()
     for n in range(pages):
-        writer.add_page(reader.pages[n % len(reader.pages)])
+        if n % 100 == 99:
+            writer.add_page(scanned.pages[(n // 100) % len(scanned.pages)])
+        else:
+            writer.add_page(text.pages[n % len(text.pages)])
     with path.open("wb") as out:
         writer.write(out)
 

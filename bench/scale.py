@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +61,13 @@ def use_standin_embedder() -> None:
     Embedder.preload = lambda self, **_: None  # type: ignore[method-assign]
 
 
-def documents(count: int, seed: int = 7) -> list[bytes]:
+def documents(count: int, seed: int = 7) -> Iterator[bytes]:
+    """The generated entries, one at a time (the corpus is not held in memory)."""
     abstracts = [json.loads(line)["text"] for line in CORPUS.read_text().splitlines()]
     rng = random.Random(seed)
-    docs = []
     for n in range(count):
         parts = rng.sample(abstracts, rng.randint(3, 8))
-        docs.append(f"Report {n}\n\n".encode() + "\n\n".join(parts).encode())
-    return docs
+        yield f"Report {n}\n\n".encode() + "\n\n".join(parts).encode()
 
 
 def _ms(seconds: float) -> float:

@@ -11,7 +11,9 @@ a run of its own in a thread (one run per tenant at a time, up to
 of arrival (``resources.embedder.FairTurns``) and each run reads its documents in its own
 child process, so one tenant's thousand-page upload delays another tenant's small one by a
 batch of chunks, not by the whole document. Stopping the worker cancels its runs at their next
-entry or batch; what they had not finished stays ``processing`` for the next run.
+entry or batch; what they had not finished stays ``processing`` for the next run. A tenant
+whose run failed (a store down) gets its next run only after a backoff that doubles per
+failure in a row (``alien.runner.backoff``), as the ingestion sensor does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from alien.runner import run_ingest
+from alien.runner import backoff, run_ingest
 from resources.settings import AlienSettings
 from resources.stores import TenantRegistry
 
@@ -44,6 +46,8 @@ class IngestWorker:
         self._lock = threading.Lock()
         self._running: dict[str, threading.Thread] = {}
         self._last_start: dict[str, float] = {}  # when each tenant's last run began
+        self._failures: dict[str, int] = {}  # failed runs in a row, per tenant
+        self._not_before: dict[str, float] = {}  # no run of the tenant before this moment
         self._thread = threading.Thread(target=self._loop, name="alien-ingest", daemon=True)
         self.runs = 0
 
@@ -98,7 +102,10 @@ class IngestWorker:
                 # The tenant whose last run began longest ago (or never) first: with more busy
                 # tenants than slots, each gets its turn rather than the same few each time.
                 order = sorted(notified | found, key=lambda t: (self._last_start.get(t, 0.0), t))
+                now = time.monotonic()
                 for tenant in order:
+                    if self._not_before.get(tenant, 0.0) > now:
+                        continue  # its last run failed (a store down): backing off
                     if tenant in self._running:
                         if tenant in notified:  # uploads during its run: another run after it
                             self._due.add(tenant)
@@ -127,6 +134,12 @@ class IngestWorker:
                     self._wake.set()
         with self._lock:
             self.runs += 1
+            if outcome.success or self._stop.is_set():
+                self._failures.pop(tenant, None)
+                self._not_before.pop(tenant, None)
+            else:  # wait before the next try, longer after each failure in a row
+                failures = self._failures[tenant] = self._failures.get(tenant, 0) + 1
+                self._not_before[tenant] = time.monotonic() + backoff(self.settings, failures)
         if outcome.success:
             self._count("success")
         elif self._stop.is_set():

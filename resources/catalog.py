@@ -107,7 +107,11 @@ class EntryRow(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    __table_args__ = (UniqueConstraint("dataset", "source_uri", name="uq_entry_source"),)
+    __table_args__ = (
+        UniqueConstraint("dataset", "source_uri", name="uq_entry_source"),
+        # identity by content: one index lookup (SQLite chose the dataset's index otherwise)
+        Index("ix_entries_dataset_sha256", "dataset", "sha256"),
+    )
 
 
 def _live() -> Any:
@@ -880,18 +884,21 @@ class Catalog:
 
     # -- manifests -----------------------------------------------------------------------
     def manifest(self, asset: str) -> dict[str, ManifestRecord]:
+        """Every entry's row of ``asset``'s manifest (plain rows, not ORM objects: a step
+        reads one per run, and tenants hold a hundred thousand entries)."""
+        columns = (
+            ManifestRow.entry_id,
+            ManifestRow.input_hash,
+            ManifestRow.source_sha256,
+            ManifestRow.output_key,
+            ManifestRow.error,
+            ManifestRow.meta,
+        )
         with self._session() as s:
-            rows = s.scalars(select(ManifestRow).where(ManifestRow.asset == asset))
+            rows = s.execute(select(*columns).where(ManifestRow.asset == asset))
             return {
-                r.entry_id: ManifestRecord(
-                    entry_id=r.entry_id,
-                    input_hash=r.input_hash,
-                    source_sha256=r.source_sha256,
-                    output_key=r.output_key,
-                    error=r.error,
-                    meta=dict(r.meta or {}),
-                )
-                for r in rows
+                eid: ManifestRecord(eid, input_hash, sha, key, error, dict(meta or {}))
+                for eid, input_hash, sha, key, error, meta in rows
             }
 
     def record_manifest(self, asset: str, records: Iterable[ManifestRecord]) -> None:

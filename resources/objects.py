@@ -149,18 +149,20 @@ class LocalObjectStore:
             check_key(prefix.rstrip("/"))
         if not base.is_dir():
             return
+        root = str(self.root)
         for dirpath, dirnames, filenames in os.walk(base):
-            if Path(dirpath) == self.root:
+            if dirpath == root:
                 dirnames[:] = [d for d in dirnames if d != ".tmp"]
             dirnames.sort()
+            # plain strings, not Path objects: listings run to hundreds of thousands of keys
+            folder = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            folder = "" if folder == "." else folder + "/"
             for name in sorted(filenames):
-                full = Path(dirpath) / name
                 try:
-                    st = full.stat()
+                    st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
-                key = full.relative_to(self.root).as_posix()
-                yield ObjectInfo(key=key, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                yield ObjectInfo(key=folder + name, size=st.st_size, mtime_ns=st.st_mtime_ns)
 
     def delete(self, key: str) -> bool:
         try:

@@ -11,7 +11,6 @@ outage is retried without a command and without a storm of runs.
 
 import hashlib
 import json
-import random
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,7 +19,7 @@ from typing import Any
 import dagster as dg
 
 from alien.layout import INBOX
-from alien.runner import run_ended
+from alien.runner import backoff, run_ended
 from alien_assets.jobs import ingest_job
 from alien_assets.partitions import TENANTS
 from resources.catalog import utcnow
@@ -50,16 +49,6 @@ def work_fingerprint(
         {"inbox": inbox, "pending": pending, "orphaned": orphaned, "tombstones": tombstones}
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
-
-
-def backoff(settings: AlienSettings, failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive failed runs: doubling, capped, and
-    between half and all of that (jitter), so tenants hit by one outage do not retry in step."""
-    ceiling = min(
-        settings.retry_backoff_max_seconds,
-        settings.retry_backoff_seconds * 2 ** max(0, failures - 1),
-    )
-    return ceiling * random.uniform(0.5, 1.0)
 
 
 def _state(value: Any) -> dict[str, Any]:

@@ -147,7 +147,7 @@ def test_sensor_requests_one_run_per_tenant_with_work(settings, registry):
 def test_sensor_relaunches_a_failed_run_after_a_backoff_that_grows(settings, registry):
     """The tenant's latest run failed: no relaunch before its backoff, one after it (with a
     run key of its own), none again for that same failure; a second failure waits longer."""
-    from sensors.ingestion import backoff
+    from alien.runner import backoff
 
     instance = dg.DagsterInstance.ephemeral()
     busy = registry.create("busy-tenant")

@@ -204,3 +204,38 @@ def test_the_dagster_repair_job_marks_the_work_for_the_sensor(tenant):
     assert work_fingerprint(stores) is not None  # the sensor launches the ingest run
     assert run_ingest(settings, "acme").success
     assert all(r.passed for r in checks.run_checks(stores))
+
+
+def test_repair_on_the_real_servers(control, monkeypatch):
+    """Cluster mode: Qdrant loses an entry's points, Meilisearch another's documents, S3 a
+    chunks object and gains a stray one; the checks see each, repair makes them pass."""
+    for key, value in control.items():
+        monkeypatch.setenv(key, value)
+    settings = AlienSettings()
+    registry = TenantRegistry(settings)
+    stores = registry.create("repair-cluster")
+    try:
+        from alien.documents import register_bytes
+
+        for name, data in documents().items():
+            register_bytes(stores, data, dataset="default", source_uri=f"mem:{name}",
+                           source_name=name)  # fmt: skip
+        assert run_ingest(settings, "repair-cluster").success
+        clean = contents(stores)
+        stores.vectors.delete_entries([_entry(stores, "camlidl.pdf")])
+        stores.keywords.delete_entries([_entry(stores, "gri.pdf")])
+        stores.objects.delete(chunks_key(_entry(stores, "live.pdf")))
+        stores.objects.put_bytes(raw_key(STRANGER), b"stray")
+        found = diagnose(stores).summary()
+        assert found["index_mismatch"] == {"vectors": 1, "keywords": 1}
+        assert found["missing_outputs"]["chunks"] == 1 and found["orphan_objects"] == 1
+        assert {r.name for r in checks.run_checks(stores) if not r.passed} >= {
+            "indexes_match_catalog",
+            "objects_match_catalog",
+        }
+        repair(stores)
+        assert run_ingest(settings, "repair-cluster").success
+        assert all(r.passed for r in checks.run_checks(stores))
+        assert contents(stores) == clean
+    finally:
+        registry.drop("repair-cluster")

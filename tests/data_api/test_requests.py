@@ -4,7 +4,9 @@ uploads are idempotent; the audit log is part of every request; limits hold."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -825,3 +827,47 @@ def test_an_answer_larger_than_the_whole_budget_says_it_cannot_be_served(tmp_pat
     assert never.value.extra["budget"]["retry_after_seconds"] is None
     assert "cannot be served" in never.value.message and "Retry-After" not in never.value.headers
     assert [a[0][1] for a in audited] == ["denied", "denied"]
+
+
+def test_the_worker_backs_off_a_tenant_whose_runs_fail(tmp_path: Path, monkeypatch) -> None:
+    """A store down: each failed run doubles the wait before the tenant's next one, instead
+    of a run every poll; a success ends the backoff."""
+    import data_api.worker as worker_module
+    from alien.documents import register_bytes
+    from alien.runner import RunOutcome
+    from data_api.worker import IngestWorker
+    from resources.stores import TenantRegistry
+
+    settings = api_settings(
+        tmp_path / "home", api_worker_poll_seconds=0.02, retry_backoff_seconds=0.3
+    )
+    registry = TenantRegistry(settings)
+    stores = registry.create("tenant-z")
+    register_bytes(stores, b"waiting words", dataset="default", source_uri="mem:w",
+                   source_name="w.txt")  # fmt: skip
+    starts: list[float] = []
+    healthy = threading.Event()
+
+    def fake_run(settings, tenant, cancel=None):
+        starts.append(time.monotonic())
+        return RunOutcome(run_id="r", success=healthy.is_set(), seconds=0.0, error="down")
+
+    monkeypatch.setattr(worker_module, "run_ingest", fake_run)
+    worker = IngestWorker(settings, registry)
+    worker.start()
+    try:
+        time.sleep(2.0)
+        failed_runs = len(starts)
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert 2 <= failed_runs <= 5, starts  # a poll every 20 ms would have made ~100
+        assert all(gap >= 0.14 for gap in gaps), gaps
+        assert gaps[-1] > gaps[0]  # growing
+        healthy.set()
+        deadline = time.monotonic() + 5
+        while len(starts) == failed_runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(starts) > failed_runs
+        time.sleep(0.3)
+        assert worker._failures == {}  # the success ended the backoff
+    finally:
+        worker.stop()

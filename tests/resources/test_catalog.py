@@ -13,7 +13,7 @@ from resources.catalog import AuditRecord, Catalog, EntryStatus, ManifestRecord,
 from resources.migrate import current, upgrade
 from resources.tenancy import InvalidTenantError, TenantId, validate_dataset
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _add(catalog, uri="file:///a.pdf", sha="s1"):
