@@ -79,7 +79,7 @@ def indexed_entries_have_text(stores: TenantStores) -> CheckResult:
 def indexes_match_catalog(stores: TenantStores) -> CheckResult:
     """Each index holds, entry by entry, the rows the catalog recorded, and no row of an
     entry the catalog does not have (``alien repair`` puts it right)."""
-    damage = diagnose(stores)
+    damage = diagnose(stores, objects=False)
     meta = {
         "mismatched": {k: len(v) for k, v in damage.index_mismatch.items()},
         "orphaned": {k: len(v) for k, v in damage.index_orphans.items()},
@@ -99,7 +99,7 @@ def indexes_match_catalog(stores: TenantStores) -> CheckResult:
 def objects_match_catalog(stores: TenantStores) -> CheckResult:
     """Every original and derived object the catalog records is in the object store, and no
     object belongs to an entry the catalog does not have (``alien repair`` puts it right)."""
-    damage = diagnose(stores)
+    damage = diagnose(stores, indexes=False)
     meta = {
         "missing_originals": len(damage.missing_originals),
         "missing_outputs": {k: len(v) for k, v in damage.missing_outputs.items()},
