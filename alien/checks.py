@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alien.pipeline import CHUNKS
-from alien.repair import diagnose
+from alien.pipeline import CHUNKS, VECTORS
+from alien.repair import diagnose, in_space
 from resources.catalog import EntryStatus
 from resources.stores import TenantStores
 
@@ -27,12 +27,21 @@ def chunk_counts_agree(stores: TenantStores) -> CheckResult:
         for eid, rec in stores.catalog.manifest(CHUNKS).items()
         if rec.ok and eid in entries
     }
+    # During a model change the configured model's space fills entry by entry: an entry
+    # whose vectors are still only in the searched (old) space is awaited, not a mismatch.
+    target = stores.target_space().name
+    awaited = {
+        eid
+        for eid, rec in stores.catalog.manifest(VECTORS).items()
+        if rec.ok and not in_space(rec, target)
+    }
     vectors = stores.vectors.counts_by_entry()
     keywords = stores.keywords.counts_by_entry()
     mismatched = sorted(
         eid
         for eid in set(expected) | set(vectors) | set(keywords)
-        if not (expected.get(eid, 0) == vectors.get(eid, 0) == keywords.get(eid, 0))
+        if expected.get(eid, 0) != keywords.get(eid, 0)
+        or (eid not in awaited and expected.get(eid, 0) != vectors.get(eid, 0))
     )
     meta = {
         "tenant": str(stores.tenant),
@@ -40,6 +49,7 @@ def chunk_counts_agree(stores: TenantStores) -> CheckResult:
         "vectors": sum(vectors.values()),
         "keyword_documents": sum(keywords.values()),
         "mismatched_entries": len(mismatched),
+        "awaiting_new_model": len(awaited),
         "examples": mismatched[:5],
     }
     return CheckResult(
@@ -48,15 +58,22 @@ def chunk_counts_agree(stores: TenantStores) -> CheckResult:
 
 
 def vectors_match_model(stores: TenantStores) -> CheckResult:
-    """Every vector was made by the configured model, with its dimension."""
-    models = stores.vectors.models()
-    wanted = (stores.embedder.model_name, stores.embedder.dimension)
-    other = {f"{m}/{d}": c for (m, d), c in models.items() if (m, d) != wanted}
+    """Every vector of the configured model's space was made by that model, with its
+    dimension; during a model change the metadata says which space searches still read."""
+    target, active = stores.target_space(), stores.active_space()
+    models = stores.vectors_in(target).models()
+    other = {f"{m}/{d}": c for (m, d), c in models.items() if not target.holds(m, d)}
     return CheckResult(
         "vectors_match_model",
         not other,
         "vector model and dimension = configured model",
-        {"model": wanted[0], "dimension": wanted[1], "other_models": other},
+        {
+            "model": target.model,
+            "dimension": target.dim,
+            "other_models": other,
+            "searched_model": active.model,
+            "model_change_pending": active != target,
+        },
     )
 
 
@@ -64,9 +81,9 @@ def indexed_entries_have_text(stores: TenantStores) -> CheckResult:
     """No indexed entry without chunks."""
     documents = stores.keywords.counts_by_entry()  # one query, not one per entry
     bad = [
-        e.id
-        for e in stores.catalog.entries(status=EntryStatus.INDEXED)
-        if not e.chunks or not documents.get(e.id)
+        eid
+        for eid, _, _, chunks in stores.catalog.entry_columns(status=EntryStatus.INDEXED)
+        if not chunks or not documents.get(eid)
     ]
     return CheckResult(
         "indexed_entries_have_text",

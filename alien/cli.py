@@ -245,12 +245,20 @@ def _in_thread(work: Callable[[], Any]) -> Any:
     return box["result"]
 
 
+def _ingest_run(
+    ctx: Ctx, tenant: str, cancel: threading.Event, listener: Callable[[str, int, int], None]
+) -> Any:
+    """The tenant's ingest run, in a thread (``_in_thread``), stopped early by ``cancel``."""
+    from alien.runner import run_ingest
+
+    return _in_thread(lambda: run_ingest(ctx.settings, tenant, listener=listener, cancel=cancel))
+
+
 def ingest_paths(
     ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, show_progress: bool
 ) -> dict[str, Any]:
     from alien import pipeline
     from alien.documents import register_path
-    from alien.runner import run_ingest
 
     started = time.perf_counter()
     reg = ctx.registry
@@ -269,13 +277,15 @@ def ingest_paths(
             counts[reg.outcome] += 1
             entry_ids.append(reg.entry.id)
             bar.advance(task)
-        needs_run = counts["new"] + counts["updated"] > 0 or stores.catalog.has_unfinished()
+        needs_run = (
+            counts["new"] + counts["updated"] > 0
+            or stores.catalog.has_unfinished()
+            or stores.model_work_pending()  # a model change's backfill (or its re-chunking)
+        )
         if needs_run and not cancel.is_set():
             # The model loads in a worker process while Dagster starts, extracts and chunks.
             stores.embedder.preload()
-            run = _in_thread(
-                lambda: run_ingest(ctx.settings, tenant, listener=_step_bars(bar), cancel=cancel)
-            )
+            run = _ingest_run(ctx, tenant, cancel, _step_bars(bar))
     interrupted = cancel.is_set()
     if interrupted:  # stopped between steps, or before the run: its entries wait again
         pipeline.release(stores)
@@ -529,7 +539,6 @@ def repair(ctx: Ctx, tenant: str, as_json: bool) -> None:
     from alien import pipeline
     from alien.checks import run_checks
     from alien.repair import repair as repair_tenant
-    from alien.runner import run_ingest
 
     tenant = _tenant(tenant)
     stores = ctx.open(tenant)
@@ -537,9 +546,7 @@ def repair(ctx: Ctx, tenant: str, as_json: bool) -> None:
     run = None
     if stores.catalog.has_unfinished():
         with _interruptible() as cancel, _progress(not as_json and err.is_terminal) as bar:
-            run = _in_thread(
-                lambda: run_ingest(ctx.settings, tenant, listener=_step_bars(bar), cancel=cancel)
-            )
+            run = _ingest_run(ctx, tenant, cancel, _step_bars(bar))
         if cancel.is_set():
             pipeline.release(stores)
             err.print("[yellow]interrupted[/]: run `alien repair` again to finish")
@@ -771,7 +778,6 @@ def eval_(
 ) -> None:
     """Evaluate every search mode on a BEIR collection: nDCG@10 and recall@100."""
     from alien.evaluation import MODES, evaluate, ingest_collection, load_beir
-    from alien.runner import run_ingest
 
     started = time.perf_counter()
     try:
@@ -788,9 +794,7 @@ def eval_(
         stores.embedder.preload()  # loads in its worker while the run starts
         run = None
         if not cancel.is_set():
-            run = _in_thread(
-                lambda: run_ingest(ctx.settings, stores.tenant, listener=bars, cancel=cancel)
-            )
+            run = _ingest_run(ctx, stores.tenant, cancel, bars)
     if cancel.is_set():
         from alien import pipeline
 

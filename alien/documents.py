@@ -61,8 +61,7 @@ def register_source(
     the entry of its new bytes (a new one if none) when it was another source.
     """
     catalog = stores.catalog
-    _clear_tombstone(stores, dataset, source_uri)
-    existing = catalog.find_entry(dataset, source_uri)
+    existing = _source_entry(stores, dataset, source_uri)
     alias = None if existing is not None else catalog.find_source(dataset, source_uri)
     if existing is not None and _same_file(existing.size, existing.source_mtime_ns, size, mtime_ns):
         return Registration(existing, "unchanged")
@@ -284,9 +283,8 @@ def register_upload(
     """
     sha256, _, size = _hash_stream(lambda: _rewound(stream))
     source_uri = f"upload:sha256:{sha256}"
-    _clear_tombstone(stores, dataset, source_uri)
     # The same bytes are the same entry, whichever door they came through first.
-    existing = stores.catalog.find_entry(dataset, source_uri) or stores.catalog.find_by_content(
+    existing = _source_entry(stores, dataset, source_uri) or stores.catalog.find_by_content(
         dataset, sha256
     )
     if existing is not None:
@@ -331,7 +329,7 @@ def _rewound(stream: BinaryIO) -> BinaryIO:
 
 def remove_derived(stores: TenantStores, entry_id: str) -> None:
     """Remove everything the pipeline derived from an entry, from every store."""
-    stores.vectors.delete_entries([entry_id])
+    stores.delete_vectors([entry_id])
     stores.keywords.delete_entries([entry_id])
     for key in derived_keys(entry_id):
         stores.objects.delete(key)
@@ -369,9 +367,12 @@ def finish_deletions(stores: TenantStores, older_than: datetime | None = None) -
     return finished
 
 
-def _clear_tombstone(stores: TenantStores, dataset: str, source_uri: str) -> None:
-    """A source registered again while its old entry's deletion is unfinished: finish it
-    (the source is free for a new entry)."""
-    dying = stores.catalog.find_entry(dataset, source_uri, deleting=True)
-    if dying is not None and dying.status == EntryStatus.DELETING:
-        _remove_all(stores, dying)
+def _source_entry(stores: TenantStores, dataset: str, source_uri: str) -> Entry | None:
+    """The live entry whose own source this is, in one lookup. A source registered again
+    while its old entry's deletion is unfinished finishes that deletion first (the source
+    is then free for a new entry)."""
+    found = stores.catalog.find_entry(dataset, source_uri, deleting=True)
+    if found is not None and found.status == EntryStatus.DELETING:
+        _remove_all(stores, found)
+        return None
+    return found

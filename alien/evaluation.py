@@ -155,7 +155,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Score every mode; write ``<run_dir>/<mode>.run`` when asked."""
     qids = list(collection.queries)
-    vectors = stores.embedder.embed([collection.queries[q] for q in qids])
+    _, embedder = stores.search_vectors()  # the model of the vectors searched
+    vectors = embedder.embed([collection.queries[q] for q in qids])
     query_vectors = dict(zip(qids, vectors, strict=True))
     results = {}
     for mode in modes:

@@ -55,8 +55,8 @@ from resources.keywords import KeywordDoc
 from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
 from resources.outages import reraise_outage
 from resources.settings import AlienSettings
-from resources.stores import TenantStores
-from resources.vectors import VectorPoint
+from resources.stores import EMBEDDINGS_STEP, TenantStores
+from resources.vectors import VectorPoint, VectorSpace
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ RAW, TEXT, CHUNKS, EMBEDDINGS, VECTORS, KEYWORDS = (
     "raw_documents",
     "ocr_output",
     "chunks",
-    "embeddings",
+    EMBEDDINGS_STEP,  # the store layer reads its manifest (a tenant's first vector space)
     "vector_index",
     "keyword_index",
 )
@@ -245,7 +245,7 @@ def _plan(
     config: str,
     full_refresh: bool,
 ) -> _Plan:
-    mine = stores.catalog.manifest(step)
+    mine = stores.catalog.manifest(step, meta=False)
     todo = []
     for eid, (up_hash, source_sha) in upstream.items():
         wanted = _input_hash(step, up_hash, config)
@@ -259,7 +259,7 @@ def _plan(
 def _upstream_of(stores: TenantStores, step: str) -> dict[str, tuple[str, str]]:
     return {
         eid: (rec.input_hash, rec.source_sha256)
-        for eid, rec in _ok(stores.catalog.manifest(step)).items()
+        for eid, rec in _ok(stores.catalog.manifest(step, meta=False)).items()
     }
 
 
@@ -340,17 +340,20 @@ def run_raw_documents(
         inbox = drain_inbox(stores)
         report.details["inbox_registered"] = inbox["new"] + inbox["updated"]
         report.details["inbox_rejected"] = inbox["rejected"]
-        if full_refresh or stores.catalog.has_unfinished():
+        if full_refresh or stores.catalog.has_unfinished() or stores.model_work_pending():
             # This run will embed: load the model while the next steps extract and chunk.
             stores.embedder.preload()
-        entries = {e.id: e for e in stores.catalog.entries()}
-        upstream = {eid: (e.sha256, e.sha256) for eid, e in entries.items() if e.sha256}
+        hashes = stores.catalog.entry_hashes()  # two columns: tenants hold 100,000 entries
+        upstream = {eid: (sha, sha) for eid, sha in hashes.items() if sha}
         plan = _plan(stores, RAW, upstream, "", full_refresh)
         records = []
         if progress and plan.todo:
             progress(RAW, 0, len(plan.todo))
+        todo = {e.id: e for e in stores.catalog.entries(ids=[t[0] for t in plan.todo])}
         for eid, input_hash, sha in plan.todo:
-            entry = entries[eid]
+            entry = todo.get(eid)
+            if entry is None:
+                continue  # deleted meanwhile
             if not stores.objects.exists(entry.object_key or raw_key(eid)):
                 _fail(stores, RAW, eid, input_hash, sha, "original file missing from object store")
                 report.failed += 1
@@ -505,9 +508,9 @@ def run_chunks(
 ) -> StepReport:
     started = time.perf_counter()
     report = StepReport(CHUNKS)
-    embedder = stores.embedder
+    embedder, chunked_as = stores.chunking()  # the searched space's (a model change: the old)
     max_tokens = embedder.max_content_tokens
-    config = f"{embedder.model_name}:{max_tokens}"
+    config = f"{chunked_as}:{max_tokens}"
     with stores.lock(CHUNKS):
         plan = _plan(stores, CHUNKS, _upstream_of(stores, TEXT), config, full_refresh)
         for n, (eid, input_hash, sha) in enumerate(plan.todo):
@@ -553,6 +556,8 @@ def run_chunks(
         for eid in plan.remove:
             stores.objects.delete(chunks_key(eid))
         stores.catalog.forget_manifest(CHUNKS, plan.remove)
+        if stores.catalog.rechunk_pending():  # every entry is cut for the searched model now
+            stores.catalog.rechunked(chunked_as)
         report.removed = len(plan.remove)
         report.unchanged = plan.unchanged
     report.seconds = time.perf_counter() - started
@@ -577,7 +582,7 @@ def run_embeddings(
         todo_ids = {t[0] for t in plan.todo}
         total = sum(
             rec.meta.get("chunks", 0)
-            for eid, rec in stores.catalog.manifest(CHUNKS).items()
+            for eid, rec in (stores.catalog.manifest(CHUNKS) if todo_ids else {}).items()
             if eid in todo_ids
         )
         done = 0
@@ -677,17 +682,26 @@ class _Index(Protocol):
 def _run_index_step(
     stores: TenantStores,
     step: str,
-    upstream: str,
+    upstream_step: str,
     index: _Index,
     write_entry: Callable[[Entry], int],
     full_refresh: bool,
     progress: Progress | None = None,
+    upstream: Callable[[], dict[str, tuple[str, str]]] | None = None,
+    config: str = "",
+    meta: dict[str, Any] | None = None,
+    remove: Callable[[list[str]], int] | None = None,
 ) -> StepReport:
-    """Bring one index up to date: ``write_entry`` replaces an entry's rows, returns how many."""
+    """Bring one index up to date: ``write_entry`` replaces an entry's rows, returns how many.
+    ``upstream`` picks the entries ready for it (default: every one ``upstream`` step made);
+    ``meta`` goes into each manifest row; ``remove`` takes entries out (default: the index's
+    ``delete_entries``)."""
     started = time.perf_counter()
     report = StepReport(step)
+    meta = meta or {}
     with stores.lock(step):
-        plan = _plan(stores, step, _upstream_of(stores, upstream), "", full_refresh)
+        ready = upstream() if upstream is not None else _upstream_of(stores, upstream_step)
+        plan = _plan(stores, step, ready, config, full_refresh)
         for n, (eid, input_hash, sha) in enumerate(plan.todo):
             check_cancelled()
             if progress:
@@ -702,13 +716,13 @@ def _run_index_step(
                 report.failed += 1
                 continue
             stores.catalog.record_manifest(
-                step, [ManifestRecord(eid, input_hash, sha, None, meta={"rows": rows})]
+                step, [ManifestRecord(eid, input_hash, sha, None, meta={"rows": rows, **meta})]
             )
             report.processed += 1
             report.chunks += rows
         if progress and plan.todo:
             progress(step, len(plan.todo), len(plan.todo))
-        index.delete_entries(plan.remove)
+        (remove or index.delete_entries)(plan.remove)
         stores.catalog.forget_manifest(step, plan.remove)
         report.removed = len(plan.remove)
         # Rows of entries the catalog no longer has (a delete that raced a write) go too.
@@ -726,6 +740,18 @@ def _run_index_step(
 def run_vector_index(
     stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
 ) -> StepReport:
+    """Write the configured model's vector space; switch searches to it once it is complete.
+
+    Normally that space is the active one. After a model change it is a new one, filled
+    entry by entry (a backfill that a kill or an outage only pauses) while searches keep
+    reading the old space; when every entry's vectors are there, the new space becomes the
+    active one in one catalog update and the old one is dropped.
+    """
+    space = stores.target_space()
+    if space != stores.active_space():
+        stores.prepare_space(space)
+    index = stores.vectors_in(space)
+
     def write(entry: Entry) -> int:
         chunks = read_chunks(stores, entry.id)
         vectors = read_embeddings(stores, entry.id)
@@ -735,11 +761,52 @@ def run_vector_index(
             VectorPoint(c.id, v, entry.id, entry.dataset, c.index, c.page)
             for c, v in zip(chunks, vectors, strict=True)
         ]
-        stores.vectors.replace_entry(entry.id, points)
+        index.replace_entry(entry.id, points)
         return len(points)
 
-    return _run_index_step(
-        stores, VECTORS, EMBEDDINGS, stores.vectors, write, full_refresh, progress
+    report = _run_index_step(
+        stores, VECTORS, EMBEDDINGS, index, write, full_refresh, progress,
+        upstream=lambda: _embedded_in(stores, space), config=space.name,
+        meta={"space": space.name}, remove=stores.delete_vectors,
+    )  # fmt: skip
+    report.details["space"] = {"model": space.model, "dimension": space.dim}
+    with stores.lock(VECTORS):
+        spaces = stores.catalog.vector_spaces()
+        if len(spaces) > 1 and _space_complete(stores, space):
+            dropped = stores.switch_space(space)
+            report.details["switched_to"] = space.model
+            report.details["dropped_spaces"] = [f"{s.model}/{s.dim}" for s in dropped]
+            log.info("tenant %s: searches now read %s; dropped %s", stores.tenant,
+                     space.model, report.details["dropped_spaces"])  # fmt: skip
+        elif len(spaces) > 1:
+            report.details["switch_pending"] = True
+    return report
+
+
+def _embedded_in(stores: TenantStores, space: VectorSpace) -> dict[str, tuple[str, str]]:
+    """Entries whose current embeddings were made by ``space``'s model (the others wait for
+    the embeddings step: vectors of one model never go into another's space)."""
+    return {
+        eid: (rec.input_hash, rec.source_sha256)
+        for eid, rec in _ok(stores.catalog.manifest(EMBEDDINGS)).items()
+        if rec.meta.get("model") == space.model and rec.meta.get("dim") == space.dim
+    }
+
+
+def _space_complete(stores: TenantStores, space: VectorSpace) -> bool:
+    """Every entry with embeddings has them from ``space``'s model, and ``space``'s vector
+    step took it. An entry whose write failed counts as taken: it is ``failed`` with the
+    reason (a failure is final until its file changes), and waiting for it would keep the
+    whole tenant on the old model."""
+    embedded = _ok(stores.catalog.manifest(EMBEDDINGS, meta=False))
+    mine = _embedded_in(stores, space)
+    if len(mine) != len(embedded):
+        return False
+    written = stores.catalog.manifest(VECTORS, meta=False)
+    return all(
+        (rec := written.get(eid)) is not None
+        and rec.input_hash == _input_hash(VECTORS, up_hash, space.name)
+        for eid, (up_hash, _) in mine.items()
     )
 
 
@@ -761,8 +828,8 @@ def mark_indexed(stores: TenantStores, entry_ids: Sequence[str]) -> int:
     """Mark entries ``indexed`` once both indexes hold their current content."""
     if not entry_ids:
         return 0
-    vectors = _ok(stores.catalog.manifest(VECTORS))
-    keywords = _ok(stores.catalog.manifest(KEYWORDS))
+    vectors = _ok(stores.catalog.manifest(VECTORS, meta=False))
+    keywords = _ok(stores.catalog.manifest(KEYWORDS, meta=False))
     done = []
     for entry in stores.catalog.entries(ids=list(entry_ids)):
         v, k = vectors.get(entry.id), keywords.get(entry.id)

@@ -20,13 +20,12 @@ from typing import Any
 from alien.documents import finish_deletions
 from alien.layout import STORED_PREFIXES, entry_of
 from alien.pipeline import CHUNKS, EMBEDDINGS, KEYWORDS, RAW, TEXT, VECTORS
-from resources.catalog import EntryStatus
+from resources.catalog import EntryStatus, ManifestRecord
 from resources.stores import TenantStores
 
 # The steps whose output is an object, and the index steps with the store each writes.
 _OBJECT_STEPS = (TEXT, CHUNKS, EMBEDDINGS)
 _INDEX_STEPS = {VECTORS: "vectors", KEYWORDS: "keywords"}
-PAGE = 1000
 
 
 @dataclass
@@ -68,13 +67,15 @@ def diagnose(stores: TenantStores, *, indexes: bool = True, objects: bool = True
     damage = Damage()
     live = catalog.entry_hashes()
     known = set(live) | {e.id for e in catalog.deleting(limit=10_000_000)}
+    target = stores.target_space().name
     for step, store in _INDEX_STEPS.items() if indexes else ():
-        index = getattr(stores, store)
+        index = getattr(stores, store)  # vectors: the configured model's space
         actual = index.counts_by_entry()
         recorded = {
             eid: int(rec.meta.get("rows", 0))
             for eid, rec in catalog.manifest(step).items()
-            if rec.ok and eid in live
+            # during a model change, rows still of the old space are not the new one's to hold
+            if rec.ok and eid in live and (step != VECTORS or in_space(rec, target))
         }
         damage.index_mismatch[store] = sorted(
             eid for eid, rows in recorded.items() if actual.get(eid, 0) != rows
@@ -86,21 +87,24 @@ def diagnose(stores: TenantStores, *, indexes: bool = True, objects: bool = True
     for step in _OBJECT_STEPS:
         damage.missing_outputs[step] = sorted(
             eid
-            for eid, rec in catalog.manifest(step).items()
+            for eid, rec in catalog.manifest(step, meta=False).items()
             if rec.ok and eid in live and rec.output_key and rec.output_key not in stored
         )
-    offset = 0
-    while page := catalog.entries(limit=PAGE, offset=offset):
-        offset += len(page)
-        damage.missing_originals += [
-            e.id
-            for e in page
-            if e.status != EntryStatus.FAILED and e.object_key and e.object_key not in stored
-        ]
+    damage.missing_originals = [
+        eid
+        for eid, status, key, _ in catalog.entry_columns()
+        if status != EntryStatus.FAILED and key and key not in stored
+    ]
     damage.orphan_objects = sorted(
         key for key in stored if (owner := entry_of(key)) is not None and owner not in known
     )
     return damage
+
+
+def in_space(record: ManifestRecord, space: str) -> bool:
+    """Whether a vector manifest row describes ``space`` (rows from before spaces existed
+    describe the tenant's first, "")."""
+    return record.meta.get("space", "") == space
 
 
 @dataclass

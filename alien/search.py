@@ -116,12 +116,24 @@ def rank_chunks(
             for h in stores.keywords.search(query, depth, dataset=dataset, entries=entries)
         ]
     if mode in ("hybrid", "vector"):
-        if query_vector is None:
-            query_vector = stores.embedder.embed([query], urgent=True)[0]
-        vector = [
-            RankedChunk(h.id, h.score, h.entry_id)
-            for h in stores.vectors.search(query_vector, depth, dataset=dataset, entries=entries)
-        ]
+        # The active space, with its own model: during a model change, the old one until
+        # the new one is complete (``alien.pipeline.run_vector_index``). A switch (and the
+        # old space's drop) between reading the pointer and searching: read the new one.
+        for attempt in range(2):
+            index, embedder = stores.search_vectors()
+            if query_vector is None or len(query_vector) != index.dim:
+                query_vector = embedder.embed([query], urgent=True)[0]
+            try:
+                hits = index.search(query_vector, depth, dataset=dataset, entries=entries)
+            except Exception:  # the space was dropped under this search: read the new one
+                if attempt or stores.active_space().holds(index.model, index.dim):
+                    raise
+                query_vector = None
+                continue
+            if stores.active_space().holds(index.model, index.dim):
+                break
+            query_vector = None
+        vector = [RankedChunk(h.id, h.score, h.entry_id) for h in hits]
     if mode == "keyword":
         return keyword[:top_k]
     if mode == "vector":

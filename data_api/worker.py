@@ -79,7 +79,8 @@ class IngestWorker:
         found = set()
         for tenant in self.registry.list():
             try:
-                if self.registry.open(tenant).catalog.has_unfinished():
+                stores = self.registry.open(tenant)
+                if stores.catalog.has_unfinished() or stores.model_work_pending():
                     found.add(str(tenant))
             except Exception as err:  # one tenant's broken catalog must not stop the others
                 log.warning("tenant %s: cannot read its catalog (%s); skipped", tenant, err)

@@ -25,7 +25,7 @@ import atexit
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from resources.analysis import Analyzer
 from resources.catalog import Catalog
@@ -33,7 +33,7 @@ from resources.keywords import KeywordIndex, SqliteKeywordIndex
 from resources.objects import LocalObjectStore, ObjectStore
 from resources.settings import AlienSettings
 from resources.tenancy import TenantId, UnknownTenantError
-from resources.vectors import SqliteVectorIndex, VectorIndex
+from resources.vectors import SqliteVectorIndex, VectorIndex, VectorSpace
 
 
 class BackendConfigError(ValueError):
@@ -71,6 +71,16 @@ class TenantEnvironment:
 
 def _secret(value: Any) -> str:
     return value.get_secret_value() if value is not None else ""
+
+
+class VectorSpaces(Protocol):
+    """What a vectors backend does for a tenant's vector spaces (one collection each)."""
+
+    def open(
+        self, tenant: TenantId, root: Path, space: VectorSpace, generation: str = ""
+    ) -> VectorIndex: ...
+    def prepare_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None: ...
+    def drop_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None: ...
 
 
 class StoreBackend:
@@ -368,18 +378,32 @@ class S3TenantObjectsBackend(_S3Client, TenantPlaneBackend):
 
 # -- vectors ------------------------------------------------------------------------------
 class EmbeddedVectorsBackend(StoreBackend):
+    """A SQLite file per vector space under the tenant's directory."""
+
     kind, backend = "vectors", "embedded"
 
     def target(self) -> str:
         return "sqlite + numpy per tenant"
 
+    @staticmethod
+    def path(root: Path, space: VectorSpace) -> Path:
+        return root / (f"vectors-{space.name}.db" if space.name else "vectors.db")
+
     def open(
-        self, tenant: TenantId, root: Path, model: str, dim: int, generation: str = ""
+        self, tenant: TenantId, root: Path, space: VectorSpace, generation: str = ""
     ) -> VectorIndex:
-        return SqliteVectorIndex(root / "vectors.db", model=model, dim=dim)
+        return SqliteVectorIndex(self.path(root, space), model=space.model, dim=space.dim)
+
+    def prepare_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None:
+        """Nothing to make: the file is created by its first handle."""
+
+    def drop_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None:
+        path = self.path(root, space)
+        for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            part.unlink(missing_ok=True)
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
-        return (root / "vectors.db").is_file()
+        return any(root.glob("vectors*.db"))
 
 
 class QdrantVectorsBackend(StoreBackend):
@@ -403,10 +427,16 @@ class QdrantVectorsBackend(StoreBackend):
     def target(self) -> str:
         return self.url
 
-    def collection(self, tenant: TenantId) -> str:
-        from resources.qdrant import collection_name
+    def collection(self, tenant: TenantId, space: VectorSpace | None = None) -> str:
+        from resources.qdrant import collection_name, space_collection
 
-        return collection_name(tenant)
+        return space_collection(collection_name(tenant), space)
+
+    def collections(self, tenant: TenantId) -> list[str]:
+        """The tenant's collections: its first one and one per later vector space."""
+        from resources.qdrant import space_collections
+
+        return space_collections(self.admin, self.collection(tenant))
 
     @cached_property
     def admin(self):  # type: ignore[no-untyped-def]
@@ -422,37 +452,46 @@ class QdrantVectorsBackend(StoreBackend):
         atexit.register(client.close)  # before interpreter teardown, not in __del__ during it
         return client
 
-    def _index(self, tenant: TenantId, model: str, dim: int):  # type: ignore[no-untyped-def]
+    def _index(self, tenant: TenantId, space: VectorSpace):  # type: ignore[no-untyped-def]
         from resources.qdrant import QdrantVectorIndex
 
-        return QdrantVectorIndex(self.admin, self.collection(tenant), model, dim)
+        return QdrantVectorIndex(self.admin, self.collection(tenant, space), space.model, space.dim)
 
     def open(
-        self, tenant: TenantId, root: Path, model: str, dim: int, generation: str = ""
+        self, tenant: TenantId, root: Path, space: VectorSpace, generation: str = ""
     ) -> VectorIndex:
         from resources.qdrant import QdrantVectorIndex
 
         key = _secret(self.settings.qdrant_api_key)
         if key and not self.local:
-            return QdrantVectorIndex.scoped(self.url, key, self.collection(tenant), model, dim)
-        return self._index(tenant, model, dim)
+            name = self.collection(tenant, space)
+            return QdrantVectorIndex.scoped(self.url, key, name, space.model, space.dim)
+        return self._index(tenant, space)
 
     def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.qdrant import register_generation
 
-        self._index(tenant, self.model, self.dim).create()
+        if not self.collections(tenant):  # a tenant's first space; later ones: prepare_space
+            self._index(tenant, VectorSpace(self.model, self.dim)).create()
         if generation and not self.local:
             register_generation(self.admin, tenant, generation)
 
+    def prepare_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None:
+        self._index(tenant, space).create()
+
+    def drop_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None:
+        self._index(tenant, space).drop()
+
     def exists(self, tenant: TenantId, root: Path) -> bool:
-        return bool(self.admin.collection_exists(self.collection(tenant)))
+        return bool(self.collections(tenant))
 
     def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.qdrant import forget_generation
 
         if not self.local:
             forget_generation(self.admin, tenant)  # its tokens stop working now
-        self._index(tenant, "", 0).drop()
+        for name in self.collections(tenant):
+            self.admin.delete_collection(name)
 
     def ping(self) -> object:
         return self.admin.get_collections()
@@ -469,13 +508,19 @@ class QdrantVectorsBackend(StoreBackend):
                 "(with JWT RBAC on the server); a Qdrant without a key admits every tenant"
             )
         expires = windowed_expiry(self.settings.qdrant_token_ttl_seconds)
-        token = tenant_token(
-            key, self.collection(tenant), expires_at=expires, generation=generation or None
-        )
-        return TenantEnvironment(
-            {"ALIEN_QDRANT_URL": self.url, "ALIEN_QDRANT_COLLECTION": self.collection(tenant)},
-            {"ALIEN_QDRANT_TOKEN": token},
-        )
+        # The token names the tenant's collections: its first, the configured model's space
+        # (made by ``prepare_space`` from the control plane) and any other it still has.
+        configured = VectorSpace.of(self.model, self.dim)
+        names = {self.collection(tenant), self.collection(tenant, configured)}
+        names.update(self.collections(tenant))
+        token = tenant_token(key, sorted(names), expires_at=expires, generation=generation or None)
+        config = {
+            "ALIEN_QDRANT_URL": self.url,
+            "ALIEN_QDRANT_COLLECTION": self.collection(tenant),
+            # The model whose space the token names: the data plane embeds with it.
+            "ALIEN_EMBEDDING_MODEL": self.settings.embedding_model,
+        }
+        return TenantEnvironment(config, {"ALIEN_QDRANT_TOKEN": token})
 
 
 class QdrantTenantVectorsBackend(TenantPlaneBackend):
@@ -493,13 +538,44 @@ class QdrantTenantVectorsBackend(TenantPlaneBackend):
     def target(self) -> str:
         return self.settings.qdrant_url or ""
 
+    def _collection(self, space: VectorSpace) -> str:
+        from resources.qdrant import space_collection
+
+        return space_collection(self.settings.qdrant_collection or "", space)
+
     def open(
-        self, tenant: TenantId, root: Path, model: str, dim: int, generation: str = ""
+        self, tenant: TenantId, root: Path, space: VectorSpace, generation: str = ""
     ) -> VectorIndex:
         from resources.qdrant import QdrantVectorIndex
 
         self.only(tenant)
-        return QdrantVectorIndex(self.client, self.settings.qdrant_collection or "", model, dim)
+        return QdrantVectorIndex(self.client, self._collection(space), space.model, space.dim)
+
+    def prepare_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None:
+        """A data plane cannot make a collection (Qdrant wants global access for that): the
+        control plane makes the configured model's one when it provisions the tenant."""
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        self.only(tenant)
+        try:
+            exists = self.client.collection_exists(self._collection(space))
+        except UnexpectedResponse as err:  # 403: a token made before the model changed
+            if err.status_code != 403:
+                raise
+            exists = False
+        if not exists:
+            raise ControlPlaneOnlyError(
+                f"the vector collection for model {space.model!r} ({space.dim} dimensions) "
+                "does not exist yet; the control plane makes it when it provisions the tenant "
+                "with that model configured (the operator, or `alien tenant create` again)"
+            )
+
+    def drop_space(self, tenant: TenantId, root: Path, space: VectorSpace) -> None:
+        """Its points only: the empty collection goes when the control plane retires it."""
+        from qdrant_client import models as qm
+
+        self.only(tenant)
+        self.client.delete(self._collection(space), qm.FilterSelector(filter=qm.Filter()))
 
     def ping(self) -> object:
         return self.client.collection_exists(self.settings.qdrant_collection or "")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -45,6 +46,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from resources.tenancy import TenantId, validate_dataset
+from resources.vectors import VectorSpace
 
 DEFAULT_DATASET = "default"
 
@@ -147,6 +149,20 @@ class ManifestRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     __table_args__ = (Index("ix_manifest_entry", "entry_id"),)
+
+
+class VectorSpaceRow(Base):
+    """One of the tenant's vector spaces (``resources.vectors.VectorSpace``); one is active."""
+
+    __tablename__ = "vector_spaces"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(Text)
+    dim: Mapped[int] = mapped_column(Integer)
+    chunker: Mapped[str | None] = mapped_column(Text, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean)
+    rechunk: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -718,6 +734,16 @@ class Catalog:
             query = select(EntryRow.id, EntryRow.sha256).where(_live())
             return {eid: sha for eid, sha in s.execute(query)}
 
+    def entry_columns(self, *, status: str | None = None) -> list[tuple[str, str, str, int]]:
+        """(id, status, original's object key, chunks) of every live entry, optionally of one
+        status: the few columns the cross-store checks read, without building entries."""
+        query = select(EntryRow.id, EntryRow.status, EntryRow.object_key, EntryRow.chunks)
+        query = query.where(_live())
+        if status is not None:
+            query = query.where(EntryRow.status == status)
+        with self._session() as s:
+            return [(eid, st, key or "", int(n or 0)) for eid, st, key, n in s.execute(query)]
+
     def entry_stats(self) -> list[tuple[str, str, int, int, datetime | None]]:
         """(dataset, status, entries, bytes, latest update) per dataset and status."""
         query = (
@@ -882,23 +908,119 @@ class Catalog:
             )
             return [EntrySource.from_row(r) for r in rows]
 
+    # -- vector spaces -------------------------------------------------------------------
+    def vector_spaces(self) -> list[tuple[VectorSpace, bool]]:
+        """Every space of the tenant and whether it is the active one (active first)."""
+        query = select(*_SPACE_COLUMNS, VectorSpaceRow.active).order_by(
+            VectorSpaceRow.active.desc(), VectorSpaceRow.created_at
+        )
+        with self._session() as s:
+            return [(_space(row), bool(row[-1])) for row in s.execute(query)]
+
+    def active_space(self, first: Callable[[], VectorSpace]) -> VectorSpace:
+        """The space searches read. A tenant without one (made before spaces existed, or
+        new) records ``first()`` as its first: the collection it always had."""
+        with self._session() as s:
+            row = s.execute(select(*_SPACE_COLUMNS).where(VectorSpaceRow.active.is_(True))).first()
+        if row is not None:
+            return _space(row)
+        self.add_vector_space(first(), active=True)
+        return self.active_space(first)
+
+    def embedded_with(self, asset: str) -> tuple[str, int] | None:
+        """(model, dimension) of the oldest embeddings ``asset`` recorded, if any: what a
+        tenant made before vector spaces existed holds in its collection."""
+        query = (
+            select(ManifestRow.meta)
+            .where(ManifestRow.asset == asset, ManifestRow.error.is_(None))
+            .order_by(ManifestRow.updated_at)
+            .limit(1)
+        )
+        with self._session() as s:
+            meta = s.scalar(query) or {}
+        if "model" in meta and "dim" in meta:
+            return str(meta["model"]), int(meta["dim"])
+        return None
+
+    def add_vector_space(self, space: VectorSpace, *, active: bool = False) -> None:
+        """Record a space (idempotent); ``active`` only when the tenant has no active one."""
+        try:
+            with self._session.begin() as s:
+                if s.get(VectorSpaceRow, space.name) is not None:
+                    return
+                if active and s.scalar(select(VectorSpaceRow.name).where(VectorSpaceRow.active)):
+                    active = False  # another process made the first one meanwhile
+                row = VectorSpaceRow(
+                    name=space.name, model=space.model, dim=space.dim, active=active, rechunk=False
+                )
+                row.chunker = space.chunker or None
+                row.activated_at = utcnow() if active else None
+                s.add(row)
+        except IntegrityError:
+            pass  # recorded by another process at the same moment
+
+    def activate_space(self, name: str, *, rechunk: bool = False) -> None:
+        """Make ``name`` the active space, in one transaction: every reader sees the old one
+        or the new one, never neither. ``rechunk``: its model cuts other chunks, which the
+        next run makes (``rechunk_pending`` until then)."""
+        with self._session.begin() as s:
+            if s.get(VectorSpaceRow, name) is None:
+                raise KeyError(f"no vector space {name!r}")
+            s.execute(update(VectorSpaceRow).values(
+                active=VectorSpaceRow.name == name,
+                rechunk=(VectorSpaceRow.name == name) & rechunk,
+                activated_at=case((VectorSpaceRow.name == name, utcnow()),
+                                  else_=VectorSpaceRow.activated_at),
+            ))  # fmt: skip
+
+    def rechunk_pending(self) -> bool:
+        """Whether the active space's chunks are still to be cut (a switch to a model that
+        cuts other chunks); one indexed lookup."""
+        with self._session() as s:
+            query = select(VectorSpaceRow.rechunk).where(VectorSpaceRow.active.is_(True))
+            return bool(s.scalar(query))
+
+    def rechunked(self, chunked_as: str) -> None:
+        """The chunks step cut every entry as ``chunked_as`` says: done, if that is still
+        the active space's (a switch meanwhile leaves the flag for the next run)."""
+        with self._session.begin() as s:
+            s.execute(
+                update(VectorSpaceRow)
+                .where(
+                    VectorSpaceRow.active.is_(True),
+                    func.coalesce(VectorSpaceRow.chunker, VectorSpaceRow.model) == chunked_as,
+                )
+                .values(rechunk=False)
+            )
+
+    def forget_space(self, name: str) -> None:
+        with self._session.begin() as s:
+            s.execute(
+                delete(VectorSpaceRow).where(
+                    VectorSpaceRow.name == name, VectorSpaceRow.active.is_(False)
+                )
+            )
+
     # -- manifests -----------------------------------------------------------------------
-    def manifest(self, asset: str) -> dict[str, ManifestRecord]:
+    def manifest(self, asset: str, *, meta: bool = True) -> dict[str, ManifestRecord]:
         """Every entry's row of ``asset``'s manifest (plain rows, not ORM objects: a step
-        reads one per run, and tenants hold a hundred thousand entries)."""
+        reads one per run, and tenants hold a hundred thousand entries). ``meta=False``
+        leaves each row's JSON ``meta`` unread (most of the cost): for planning."""
         columns = (
             ManifestRow.entry_id,
             ManifestRow.input_hash,
             ManifestRow.source_sha256,
             ManifestRow.output_key,
             ManifestRow.error,
-            ManifestRow.meta,
+            ManifestRow.meta if meta else ManifestRow.asset,
         )
         with self._session() as s:
             rows = s.execute(select(*columns).where(ManifestRow.asset == asset))
             return {
-                eid: ManifestRecord(eid, input_hash, sha, key, error, dict(meta or {}))
-                for eid, input_hash, sha, key, error, meta in rows
+                eid: ManifestRecord(
+                    eid, input_hash, sha, key, error, dict(extra or {}) if meta else {}
+                )
+                for eid, input_hash, sha, key, error, extra in rows
             }
 
     def record_manifest(self, asset: str, records: Iterable[ManifestRecord]) -> None:
@@ -930,6 +1052,17 @@ class Catalog:
 
 
 _MISSING = object()
+_SPACE_COLUMNS = (
+    VectorSpaceRow.name,
+    VectorSpaceRow.model,
+    VectorSpaceRow.dim,
+    VectorSpaceRow.chunker,
+    VectorSpaceRow.created_at,
+)
+
+
+def _space(row: Any) -> VectorSpace:
+    return VectorSpace(row[1], int(row[2]), row[0], row[3] or "", as_utc(row[4]).isoformat())
 
 
 def _same(stored: Any, wanted: Any) -> bool:

@@ -188,9 +188,15 @@ class Embedder:
         """Tokens the model reads, special tokens included (longer input is cut off)."""
         import json
 
-        cfg = resolve_model_path(self.model_name) / "sentence_bert_config.json"
-        if cfg.is_file():
-            return int(json.loads(cfg.read_text())["max_seq_length"])
+        root = resolve_model_path(self.model_name)
+        for name, key in (
+            ("sentence_bert_config.json", "max_seq_length"),  # sentence-transformers < 6
+            ("tokenizer_config.json", "model_max_length"),  # where 6.x keeps it
+        ):
+            cfg = root / name
+            value = json.loads(cfg.read_text()).get(key) if cfg.is_file() else None
+            if isinstance(value, int) and 0 < value <= 100_000:  # not the "unbounded" 1e30
+                return value
         return int(self._model.max_seq_length)
 
     @property
@@ -199,10 +205,37 @@ class Embedder:
         return self.max_seq_length - self.tokenizer.special_tokens
 
     @cached_property
-    def dimension(self) -> int:
+    def chunking(self) -> str:
+        """What decides how text is cut for this model: its tokenizer and window (two models
+        with the same cut the same chunks). Truncation and padding are left out: the chunker
+        turns them off, and libraries write them differently when they save a model."""
+        import hashlib
         import json
 
-        cfg = resolve_model_path(self.model_name) / "config.json"
+        spec = json.loads((resolve_model_path(self.model_name) / "tokenizer.json").read_text())
+        for key in ("truncation", "padding"):
+            spec.pop(key, None)
+        canonical = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+        return f"{hashlib.sha256(canonical).hexdigest()[:16]}:{self.max_content_tokens}"
+
+    @cached_property
+    def dimension(self) -> int:
+        """The vectors' size, read from the model's files (no weights loaded): the last
+        Dense layer's output when the model has one (a projection), else the transformer's
+        hidden size."""
+        import json
+
+        root = resolve_model_path(self.model_name)
+        modules = root / "modules.json"
+        if modules.is_file():
+            dense = [
+                root / m["path"] / "config.json"
+                for m in json.loads(modules.read_text())
+                if m.get("type", "").endswith(".Dense")
+            ]
+            if dense and dense[-1].is_file():
+                return int(json.loads(dense[-1].read_text())["out_features"])
+        cfg = root / "config.json"
         if cfg.is_file():
             data = json.loads(cfg.read_text())
             if "hidden_size" in data:

@@ -25,7 +25,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from resources.vectors import VectorHit, VectorPoint, as_vector
+from resources.vectors import VectorHit, VectorPoint, VectorSpace, as_vector
 
 ID_NAMESPACE = uuid.UUID("6f0c3c1e-8a43-4b8e-9a55-0d5f2c6a7b10")
 BATCH = 256
@@ -35,6 +35,18 @@ def collection_name(tenant: str, prefix: str = "alien") -> str:
     return f"{prefix}-{tenant}"
 
 
+def space_collection(base: str, space: VectorSpace | None) -> str:
+    """The collection of one of a tenant's vector spaces: its first is ``base`` itself."""
+    return f"{base}_{space.name}" if space is not None and space.name else base
+
+
+def space_collections(client: QdrantClient, base: str) -> list[str]:
+    """Every collection of the tenant whose first collection is ``base``. (Tenant names
+    never hold ``_``, so no other tenant's collection starts with ``base_``.)"""
+    names = [c.name for c in client.get_collections().collections]
+    return sorted(n for n in names if n == base or n.startswith(f"{base}_"))
+
+
 # The cluster's own collection of tenant generations (an underscore: never a tenant's name).
 GENERATIONS = "alien_generations"
 _GENERATION_NS = uuid.UUID("0b1e4c2a-5d7f-4e8a-9c3b-6f2d1a0e9b47")
@@ -42,13 +54,14 @@ _GENERATION_NS = uuid.UUID("0b1e4c2a-5d7f-4e8a-9c3b-6f2d1a0e9b47")
 
 def tenant_token(
     api_key: str,
-    collection: str,
+    collection: str | Sequence[str],
     ttl_seconds: int = 3600,
     *,
     expires_at: int | None = None,
     generation: str | None = None,
 ) -> str:
-    """A JWT for one collection, read-write, expiring (Qdrant's documented claim shape).
+    """A JWT for one collection (or a few), read-write, expiring (Qdrant's documented claim
+    shape).
 
     With ``generation``, the token is also valid only while the cluster's generations
     collection holds that tenant generation (Qdrant's ``value_exists`` claim, checked by the
@@ -57,7 +70,10 @@ def tenant_token(
     """
     claims: dict[str, object] = {
         "exp": expires_at if expires_at is not None else int(time.time()) + ttl_seconds,
-        "access": [{"collection": collection, "access": "rw"}],
+        "access": [
+            {"collection": name, "access": "rw"}
+            for name in ([collection] if isinstance(collection, str) else collection)
+        ],
     }
     if generation:
         claims["value_exists"] = {

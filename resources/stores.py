@@ -18,6 +18,7 @@ from resources.backends import (
     Backends,
     ControlPlaneOnlyError,
     TenantEnvironment,
+    VectorSpaces,
 )
 from resources.catalog import Catalog
 from resources.cluster_catalog import (
@@ -33,7 +34,7 @@ from resources.objects import ObjectStore
 from resources.ocr import TesseractOcr
 from resources.settings import AlienSettings
 from resources.tenancy import TenantId, UnknownTenantError
-from resources.vectors import VectorIndex
+from resources.vectors import VectorIndex, VectorSpace
 
 
 @lru_cache(maxsize=4)
@@ -104,12 +105,142 @@ class TenantStores:
     root: Path
     catalog: Catalog
     objects: ObjectStore
-    vectors: VectorIndex
+    vector_store: VectorSpaces  # opens the tenant's vector spaces (one per model)
     keywords: KeywordIndex
     embedder: Embedder
     ocr: TesseractOcr
     generation: str = ""
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _spaces: dict[tuple[str, str], VectorIndex] = field(default_factory=dict)
+    _spaces_guard: threading.Lock = field(default_factory=threading.Lock)
+    _searched: str | None = None  # the space the last search read
+
+    # -- vector spaces -------------------------------------------------------------------
+    # Search reads the active space; the pipeline writes the configured model's space. They
+    # are one and the same except during a model change, which fills the new space while
+    # search keeps reading the old one, then switches over (``alien.pipeline.switch_space``).
+    def active_space(self) -> VectorSpace:
+        """The space searches read now (one catalog query: a switch made by another process
+        is seen at the next search)."""
+        return self.catalog.active_space(self._first_space)
+
+    @property
+    def _configured(self) -> VectorSpace:
+        return VectorSpace(self.embedder.model_name, self.embedder.dimension)
+
+    def _first_space(self) -> VectorSpace:
+        """A tenant's first space: its collection holds what the embeddings step recorded
+        (a tenant from before spaces existed may be upgraded with another model configured),
+        or, for a tenant with nothing embedded yet, the configured model's vectors."""
+        found = self.catalog.embedded_with(EMBEDDINGS_STEP)
+        return VectorSpace(*found) if found else self._configured
+
+    def target_space(self) -> VectorSpace:
+        """The configured model's space: the active one, or the one a model change fills
+        (keeping the active one's chunks when the new model cuts the same)."""
+        model, dim = self._configured.model, self._configured.dim
+        active = self.active_space()
+        if active.holds(model, dim):
+            return active
+        for space, _ in self.catalog.vector_spaces():
+            if space.holds(model, dim):
+                return space
+        try:
+            same_cut = self.embedder_of(active.model).chunking == self.embedder.chunking
+        except FileNotFoundError:  # the old model's files are gone: its chunks stay as cut
+            same_cut = False
+        return VectorSpace.of(model, dim, active.chunked_as if same_cut else "")
+
+    def model_work_pending(self) -> bool:
+        """Whether a model change waits for a run: its space is not the searched one yet, or
+        is and its own chunks are still to be cut."""
+        return self.target_space() != self.active_space() or self.catalog.rechunk_pending()
+
+    def embedder_of(self, model: str) -> Embedder:
+        """The embedder of ``model``: the configured one, or another loaded on first use."""
+        if model == self.embedder.model_name:
+            return self.embedder
+        s = self.settings
+        return shared_embedder(
+            model, s.embedding_batch_size, s.embedding_device, s.embedding_worker
+        )
+
+    def chunking(self) -> tuple[Embedder, str]:
+        """The tokenizer and window chunks are cut with, and the name the chunks step records
+        for them: the active space's. During a model change the chunks stay those the
+        searched vectors were made from; the new model embeds them, and if it cuts text
+        otherwise, its own chunks are made once searches read its space."""
+        active = self.active_space()
+        return self.embedder_of(active.model), active.chunked_as
+
+    def vectors_in(self, space: VectorSpace) -> VectorIndex:
+        """This process's handle of one space (opened once; a space dropped and made again
+        is another handle)."""
+        key = (space.name, space.created)
+        with self._spaces_guard:
+            handle = self._spaces.get(key)
+            if handle is None:
+                handle = self.vector_store.open(self.tenant, self.root, space, self.generation)
+                self._spaces[key] = handle
+            return handle
+
+    def _evict(self, keep: set[tuple[str, str]]) -> None:
+        """Close this process's handles of spaces the catalog no longer has (another process
+        switched and dropped them): an embedded one holds every vector in memory."""
+        with self._spaces_guard:
+            gone = {k: h for k, h in self._spaces.items() if k not in keep and k[1]}
+            for key in gone:
+                del self._spaces[key]
+        for handle in gone.values():
+            handle.close()
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The space the pipeline writes, checks compare and repair mends: the configured
+        model's (searches read ``active_space``, see ``search_vectors``)."""
+        return self.vectors_in(self.target_space())
+
+    def search_vectors(self) -> tuple[VectorIndex, Embedder]:
+        """The active space and the embedder of its model, for a query."""
+        # during a model change, queries go the way the active space's vectors went
+        space = self.active_space()
+        if space.name != self._searched:  # a switch (here or elsewhere) since the last search
+            self._searched = space.name
+            self._evict({(s.name, s.created) for s, _ in self.catalog.vector_spaces()})
+        return self.vectors_in(space), self.embedder_of(space.model)
+
+    def prepare_space(self, space: VectorSpace) -> None:
+        """Make the space's collection (where the store needs that) and record it."""
+        self.vector_store.prepare_space(self.tenant, self.root, space)
+        self.catalog.add_vector_space(space)
+
+    def switch_space(self, space: VectorSpace) -> list[VectorSpace]:
+        """Make ``space`` the one searches read, then drop every other; the dropped ones.
+        When its model cuts other chunks, the next run cuts and embeds every entry again."""
+        before = self.active_space()
+        self.catalog.activate_space(space.name, rechunk=before.chunked_as != space.chunked_as)
+        dropped = []
+        for other, active in self.catalog.vector_spaces():
+            if active or other.name == space.name:
+                continue
+            self.drop_space(other)
+            dropped.append(other)
+        return dropped
+
+    def drop_space(self, space: VectorSpace) -> None:
+        with self._spaces_guard:
+            handles = [self._spaces.pop(k) for k in list(self._spaces) if k[0] == space.name]
+        for handle in handles:
+            handle.close()
+        self.vector_store.drop_space(self.tenant, self.root, space)
+        self.catalog.forget_space(space.name)
+
+    def delete_vectors(self, entry_ids: list[str]) -> int:
+        """Remove entries' vectors from every space (a delete during a model change too)."""
+        removed = 0
+        for space, _ in self.catalog.vector_spaces() or [(self.active_space(), True)]:
+            removed += self.vectors_in(space).delete_entries(entry_ids)
+        return removed
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -126,7 +257,10 @@ class TenantStores:
 
     def close(self) -> None:
         self.catalog.close()
-        self.vectors.close()
+        with self._spaces_guard:
+            handles, self._spaces = list(self._spaces.values()), {}
+        for handle in handles:
+            handle.close()
         self.keywords.close()
 
 
@@ -136,6 +270,8 @@ class RetireError(RuntimeError):
 
 
 TENANT_PLANE_GENERATION = "tenant-plane"
+# The step whose manifest records each entry's embedding model (``alien.pipeline``).
+EMBEDDINGS_STEP = "embeddings"
 
 
 class TenantRegistry:
@@ -218,6 +354,9 @@ class TenantRegistry:
             stores = self._build(tenant, record.generation)  # makes the embedded files
             if kind == "catalog":
                 stores.catalog.create()  # migrations and the tenant row, as the tenant's role
+            elif kind == "vectors":  # the configured model's space (a model change's too)
+                stores.prepare_space(stores.target_space())
+                stores.vectors.count()  # an embedded file is made now
         except Exception as err:
             self.cluster.record_store(tenant, kind, "failed", f"{type(err).__name__}: {err}")
             raise
@@ -281,9 +420,7 @@ class TenantRegistry:
                 root=root,
                 catalog=b.catalog.open(tenant, root, generation),
                 objects=b.objects.open(tenant, root, generation),
-                vectors=b.vectors.open(
-                    tenant, root, embedder.model_name, embedder.dimension, generation
-                ),
+                vector_store=b.vectors,
                 keywords=b.keywords.open(
                     tenant, root, get_analyzer(self.settings.stemmer_language), generation
                 ),

@@ -9,10 +9,11 @@ Exact search over 100,000 x 384 float32 is one matrix-vector product (a few mill
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +43,39 @@ class VectorHit:
     dataset: str
     chunk_index: int
     page: int | None
+
+
+@dataclass(frozen=True)
+class VectorSpace:
+    """The vectors of one model (and dimension) for a tenant: one collection of its own.
+
+    A tenant searches one space (its active one) while the pipeline fills the space of the
+    configured model; when that one is complete, it becomes active and the old one is
+    dropped. ``name`` picks the physical collection: "" for a tenant's first one (the
+    collection it always had), else a digest of model and dimension.
+    """
+
+    model: str
+    dim: int
+    name: str = ""
+    # The model whose name the chunks step's configuration carries ("": ``model``). A space
+    # made for a model that cuts the same chunks (same tokenizer and window) keeps its
+    # predecessor's, so switching to it re-chunks and re-embeds nothing.
+    chunker: str = field(default="", compare=False)
+    # When the catalog recorded it: a space dropped and made again is another collection.
+    created: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, model: str, dim: int, chunker: str = "") -> VectorSpace:
+        digest = hashlib.sha256(f"{model}\0{dim}".encode()).hexdigest()[:12]
+        return cls(model, dim, f"m{digest}", chunker)
+
+    @property
+    def chunked_as(self) -> str:
+        return self.chunker or self.model
+
+    def holds(self, model: str, dim: int) -> bool:
+        return (self.model, self.dim) == (model, dim)
 
 
 class VectorDimensionError(ValueError):

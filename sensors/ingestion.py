@@ -35,18 +35,26 @@ def work_fingerprint(
     stores: TenantStores, ended: Callable[[str], bool] | None = None
 ) -> str | None:
     """A fingerprint of the tenant's waiting work, or None when nothing waits: inbox files,
-    pending entries, entries held by a run that ended (``ended``) or went silent, and
-    deletions a crash left unfinished (the run's first step finishes them)."""
+    pending entries, entries held by a run that ended (``ended``) or went silent, deletions
+    a crash left unfinished (the run's first step finishes them), and a model change whose
+    backfill has not switched searches over yet."""
     inbox = sorted((i.key, i.size, i.mtime_ns) for i in stores.objects.list(INBOX))
     stale = utcnow() - timedelta(seconds=stores.settings.claim_timeout_seconds)
     pending = stores.catalog.pending_marker(stale_before=stale)
     orphaned = sorted(c for c in stores.catalog.claims() if ended is not None and ended(c))
     # a deletion interrupted part-way (one in flight now is younger than this)
     tombstones = [e.id for e in stores.catalog.deleting(utcnow() - TOMBSTONE_GRACE, limit=1)]
-    if not inbox and pending is None and not orphaned and not tombstones:
+    # a model change: the configured model's space is not the one searches read yet, or is
+    # and cuts other chunks than the ones its vectors were made from at first
+    target = stores.target_space()
+    model = None if target == stores.active_space() else f"{target.model}/{target.dim}"
+    if model is None and stores.catalog.rechunk_pending():
+        model = f"{target.model}/{target.dim}/chunks"
+    if not inbox and pending is None and not orphaned and not tombstones and model is None:
         return None
     raw = json.dumps(
         {"inbox": inbox, "pending": pending, "orphaned": orphaned, "tombstones": tombstones}
+        | ({"model": model} if model else {})  # fingerprints of before a change stay the same
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
@@ -114,7 +122,11 @@ def ingestion_sensor(
     ended = run_ended(context.instance)
     # Where each tenant's own Data API pod ingests, a run here would do the same work twice.
     for tenant in [] if registry.settings.ingest_in_data_plane else tenants:
-        fingerprint = work_fingerprint(registry.open(tenant), ended)
+        try:
+            fingerprint = work_fingerprint(registry.open(tenant), ended)
+        except Exception as err:  # one tenant's broken state (or store) must not stop others
+            context.log.warning(f"tenant {tenant}: no fingerprint ({type(err).__name__}: {err})")
+            continue
         if fingerprint is None:
             cursor.pop(tenant, None)
             continue

@@ -12,8 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from resources.catalog import AuditRecord, Catalog, EntryStatus, ManifestRecord, sqlite_engine
 from resources.migrate import current, upgrade
 from resources.tenancy import InvalidTenantError, TenantId, validate_dataset
+from resources.vectors import VectorSpace
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def _add(catalog, uri="file:///a.pdf", sha="s1"):
@@ -317,3 +318,33 @@ def test_the_migrations_build_exactly_the_models(tmp_path: Path) -> None:
         diff = [d for d in compare_metadata(context, Base.metadata)]
     assert diff == [], diff
     engine.dispose()
+
+
+def test_vector_spaces_switch_in_one_step_and_the_active_one_is_never_forgotten(catalog):
+    first = VectorSpace("model-a", 384)
+    assert catalog.vector_spaces() == []
+    assert catalog.active_space(lambda: first) == first  # a tenant's first space, recorded on use
+    assert catalog.vector_spaces() == [(first, True)]
+    second = VectorSpace.of("model-b", 256, chunker="model-a")
+    catalog.add_vector_space(second)
+    catalog.add_vector_space(second, active=True)  # idempotent; never a second active one
+    assert catalog.vector_spaces() == [(first, True), (second, False)]
+    assert catalog.active_space(lambda: first) == first
+
+    assert not catalog.rechunk_pending()
+    catalog.activate_space(second.name, rechunk=True)
+    assert catalog.active_space(lambda: first) == second
+    assert catalog.rechunk_pending()
+    catalog.rechunked("model-b")  # cut as another space's model: still pending
+    assert catalog.rechunk_pending()
+    catalog.rechunked("model-a")
+    assert not catalog.rechunk_pending()
+    assert catalog.vector_spaces() == [(second, True), (first, False)]
+    catalog.forget_space(second.name)  # the active one stays
+    catalog.forget_space(first.name)
+    assert catalog.vector_spaces() == [(second, True)]
+    assert catalog.active_space(lambda: first).chunked_as == "model-a"  # cuts model-a's chunks
+    with pytest.raises(KeyError):
+        catalog.activate_space("nothing")
+    names = {VectorSpace.of(m, d).name for m in ("model-a", "model-b") for d in (256, 384)}
+    assert len(names) == 4  # one collection per model and dimension
