@@ -254,11 +254,34 @@ def _ingest_run(
     return _in_thread(lambda: run_ingest(ctx.settings, tenant, listener=listener, cancel=cancel))
 
 
+def _retire_missing(
+    stores: TenantStores, dataset: str, roots: tuple[Path, ...], seen: set[str]
+) -> dict[str, int]:
+    """``--sync``: the sources under each folder among ``roots`` that this ingest did not
+    find leave the dataset (``alien.documents.retire_source``); counts by outcome."""
+    from alien.documents import path_uri, retire_source
+
+    retired = {"deleted": 0, "handed_over": 0, "forgotten": 0}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for uri in sorted(stores.catalog.source_uris(dataset, path_uri(root) + "/") - seen):
+            outcome = retire_source(stores, dataset, uri)
+            if outcome in retired:
+                retired[outcome] += 1
+    return retired
+
+
 def ingest_paths(
-    ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, show_progress: bool
+    ctx: Ctx,
+    paths: tuple[Path, ...],
+    tenant: str,
+    dataset: str,
+    show_progress: bool,
+    sync: bool = False,
 ) -> dict[str, Any]:
     from alien import pipeline
-    from alien.documents import register_path
+    from alien.documents import path_uri, register_path
 
     started = time.perf_counter()
     reg = ctx.registry
@@ -266,6 +289,7 @@ def ingest_paths(
     stores.catalog.ensure_dataset(dataset)
     files = list(_iter_files(paths))
     counts = {"new": 0, "unchanged": 0, "updated": 0, "failed": 0}
+    retired = {"deleted": 0, "handed_over": 0, "forgotten": 0}
     entry_ids = []
     run = None
     with _interruptible() as cancel, _progress(show_progress) as bar:
@@ -277,6 +301,9 @@ def ingest_paths(
             counts[reg.outcome] += 1
             entry_ids.append(reg.entry.id)
             bar.advance(task)
+        if sync and not cancel.is_set():  # only after every file present was seen
+            seen = {path_uri(path) for path, _ in files}
+            retired = _retire_missing(stores, dataset, paths, seen)
         needs_run = (
             counts["new"] + counts["updated"] > 0
             or stores.catalog.has_unfinished()
@@ -301,6 +328,7 @@ def ingest_paths(
         "tenant": tenant,
         "dataset": dataset,
         "entries": counts,
+        "retired": retired,
         "interrupted": interrupted,
         "pending": stores.catalog.status_counts().get(EntryStatus.PENDING, 0),
         # what this run did, step by step: entries an earlier, interrupted run had taken
@@ -330,26 +358,39 @@ def ingest_paths(
 @click.option(
     "--dataset", "-d", default=DEFAULT_DATASET, show_default=True, help="Dataset to add them to."
 )
+@click.option(
+    "--sync",
+    is_flag=True,
+    help="Also retire what the dataset holds from these folders whose files are gone.",
+)
 @_json_option
 @click.pass_obj
-def ingest(ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, as_json: bool) -> None:
-    """Register files (directories recursively) and run the pipeline to completion."""
+def ingest(
+    ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, sync: bool, as_json: bool
+) -> None:
+    """Register files (directories recursively) and run the pipeline to completion.
+
+    With --sync, each folder's files that are gone since an earlier ingest leave the
+    dataset: an entry with no other path is deleted; one whose bytes another path also
+    holds stays, under that path."""
     tenant = _tenant(tenant)
     try:
         validate_dataset(dataset)
     except InvalidTenantError as exc:
         raise click.BadParameter(str(exc), param_hint="--dataset") from None
     summary = ingest_paths(
-        ctx, paths, tenant, dataset, show_progress=not as_json and err.is_terminal
+        ctx, paths, tenant, dataset, show_progress=not as_json and err.is_terminal, sync=sync
     )
     if as_json:
         _emit(summary)
     else:
         e = summary["entries"]
+        gone = summary["retired"]["deleted"]
         out.print(
             f"[bold]{tenant}[/]: {e['new']} new, {e['updated']} updated,"
-            f" {e['unchanged']} unchanged, {e['failed']} failed; {_did(summary)}"
-            f" in {summary['seconds']:.1f} s"
+            f" {e['unchanged']} unchanged, {e['failed']} failed"
+            + (f", {gone} deleted (files gone)" if sync else "")
+            + f"; {_did(summary)} in {summary['seconds']:.1f} s"
         )
         for f in summary["failures"]:
             out.print(f"  [red]failed[/] {f['source_name']}: {f['reason']}")

@@ -246,7 +246,7 @@ def register_path(
     return register_source(
         stores,
         dataset=dataset,
-        source_uri=f"file://{path}",
+        source_uri=path_uri(path),
         source_name=source_name or path.name,
         open_stream=lambda: path.open("rb"),
         size=st.st_size,
@@ -334,6 +334,29 @@ def remove_derived(stores: TenantStores, entry_id: str) -> None:
     for key in derived_keys(entry_id):
         stores.objects.delete(key)
     stores.objects.delete_prefix(figures_prefix(entry_id))
+
+
+def path_uri(path: Path) -> str:
+    """The source URI of a local file or folder: its absolute path."""
+    return f"file://{Path(path).resolve()}"
+
+
+def retire_source(stores: TenantStores, dataset: str, source_uri: str) -> str:
+    """A source whose file is gone leaves the dataset: one of several paths to an entry's
+    bytes is forgotten (``"forgotten"``); an entry's own path hands the entry to its oldest
+    other path (``"handed_over"``); an entry with no other path is deleted (``"deleted"``).
+    ``"unknown"`` when the dataset has no such source."""
+    catalog = stores.catalog
+    entry = _source_entry(stores, dataset, source_uri)
+    if entry is None:
+        if catalog.find_source(dataset, source_uri) is None:
+            return "unknown"
+        catalog.remove_source(dataset, source_uri)
+        return "forgotten"
+    if _hand_over(stores, entry):
+        return "handed_over"
+    delete_entry(stores, entry.id)
+    return "deleted"
 
 
 def delete_entry(stores: TenantStores, entry_id: str) -> bool:

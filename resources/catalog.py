@@ -898,6 +898,20 @@ class Catalog:
                 )
             )
 
+    def source_uris(self, dataset: str, prefix: str) -> set[str]:
+        """Every source URI of ``dataset`` that starts with ``prefix``: entries' own and
+        their other sources (a folder's files, for ``alien ingest --sync``)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        own = select(EntryRow.source_uri).where(
+            EntryRow.dataset == dataset, EntryRow.source_uri.like(pattern, escape="\\"), _live()
+        )
+        more = select(SourceRow.source_uri).where(
+            SourceRow.dataset == dataset, SourceRow.source_uri.like(pattern, escape="\\")
+        )
+        with self._session() as s:
+            found = set(s.scalars(own)) | set(s.scalars(more))
+        return {uri for uri in found if uri.startswith(prefix)}  # SQLite's LIKE ignores case
+
     def sources(self, entry_id: str) -> list[EntrySource]:
         """The entry's other sources, oldest first (its own ``source_uri`` is not listed)."""
         with self._session() as s:

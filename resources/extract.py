@@ -7,6 +7,7 @@ shown to the user.
 
 from __future__ import annotations
 
+import codecs
 import mimetypes
 import os
 import warnings
@@ -71,9 +72,23 @@ def sniff_media_type(head: bytes) -> str | None:
     return None
 
 
+# Byte-order marks, longest first (UTF-32 LE's starts with UTF-16 LE's).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Western European single-byte encodings: where a detector finds several equally likely
+# (Latin-1 French reads as well in Central European cp1250), the most used one wins.
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
+
+
 def looks_like_text(head: bytes) -> bool:
-    """Text has no NUL byte (the test extraction applies too; legacy encodings pass)."""
-    return b"\x00" not in head
+    """Text has no NUL byte unless it starts with a UTF-16/32 byte-order mark (the text
+    extraction applies the same; legacy single- and multi-byte encodings pass)."""
+    return b"\x00" not in head or any(head.startswith(bom) for bom, _ in _BOMS)
 
 
 def detect_media_type(name: str, head: bytes) -> str:
@@ -151,13 +166,40 @@ def extract_pages(
         )
 
 
-def _decode_text(data: bytes) -> str:
+def decode_text(data: bytes) -> tuple[str, str]:
+    """The text of a text file and the encoding it was read with: a byte-order mark's, else
+    UTF-8 when the bytes are valid UTF-8, else the legacy encoding detected from the bytes
+    (Shift-JIS, GB18030, Big5, EUC-KR, cp1251, Latin-1, …: charset-normalizer), else
+    cp1252 with undecodable bytes replaced. Never guessed from the file name."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec), codec
+            except UnicodeDecodeError as err:
+                raise ExtractionError(f"not valid {codec} after its byte-order mark") from err
     if not looks_like_text(data[:8192]):
         raise ExtractionError("binary content where text was expected (NUL bytes)")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        pass
+    from charset_normalizer import from_bytes
+
+    found = list(from_bytes(data))
+    sample = data[:65536]
+    sparse = sum(b >= 0x80 for b in sample) < len(sample) / 2
+    if found and (found[0].coherence > 0 or not sparse):
+        best = found[0]
+        tied = [m for m in found if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+        pick = next((m for m in tied if m.encoding in _WESTERN), best)
+        return str(pick), pick.encoding
+    # No language evidence (a short text) and mostly ASCII: a Western European text with a
+    # few accented letters is by far the likeliest.
+    return data.decode("cp1252", errors="replace"), "cp1252"
+
+
+def _decode_text(data: bytes) -> str:
+    return decode_text(data)[0]
 
 
 def _pdf_pages(

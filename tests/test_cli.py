@@ -257,6 +257,68 @@ def test_identity_rules_hold_across_paths_and_doors(tmp_path, monkeypatch):
     registry.drop("ids")
 
 
+def test_sync_retires_what_left_the_folder_and_nothing_else(tmp_path, monkeypatch):
+    """`alien ingest DIR --sync`: a gone file's entry is deleted, unless another path holds
+    its bytes (it stays, under that path); a gone copy is forgotten; other folders (one
+    whose name only starts the same, one that differs in a LIKE wildcard) are untouched."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ALIEN_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+
+    def ingest(*args: str) -> dict:
+        result = CliRunner().invoke(main, ["ingest", *args, "--tenant", "sync", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    folders = {name: tmp_path / name for name in ("docs_1", "docs_1-old", "docsX1")}
+    texts = {
+        "docs_1/a.txt": "Boundary layer suction on a swept wing.",
+        "docs_1/b.txt": "Heat shields ablate at hypersonic speed.",
+        "docs_1/sub/b-copy.txt": "Heat shields ablate at hypersonic speed.",
+        "docs_1/c.txt": "Flutter of a cantilever plate in supersonic flow.",
+        "docs_1-old/d.txt": "Buckling of thin cylindrical shells.",
+        "docsX1/e.txt": "Shock cells in an underexpanded jet.",
+    }
+    for rel, text in texts.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    first = ingest(*map(str, folders.values()))
+    assert first["entries"]["new"] == 5 and first["run_success"]
+    stores = _stores(home, "sync")
+
+    def names() -> set[str]:
+        return {e.source_name for e in stores.catalog.entries()}
+
+    (tmp_path / "docs_1/a.txt").unlink()
+    (tmp_path / "docs_1/sub/b-copy.txt").unlink()
+    synced = ingest(str(folders["docs_1"]), "--sync")
+    assert synced["retired"] == {"deleted": 1, "handed_over": 0, "forgotten": 1}
+    assert synced["run_id"] is None  # nothing left to process
+    assert names() == {"b.txt", "c.txt", "d.txt", "e.txt"}
+    b = next(e for e in stores.catalog.entries() if e.source_name == "b.txt")
+    assert stores.catalog.sources(b.id) == []
+
+    (tmp_path / "docs_1/sub").mkdir(exist_ok=True)
+    (tmp_path / "docs_1/sub/b-copy.txt").write_text(texts["docs_1/b.txt"])
+    assert ingest(str(folders["docs_1"]))["entries"]["unchanged"] == 3  # the copy is back
+    (tmp_path / "docs_1/b.txt").unlink()
+    moved = ingest(str(folders["docs_1"]), "--sync")
+    assert moved["retired"] == {"deleted": 0, "handed_over": 1, "forgotten": 0}
+    held = stores.catalog.get_entry(b.id)
+    assert held is not None and held.source_name == "sub/b-copy.txt"
+    assert names() == {"sub/b-copy.txt", "c.txt", "d.txt", "e.txt"}
+    # without --sync nothing leaves; a file given by name is never retired
+    (tmp_path / "docs_1/c.txt").unlink()
+    assert ingest(str(folders["docs_1"]))["retired"]["deleted"] == 0
+    assert ingest(str(tmp_path / "docs_1/sub/b-copy.txt"), "--sync")["retired"]["deleted"] == 0
+    assert "c.txt" in names()
+    assert ingest(str(folders["docs_1"]), "--sync")["retired"]["deleted"] == 1
+    assert names() == {"sub/b-copy.txt", "d.txt", "e.txt"}
+    assert json.loads(CliRunner().invoke(main, ["check", "--tenant", "sync", "--json"]).output)[
+        "passed"
+    ]
+
+
 def test_changing_one_file_reprocesses_only_that_file(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("ALIEN_HOME", str(home))

@@ -6,6 +6,7 @@ import pytest
 from resources.extract import (
     PDF,
     ExtractionError,
+    decode_text,
     detect_media_type,
     extract_pages,
     html_to_text,
@@ -93,6 +94,50 @@ def test_html_markdown_and_text(tmp_path):
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9".encode("cp1252"))
     assert _extract(latin)[0].text == "café"
+
+
+# Sentences written for these tests, one per language, each long enough to be a paragraph.
+PARAGRAPHS = {
+    "ja": "東京の大学で航空工学を学ぶ学生たちは、風洞実験で翼の周りの境界層の遷移を観察した。"
+    "実験の結果は、理論的な予測とよく一致していた。",
+    "zh": "研究人员在风洞中测量了机翼周围的边界层转捩，并将实验结果与理论预测进行了比较。"
+    "结果表明两者基本一致。",
+    "zh-Hant": "研究人員在風洞中測量了機翼周圍的邊界層轉捩，並將實驗結果與理論預測進行了比較。"
+    "結果表明兩者基本一致。",
+    "ko": "연구자들은 풍동에서 날개 주위의 경계층 천이를 측정하고 실험 결과를 이론적 예측과 "
+    "비교하였다. 결과는 대체로 일치하였다.",
+    "de": "Die Grenzschicht an einem gepfeilten Flügel strömt zur Flügelspitze hin; größere "
+    "Pfeilung verzögert den Überschallwiderstand.",
+    "fr": "La couche limite sur une aile en flèche s'écoule vers l'extrémité ; une flèche plus "
+    "forte retarde la traînée d'onde.",
+    "ru": "Пограничный слой на стреловидном крыле течёт к концу крыла; большая стреловидность "
+    "задерживает волновое сопротивление.",
+}
+LEGACY = [
+    ("ja", "shift_jis"), ("ja", "euc_jp"), ("zh", "gb18030"), ("zh-Hant", "big5"),
+    ("ko", "euc_kr"), ("de", "latin-1"), ("fr", "latin-1"), ("fr", "cp1252"),
+    ("ru", "cp1251"), ("ru", "koi8_r"), ("de", "utf-16"), ("ja", "utf-8-sig"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("language", "encoding"), LEGACY)
+def test_text_in_a_legacy_encoding_is_decoded_exactly(tmp_path, language, encoding):
+    text = PARAGRAPHS[language]
+    data = text.encode(encoding)
+    assert decode_text(data)[0] == text
+    path = tmp_path / "notes.txt"
+    path.write_bytes(data)
+    assert _extract(path)[0].text == text
+
+
+@pytest.mark.parametrize("word", ["naïve", "Straße", "café crème", "Æbleskiver"])
+def test_a_few_accented_letters_without_language_evidence_read_as_cp1252(word):
+    assert decode_text(word.encode("cp1252")) == (word, "cp1252")
+
+
+def test_a_byte_order_mark_with_invalid_bytes_after_it_is_a_clear_error():
+    with pytest.raises(ExtractionError, match="not valid utf-8-sig after its byte-order mark"):
+        decode_text(b"\xef\xbb\xbfok \xff\xfe\xfd")
 
 
 def test_media_type_detection():
