@@ -748,8 +748,8 @@ def run_vector_index(
     active one in one catalog update and the old one is dropped.
     """
     space = stores.target_space()
-    if space != stores.active_space():
-        stores.prepare_space(space)
+    if not space.created:  # a model change's new space, not recorded yet
+        space = stores.prepare_space(space)
     index = stores.vectors_in(space)
 
     def write(entry: Entry) -> int:

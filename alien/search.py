@@ -117,22 +117,20 @@ def rank_chunks(
         ]
     if mode in ("hybrid", "vector"):
         # The active space, with its own model: during a model change, the old one until
-        # the new one is complete (``alien.pipeline.run_vector_index``). A switch (and the
-        # old space's drop) between reading the pointer and searching: read the new one.
+        # the new one is complete (``alien.pipeline.run_vector_index``). A switch between
+        # reading the pointer and searching leaves the old space whole, or, once dropped,
+        # fails the search: then the new one is read.
         for attempt in range(2):
             index, embedder = stores.search_vectors()
             if query_vector is None or len(query_vector) != index.dim:
                 query_vector = embedder.embed([query], urgent=True)[0]
             try:
                 hits = index.search(query_vector, depth, dataset=dataset, entries=entries)
-            except Exception:  # the space was dropped under this search: read the new one
+                break
+            except Exception:
                 if attempt or stores.active_space().holds(index.model, index.dim):
                     raise
                 query_vector = None
-                continue
-            if stores.active_space().holds(index.model, index.dim):
-                break
-            query_vector = None
         vector = [RankedChunk(h.id, h.score, h.entry_id) for h in hits]
     if mode == "keyword":
         return keyword[:top_k]

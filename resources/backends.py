@@ -471,7 +471,7 @@ class QdrantVectorsBackend(StoreBackend):
     def provision(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.qdrant import register_generation
 
-        if not self.collections(tenant):  # a tenant's first space; later ones: prepare_space
+        if not self.exists(tenant, root):  # a tenant's first space; later ones: prepare_space
             self._index(tenant, VectorSpace(self.model, self.dim)).create()
         if generation and not self.local:
             register_generation(self.admin, tenant, generation)
@@ -483,7 +483,11 @@ class QdrantVectorsBackend(StoreBackend):
         self._index(tenant, space).drop()
 
     def exists(self, tenant: TenantId, root: Path) -> bool:
-        return bool(self.collections(tenant))
+        """One call while the tenant's first collection is there (listing every collection
+        of the server only after a model change dropped it)."""
+        return bool(self.admin.collection_exists(self.collection(tenant))) or bool(
+            self.collections(tenant)
+        )
 
     def retire(self, tenant: TenantId, root: Path, generation: str = "") -> None:
         from resources.qdrant import forget_generation

@@ -151,10 +151,19 @@ class TenantStores:
             same_cut = False
         return VectorSpace.of(model, dim, active.chunked_as if same_cut else "")
 
+    def model_work(self) -> str | None:
+        """What a model change still waits a run for, or None: its space is not the searched
+        one yet (``"model/dim"``), or is and its own chunks are still to be cut
+        (``"model/dim/chunks"``)."""
+        target = self.target_space()
+        if target != self.active_space():
+            return f"{target.model}/{target.dim}"
+        if self.catalog.rechunk_pending():
+            return f"{target.model}/{target.dim}/chunks"
+        return None
+
     def model_work_pending(self) -> bool:
-        """Whether a model change waits for a run: its space is not the searched one yet, or
-        is and its own chunks are still to be cut."""
-        return self.target_space() != self.active_space() or self.catalog.rechunk_pending()
+        return self.model_work() is not None
 
     def embedder_of(self, model: str) -> Embedder:
         """The embedder of ``model``: the configured one, or another loaded on first use."""
@@ -209,10 +218,12 @@ class TenantStores:
             self._evict({(s.name, s.created) for s, _ in self.catalog.vector_spaces()})
         return self.vectors_in(space), self.embedder_of(space.model)
 
-    def prepare_space(self, space: VectorSpace) -> None:
-        """Make the space's collection (where the store needs that) and record it."""
+    def prepare_space(self, space: VectorSpace) -> VectorSpace:
+        """Make the space's collection (where the store needs that) and record it; the space
+        as recorded (with its creation time, which keys this process's handles)."""
         self.vector_store.prepare_space(self.tenant, self.root, space)
         self.catalog.add_vector_space(space)
+        return next(s for s, _ in self.catalog.vector_spaces() if s.name == space.name)
 
     def switch_space(self, space: VectorSpace) -> list[VectorSpace]:
         """Make ``space`` the one searches read, then drop every other; the dropped ones.
@@ -355,8 +366,8 @@ class TenantRegistry:
             if kind == "catalog":
                 stores.catalog.create()  # migrations and the tenant row, as the tenant's role
             elif kind == "vectors":  # the configured model's space (a model change's too)
-                stores.prepare_space(stores.target_space())
-                stores.vectors.count()  # an embedded file is made now
+                space = stores.prepare_space(stores.target_space())
+                stores.vectors_in(space).count()  # an embedded file is made now
         except Exception as err:
             self.cluster.record_store(tenant, kind, "failed", f"{type(err).__name__}: {err}")
             raise

@@ -44,12 +44,7 @@ def work_fingerprint(
     orphaned = sorted(c for c in stores.catalog.claims() if ended is not None and ended(c))
     # a deletion interrupted part-way (one in flight now is younger than this)
     tombstones = [e.id for e in stores.catalog.deleting(utcnow() - TOMBSTONE_GRACE, limit=1)]
-    # a model change: the configured model's space is not the one searches read yet, or is
-    # and cuts other chunks than the ones its vectors were made from at first
-    target = stores.target_space()
-    model = None if target == stores.active_space() else f"{target.model}/{target.dim}"
-    if model is None and stores.catalog.rechunk_pending():
-        model = f"{target.model}/{target.dim}/chunks"
+    model = stores.model_work()  # a model change's backfill, or its re-chunking
     if not inbox and pending is None and not orphaned and not tombstones and model is None:
         return None
     raw = json.dumps(
