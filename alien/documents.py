@@ -14,8 +14,9 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy.exc import IntegrityError
 
 from alien.layout import derived_keys, figures_prefix, raw_key
-from resources.catalog import Entry, EntrySource, EntryStatus
-from resources.extract import detect_media_type
+from resources.catalog import Entry, EntrySource, EntryStatus, attachment_prefix
+from resources.extract import Refused, admit, detect_media_type
+from resources.formats import EMAIL_TYPES, attachments
 from resources.stores import TenantStores
 
 Outcome = Literal["new", "unchanged", "updated"]
@@ -70,21 +71,20 @@ def register_source(
         if entry is not None and entry.sha256 == alias.sha256:
             return Registration(entry, "unchanged")
     limit = stores.settings.max_file_bytes
-    if size > limit:
+
+    def refuse(reason: str) -> Registration:
+        """Nothing is stored: the source gets a failed entry of its own with the reason."""
+        nonlocal existing
         if alias is not None:
             catalog.remove_source(dataset, source_uri)
         if existing is not None and _hand_over(stores, existing):
             existing = None  # its copies keep the entry; this path gets one of its own
         return _register_refused(
-            stores,
-            existing,
-            dataset,
-            source_uri,
-            source_name,
-            size,
-            mtime_ns,
-            f"file too large ({size} bytes; the limit is {limit})",
+            stores, existing, dataset, source_uri, source_name, size, mtime_ns, reason
         )
+
+    if size > limit:  # refused before a byte is read
+        return refuse(f"file too large ({size} bytes; the limit is {limit})")
     sha256, head, size = _hash_stream(open_stream)
     if existing is not None and existing.sha256 == sha256:
         if existing.source_mtime_ns != mtime_ns:
@@ -113,9 +113,13 @@ def register_source(
                 EntrySource(dataset, source_uri, same.id, source_name, size, sha256, mtime_ns)
             )
             return Registration(same, "unchanged")
+    try:
+        media_type = _admit(source_name, head, open_stream, size, limit)
+    except Refused as err:
+        return refuse(str(err))
+    if existing is None:
         if alias is not None:  # its bytes changed to new ones: it leaves its old entry
             catalog.remove_source(dataset, source_uri)
-        media_type = detect_media_type(source_name, head)
         entry = _store_new(
             stores,
             open_stream,
@@ -128,7 +132,6 @@ def register_source(
             source_mtime_ns=mtime_ns,
         )
         return Registration(entry, "new")
-    media_type = detect_media_type(source_name, head)
     with open_stream() as stream:
         stores.objects.put_stream(raw_key(existing.id), stream)
     if existing.object_key and existing.object_key != raw_key(existing.id):
@@ -148,6 +151,14 @@ def register_source(
     updated = catalog.get_entry(existing.id)
     assert updated is not None
     return Registration(updated, "updated")
+
+
+def _admit(
+    name: str, head: bytes, open_stream: Callable[[], BinaryIO], size: int, limit: int
+) -> str:
+    """``admit`` with the file open, seekable, for a look inside a ZIP or OLE container."""
+    with open_stream() as stream:
+        return admit(name, head, stream if stream.seekable() else None, size, max_bytes=limit)
 
 
 def _hand_over(stores: TenantStores, entry: Entry) -> bool:
@@ -207,7 +218,7 @@ def _register_refused(
             dataset=dataset,
             source_uri=source_uri,
             source_name=source_name,
-            media_type=detect_media_type(source_name, b""),
+            media_type=detect_media_type(source_name, b"") if size else "application/octet-stream",
             size=size,
             sha256="",
             source_mtime_ns=mtime_ns,
@@ -336,6 +347,30 @@ def remove_derived(stores: TenantStores, entry_id: str) -> None:
     stores.objects.delete_prefix(figures_prefix(entry_id))
 
 
+def unpack_attachments(stores: TenantStores, entry: Entry) -> dict[str, int]:
+    """Register the files attached to an email entry as entries of their own, admitted and
+    identified like any upload, their source ``attachment:<email id>/<n>/<name>`` linking them
+    to the email; attachments a previous version of the email had are retired. Counts by
+    outcome; ``FormatError`` when the message cannot be read."""
+    prefix = attachment_prefix(entry.id)
+    with stores.objects.local_path(entry.object_key) as path:
+        found = attachments(path, entry.media_type)
+    counts = {"new": 0, "updated": 0, "unchanged": 0, "retired": 0}
+    kept = set()
+    for n, attachment in enumerate(found, 1):
+        uri = f"{prefix}{n}/{attachment.name}"
+        kept.add(uri)
+        reg = register_bytes(
+            stores, attachment.data, dataset=entry.dataset, source_uri=uri,
+            source_name=attachment.name,
+        )  # fmt: skip
+        counts[reg.outcome] += 1
+    for uri in sorted(stores.catalog.source_uris(entry.dataset, prefix) - kept):
+        retire_source(stores, entry.dataset, uri)
+        counts["retired"] += 1
+    return counts
+
+
 def path_uri(path: Path) -> str:
     """The source URI of a local file or folder: its absolute path."""
     return f"file://{Path(path).resolve()}"
@@ -372,7 +407,13 @@ def delete_entry(stores: TenantStores, entry_id: str) -> bool:
 
 
 def _remove_all(stores: TenantStores, entry: Entry) -> None:
-    """Everything of a tombstoned entry, in an order a crash can resume (idempotent)."""
+    """Everything of a tombstoned entry, in an order a crash can resume (idempotent); the
+    files attached to an email leave with it (each as its source is retired: one that is
+    also stored from elsewhere stays, as that)."""
+    if entry.media_type in EMAIL_TYPES:
+        prefix = attachment_prefix(entry.id)
+        for uri in sorted(stores.catalog.source_uris(entry.dataset, prefix)):
+            retire_source(stores, entry.dataset, uri)
     remove_derived(stores, entry.id)
     if entry.object_key:
         stores.objects.delete(entry.object_key)

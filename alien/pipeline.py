@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from alien.documents import finish_deletions, register_source
+from alien.documents import finish_deletions, register_source, unpack_attachments
 from alien.layout import (
     INBOX,
     chunks_key,
@@ -51,6 +51,7 @@ from resources.catalog import (
 from resources.chunking import Chunk, chunk_pages
 from resources.extract import IMAGE_TYPES, PDF, DocumentLimits, ExtractionError, PageText
 from resources.extract_worker import BoundedExtractor, ExtractionJob
+from resources.formats import EMAIL_TYPES, FormatError
 from resources.keywords import KeywordDoc
 from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
 from resources.outages import reraise_outage
@@ -294,6 +295,10 @@ def _unexpected(err: BaseException) -> str:
     return f"internal error ({type(err).__name__}); the service log has the details"
 
 
+# An attachment that is an email is unpacked too, to this depth.
+_MAX_EMAIL_NESTING = 4
+
+
 # -- raw_documents --------------------------------------------------------------------------
 def drain_inbox(stores: TenantStores, dataset: str = DEFAULT_DATASET) -> dict[str, int]:
     """Register every file in the tenant's inbox folder, then remove it from the inbox: once
@@ -343,31 +348,61 @@ def run_raw_documents(
         if full_refresh or stores.catalog.has_unfinished() or stores.model_work_pending():
             # This run will embed: load the model while the next steps extract and chunk.
             stores.embedder.preload()
-        hashes = stores.catalog.entry_hashes()  # two columns: tenants hold 100,000 entries
-        upstream = {eid: (sha, sha) for eid, sha in hashes.items() if sha}
-        plan = _plan(stores, RAW, upstream, "", full_refresh)
-        records = []
-        if progress and plan.todo:
-            progress(RAW, 0, len(plan.todo))
-        todo = {e.id: e for e in stores.catalog.entries(ids=[t[0] for t in plan.todo])}
-        for eid, input_hash, sha in plan.todo:
-            entry = todo.get(eid)
-            if entry is None:
-                continue  # deleted meanwhile
-            if not stores.objects.exists(entry.object_key or raw_key(eid)):
-                _fail(stores, RAW, eid, input_hash, sha, "original file missing from object store")
-                report.failed += 1
-                continue
-            records.append(ManifestRecord(eid, input_hash, sha, output_key=entry.object_key))
-        stores.catalog.record_manifest(RAW, records)
-        if progress and plan.todo:
-            progress(RAW, len(plan.todo), len(plan.todo))
-        report.processed = len(records)
-        stores.catalog.forget_manifest(RAW, plan.remove)
-        report.removed = len(plan.remove)
+        # An email's attachments become entries of their own in this step; an attachment
+        # that is an email is unpacked in the next round (nesting is bounded).
+        for _ in range(_MAX_EMAIL_NESTING + 1):
+            hashes = stores.catalog.entry_hashes()  # two columns: tenants hold 100,000 entries
+            upstream = {eid: (sha, sha) for eid, sha in hashes.items() if sha}
+            plan = _plan(stores, RAW, upstream, "", full_refresh and not report.processed)
+            emails = _record_originals(stores, plan, report, progress)
+            unpacked = 0
+            for entry in emails:
+                try:
+                    counts = unpack_attachments(stores, entry)
+                except FormatError as err:
+                    sha = entry.sha256
+                    _fail(stores, RAW, entry.id, _input_hash(RAW, sha, ""), sha, str(err))
+                    report.failed += 1
+                    continue
+                unpacked += counts["new"] + counts["updated"]
+                report.details["attachments"] = report.details.get("attachments", 0) + sum(
+                    counts[k] for k in ("new", "updated", "unchanged")
+                )
+            if not unpacked:
+                break
         report.unchanged = plan.unchanged
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record_originals(
+    stores: TenantStores, plan: _Plan, report: StepReport, progress: Progress | None
+) -> list[Entry]:
+    """Record the planned entries whose original is in the object store (the others fail);
+    the emails among them, whose attachments are to be unpacked."""
+    records, emails = [], []
+    if progress and plan.todo:
+        progress(RAW, 0, len(plan.todo))
+    todo = {e.id: e for e in stores.catalog.entries(ids=[t[0] for t in plan.todo])}
+    for eid, input_hash, sha in plan.todo:
+        entry = todo.get(eid)
+        if entry is None:
+            continue  # deleted meanwhile
+        if not stores.objects.exists(entry.object_key or raw_key(eid)):
+            _fail(stores, RAW, eid, input_hash, sha, "original file missing from object store")
+            report.failed += 1
+            continue
+        records.append(ManifestRecord(eid, input_hash, sha, output_key=entry.object_key))
+        if entry.media_type in EMAIL_TYPES:
+            emails.append(entry)
+    stores.catalog.record_manifest(RAW, records)
+    if progress and plan.todo:
+        progress(RAW, len(plan.todo), len(plan.todo))
+    report.processed += len(records)
+    stores.catalog.forget_manifest(RAW, plan.remove)
+    report.removed += len(plan.remove)
+    report.unchanged = plan.unchanged
+    return emails
 
 
 # -- ocr_output (text extraction, OCR for scanned pages) ------------------------------------

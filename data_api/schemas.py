@@ -77,6 +77,11 @@ class EntryPublic(BaseModel):
     entry_id: str
     dataset: str
     source_name: str
+    attached_to: str | None = Field(
+        default=None,
+        description="The email entry this file came attached to (deleting the email deletes "
+        "it, unless its bytes are also stored from elsewhere); null for other entries",
+    )
     media_type: str
     size: int
     sha256: str

@@ -408,12 +408,20 @@ class Entry:
             updated_at=as_utc(row.updated_at),
         )
 
+    @property
+    def attached_to(self) -> str | None:
+        """The id of the email this entry came attached to (its own source), else None."""
+        if not self.source_uri.startswith(ATTACHMENT_SCHEME):
+            return None
+        return self.source_uri[len(ATTACHMENT_SCHEME) :].split("/", 1)[0]
+
     def public(self) -> dict[str, Any]:
         """Metadata only, JSON-ready (no content)."""
         return {
             "entry_id": self.id,
             "dataset": self.dataset,
             "source_name": self.source_name,
+            "attached_to": self.attached_to,
             "media_type": self.media_type,
             "size": self.size,
             "sha256": self.sha256,
@@ -424,6 +432,15 @@ class Entry:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+# The source URI of a file attached to an email entry: ``attachment:<email id>/<n>/<name>``.
+ATTACHMENT_SCHEME = "attachment:"
+
+
+def attachment_prefix(entry_id: str) -> str:
+    """The prefix of the source URIs of the files attached to the email ``entry_id``."""
+    return f"{ATTACHMENT_SCHEME}{entry_id}/"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Text extraction: PDF text layer (OCR for image-only pages), images, plain text, Markdown, HTML.
+"""Text extraction: PDF text layer (OCR for image-only pages), images, plain text, Markdown,
+HTML, and the office, e-book and email formats of ``resources.formats``.
 
 PDFs are read page by page through pdfium, which reads the file lazily: a large PDF is never
 loaded whole into memory. Every failure is an ``ExtractionError`` whose message is the reason
@@ -17,7 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import BinaryIO
 
+from resources import formats
 from resources.ocr import OcrEngine, OcrError
 
 PDF = "application/pdf"
@@ -25,7 +28,9 @@ TEXT = "text/plain"
 MARKDOWN = "text/markdown"
 HTML = "text/html"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff")
-SUPPORTED_TYPES = (PDF, TEXT, MARKDOWN, HTML, *IMAGE_TYPES)
+SUPPORTED_TYPES = (PDF, TEXT, MARKDOWN, HTML, *IMAGE_TYPES, *formats.FORMAT_TYPES)
+# Types whose reader decodes the bytes as text (any encoding; see ``decode_text``).
+TEXT_TYPES = (TEXT, MARKDOWN, HTML, formats.CSV, formats.EML, formats.RTF)
 
 _EXTENSIONS = {
     ".pdf": PDF,
@@ -40,6 +45,7 @@ _EXTENSIONS = {
     ".jpeg": "image/jpeg",
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
+    **formats.EXTENSIONS,
 }
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -63,12 +69,15 @@ class PageText:
 
 
 def sniff_media_type(head: bytes) -> str | None:
-    """The media type the first bytes prove (PDF and images carry a signature), else None."""
+    """The media type the first bytes prove (PDF, images and RTF carry a signature), else
+    None. ZIP and OLE containers need the whole file: see ``detect_media_type``."""
     if b"%PDF-" in head[:1024]:
         return PDF
     for magic, media_type in _MAGIC:
         if head.startswith(magic):
             return media_type
+    if head.lstrip()[:5] == b"{\\rtf":
+        return formats.RTF
     return None
 
 
@@ -91,16 +100,111 @@ def looks_like_text(head: bytes) -> bool:
     return b"\x00" not in head or any(head.startswith(bom) for bom, _ in _BOMS)
 
 
-def detect_media_type(name: str, head: bytes) -> str:
-    """Media type from content magic, else from the file name's extension."""
+def detect_media_type(name: str, head: bytes, stream: BinaryIO | None = None) -> str:
+    """The media type of a file: what its bytes prove, else what its name says.
+
+    A signature decides (PDF, images, RTF); a ZIP or OLE container is opened (``stream``,
+    seekable) to tell DOCX from XLSX, an OpenDocument file, EPUB, an Outlook message, an
+    encrypted or a legacy Office file. A container that proves nothing more keeps the type its
+    name gives, so that a damaged DOCX fails as a corrupt DOCX. Text is what its name says,
+    or an email when it starts with a mail header block."""
     sniffed = sniff_media_type(head)
     if sniffed is not None:
         return sniffed
-    suffix = Path(name).suffix.lower()
-    if suffix in _EXTENSIONS:
-        return _EXTENSIONS[suffix]
+    named = _named_type(name)
+    if stream is not None:
+        inside = formats.sniff_container(stream)
+        if inside == formats.ENCRYPTED_OFFICE and named in formats.OOXML_TYPES:
+            return named  # its reader says it is encrypted, naming its kind
+        if inside in (formats.ZIP, formats.OLE) and named is not None:
+            return named
+        if inside is not None:
+            return inside
+    if named is not None:
+        return named
+    if looks_like_text(head) and formats.looks_like_email(head):
+        return formats.EML
     guessed, _ = mimetypes.guess_type(name)
     return guessed or "application/octet-stream"
+
+
+def _named_type(name: str) -> str | None:
+    return _EXTENSIONS.get(Path(name).suffix.lower())
+
+
+_GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_SIGNED_TYPES = (PDF, *IMAGE_TYPES, formats.RTF)  # whose bytes always start with a signature
+_SIGNED_NAMES = {
+    PDF: "PDF",
+    "image/png": "PNG image",
+    "image/jpeg": "JPEG image",
+    "image/tiff": "TIFF image",
+    formats.RTF: "RTF document",
+}
+_ZIP_TYPES = (*formats.OOXML_TYPES, *formats.ODF_TYPES, formats.EPUB)
+
+
+class Refused(Exception):
+    """A file refused at the door, before anything is stored. ``kind`` is one of
+    ``too_large``, ``empty``, ``unsupported``, ``mismatch``; ``str(err)`` is the reason."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+def admit(
+    name: str,
+    head: bytes,
+    stream: BinaryIO | None,
+    size: int,
+    *,
+    max_bytes: int,
+    claimed: str | None = None,
+) -> str:
+    """The one admission policy of every door (CLI, inbox, S3 source, Data API): the media
+    type a file is indexed as, or ``Refused`` with the reason.
+
+    Refused: over ``max_bytes``; empty; a type no reader handles (legacy and encrypted Office
+    files are named as such); bytes that contradict the type (a signature or a container of
+    another type, a file named PDF without a PDF header, binary bytes named text); a
+    ``claimed`` type (the API's part header) other than the one the bytes prove. Damage deeper
+    than the first bytes (a truncated DOCX, a corrupt PDF) is found when the file is read, and
+    its entry fails with the reason then."""
+    if size > max_bytes:
+        raise Refused("too_large", f"file too large ({size} bytes; the limit is {max_bytes})")
+    if size == 0:
+        raise Refused("empty", "empty file (0 bytes)")
+    claimed = (claimed or "").split(";")[0].strip().lower()
+    if claimed in _GENERIC_TYPES:
+        media_type = detect_media_type(name, head, stream)
+    else:
+        if claimed not in SUPPORTED_TYPES:
+            raise Refused("unsupported", unsupported_reason(claimed))
+        proven = sniff_media_type(head)
+        if proven is None and stream is not None:
+            proven = formats.sniff_container(stream)
+            if proven in (formats.ZIP, formats.OLE) or (
+                proven == formats.ENCRYPTED_OFFICE and claimed in formats.OOXML_TYPES
+            ):
+                proven = None  # a container that proves no other type
+        if proven is not None and proven != claimed:
+            raise Refused(
+                "mismatch", f"the file is claimed as {claimed!r} but its bytes are {proven!r}"
+            )
+        media_type = claimed
+    if media_type not in SUPPORTED_TYPES:
+        raise Refused("unsupported", unsupported_reason(media_type))
+    if media_type in _SIGNED_TYPES and sniff_media_type(head) != media_type:
+        kind = _SIGNED_NAMES.get(media_type, media_type)
+        raise Refused("mismatch", f"not a {kind}: the bytes do not start with its signature")
+    if media_type in _ZIP_TYPES and not head.startswith((b"PK\x03\x04", formats.OLE_MAGIC)):
+        raise Refused("mismatch", f"the bytes are not a ZIP container, as {media_type} is")
+    if media_type == formats.MSG and not head.startswith(formats.OLE_MAGIC):
+        raise Refused("mismatch", "the bytes are not an OLE container, as an Outlook message is")
+    if media_type in TEXT_TYPES and not looks_like_text(head):
+        raise Refused("mismatch", f"binary bytes where {media_type} was expected")
+    return media_type
 
 
 @dataclass(frozen=True)
@@ -151,6 +255,18 @@ def extract_pages(
         yield from _pdf_pages(path, ocr, ocr_dpi, limits)
     elif media_type in IMAGE_TYPES:
         yield _image_page(path, ocr, limits)
+    elif media_type in formats.FORMAT_TYPES:
+        try:
+            pages = formats.read_pages(
+                path,
+                media_type,
+                max_decompressed_bytes=limits.max_decompressed_bytes,
+                max_text_bytes=max_text_bytes,
+            )
+        except formats.FormatError as err:
+            raise ExtractionError(str(err)) from None
+        for page in pages:
+            yield PageText(page.page, page.text, "text" if page.text.strip() else "empty")
     elif media_type in (TEXT, MARKDOWN, HTML):
         if size > max_text_bytes:
             raise ExtractionError(
@@ -161,9 +277,15 @@ def extract_pages(
             text = html_to_text(text)
         yield PageText(page=1, text=text, method="text")
     else:
-        raise ExtractionError(
-            f"unsupported media type {media_type!r}; supported: {', '.join(SUPPORTED_TYPES)}"
-        )
+        raise ExtractionError(unsupported_reason(media_type))
+
+
+def unsupported_reason(media_type: str) -> str:
+    """Why a file of ``media_type`` is not read, for the user."""
+    return formats.unreadable_reason(media_type) or (
+        f"unsupported media type {media_type!r}; supported: PDF, text, Markdown, HTML, CSV, "
+        "PNG, JPEG, TIFF, DOCX, PPTX, XLSX, ODT, ODS, ODP, EPUB, RTF, email (.eml, .msg)"
+    )
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
@@ -334,14 +456,15 @@ _BLOCK_TAGS = {
 
 
 class _HtmlText(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, title: bool) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skip = 0
         self._in_title = False
+        self._title = title
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
+        if tag == "title" and self._title:
             self._in_title = True
         elif tag in _SKIP_TAGS:
             self._skip += 1
@@ -361,9 +484,10 @@ class _HtmlText(HTMLParser):
             self.parts.append(data)
 
 
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML document, with the title and block-level line breaks."""
-    parser = _HtmlText()
+def html_to_text(html: str, *, title: bool = True) -> str:
+    """Visible text of an HTML document, with block-level line breaks, and its title unless
+    ``title`` is false (an e-book's chapter files often bear a file name there)."""
+    parser = _HtmlText(title)
     parser.feed(html)
     parser.close()
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
