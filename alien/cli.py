@@ -183,19 +183,6 @@ def main(ctx: click.Context) -> None:
 
 
 # -- ingest ---------------------------------------------------------------------------------
-def _iter_files(paths: tuple[Path, ...]) -> Iterator[tuple[Path, str]]:
-    for root in paths:
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                rel = path.relative_to(root)
-                if not any(part.startswith(".") for part in rel.parts):
-                    yield path, rel.as_posix()
-        elif root.is_file():
-            yield root, root.name
-        else:
-            raise click.BadParameter(f"no such file or directory: {root}", param_hint="PATH")
-
-
 @contextlib.contextmanager
 def _interruptible() -> Iterator[threading.Event]:
     """Ctrl-C (SIGINT) or SIGTERM sets the event: the run stops at its next document or batch
@@ -255,55 +242,94 @@ def _ingest_run(
 
 
 def _retire_missing(
-    stores: TenantStores, dataset: str, roots: tuple[Path, ...], seen: set[str]
+    stores: TenantStores, dataset: str, prefixes: list[str], seen: set[str]
 ) -> dict[str, int]:
-    """``--sync``: the sources under each folder among ``roots`` that this ingest did not
-    find leave the dataset (``alien.documents.retire_source``); counts by outcome."""
-    from alien.documents import path_uri, retire_source
+    """``--sync``: the sources under each folder or S3 prefix that this ingest did not find
+    leave the dataset (``alien.documents.retire_source``); counts by outcome."""
+    from alien.documents import retire_source
 
     retired = {"deleted": 0, "handed_over": 0, "forgotten": 0}
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for uri in sorted(stores.catalog.source_uris(dataset, path_uri(root) + "/") - seen):
+    for prefix in prefixes:
+        for uri in sorted(stores.catalog.source_uris(dataset, prefix) - seen):
             outcome = retire_source(stores, dataset, uri)
             if outcome in retired:
                 retired[outcome] += 1
     return retired
 
 
+@contextlib.contextmanager
+def _listed(locations: tuple[str, ...], credentials: Any) -> Iterator[tuple[list[Any], list[str]]]:
+    """Every file of the locations (local files and folders, ``s3://bucket/prefix``) and the
+    URI prefixes ``--sync`` retires under; S3 downloads are removed on the way out."""
+    from alien.sources import S3Files, SourceError, is_s3, local_files, local_prefix
+
+    files: list[Any] = []
+    prefixes: list[str] = []
+    buckets: list[S3Files] = []
+    try:
+        for location in locations:
+            if is_s3(location):
+                bucket = S3Files(location, credentials)
+                buckets.append(bucket)
+                files.extend(bucket.files())
+                prefixes.append(bucket.sync_prefix)
+            else:
+                root = Path(location)
+                files.extend(local_files(root))
+                prefix = local_prefix(root)
+                if prefix is not None:
+                    prefixes.append(prefix)
+        yield files, prefixes
+    except SourceError as exc:
+        raise click.BadParameter(str(exc), param_hint="PATH") from None
+    finally:
+        for bucket in buckets:
+            bucket.close()
+
+
 def ingest_paths(
     ctx: Ctx,
-    paths: tuple[Path, ...],
+    paths: tuple[str | Path, ...],
     tenant: str,
     dataset: str,
     show_progress: bool,
     sync: bool = False,
+    credentials: Any = None,
 ) -> dict[str, Any]:
     from alien import pipeline
-    from alien.documents import path_uri, register_path
+    from alien.documents import register_source
+    from alien.sources import S3Credentials
 
     started = time.perf_counter()
     reg = ctx.registry
     stores = reg.open(tenant) if reg.exists(tenant) else reg.create(tenant)
     stores.catalog.ensure_dataset(dataset)
-    files = list(_iter_files(paths))
     counts = {"new": 0, "unchanged": 0, "updated": 0, "failed": 0}
     retired = {"deleted": 0, "handed_over": 0, "forgotten": 0}
     entry_ids = []
     run = None
-    with _interruptible() as cancel, _progress(show_progress) as bar:
+    locations = tuple(str(p) for p in paths)
+    with (
+        _interruptible() as cancel,
+        _progress(show_progress) as bar,
+        _listed(locations, credentials or S3Credentials()) as (files, prefixes),
+    ):
         task = bar.add_task("register", total=len(files))
-        for path, name in files:
+        for file in files:
             if cancel.is_set():
                 break
-            reg = register_path(stores, path, dataset=dataset, source_name=name)
+            try:
+                reg = register_source(
+                    stores, dataset=dataset, source_uri=file.uri, source_name=file.name,
+                    open_stream=file.open, size=file.size, mtime_ns=file.mtime_ns,
+                )  # fmt: skip
+            finally:
+                file.release()
             counts[reg.outcome] += 1
             entry_ids.append(reg.entry.id)
             bar.advance(task)
         if sync and not cancel.is_set():  # only after every file present was seen
-            seen = {path_uri(path) for path, _ in files}
-            retired = _retire_missing(stores, dataset, paths, seen)
+            retired = _retire_missing(stores, dataset, prefixes, {f.uri for f in files})
         needs_run = (
             counts["new"] + counts["updated"] > 0
             or stores.catalog.has_unfinished()
@@ -353,7 +379,7 @@ def ingest_paths(
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
 @_tenant_option
 @click.option(
     "--dataset", "-d", default=DEFAULT_DATASET, show_default=True, help="Dataset to add them to."
@@ -363,23 +389,51 @@ def ingest_paths(
     is_flag=True,
     help="Also retire what the dataset holds from these folders whose files are gone.",
 )
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    help="S3 endpoint of s3:// sources (URL or host:port; default AWS). Env: AWS_ENDPOINT_URL.",
+)
+@click.option("--s3-access-key", envvar="AWS_ACCESS_KEY_ID", help="Env: AWS_ACCESS_KEY_ID.")
+@click.option("--s3-secret-key", envvar="AWS_SECRET_ACCESS_KEY", help="Env: AWS_SECRET_ACCESS_KEY.")
+@click.option("--s3-region", envvar="AWS_REGION", help="Env: AWS_REGION.")
 @_json_option
 @click.pass_obj
 def ingest(
-    ctx: Ctx, paths: tuple[Path, ...], tenant: str, dataset: str, sync: bool, as_json: bool
+    ctx: Ctx,
+    paths: tuple[str, ...],
+    tenant: str,
+    dataset: str,
+    sync: bool,
+    s3_endpoint: str | None,
+    s3_access_key: str | None,
+    s3_secret_key: str | None,
+    s3_region: str | None,
+    as_json: bool,
 ) -> None:
-    """Register files (directories recursively) and run the pipeline to completion.
+    """Register files (directories recursively, or the objects under s3://bucket/prefix)
+    and run the pipeline to completion.
 
-    With --sync, each folder's files that are gone since an earlier ingest leave the
+    Unchanged files (same size and modification time) are not read again. With --sync,
+    each folder's or prefix's files that are gone since an earlier ingest leave the
     dataset: an entry with no other path is deleted; one whose bytes another path also
     holds stays, under that path."""
+    from alien.sources import S3Credentials
+
+    credentials = S3Credentials(s3_endpoint, s3_access_key, s3_secret_key, s3_region)
     tenant = _tenant(tenant)
     try:
         validate_dataset(dataset)
     except InvalidTenantError as exc:
         raise click.BadParameter(str(exc), param_hint="--dataset") from None
     summary = ingest_paths(
-        ctx, paths, tenant, dataset, show_progress=not as_json and err.is_terminal, sync=sync
+        ctx,
+        paths,
+        tenant,
+        dataset,
+        show_progress=not as_json and err.is_terminal,
+        sync=sync,
+        credentials=credentials,
     )
     if as_json:
         _emit(summary)

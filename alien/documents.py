@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy.exc import IntegrityError
 
 from alien.layout import derived_keys, figures_prefix, raw_key
+from alien.sources import path_uri
 from resources.catalog import Entry, EntrySource, EntryStatus, attachment_prefix
 from resources.extract import Refused, admit, detect_media_type
 from resources.formats import EMAIL_TYPES, attachments
@@ -369,11 +370,6 @@ def unpack_attachments(stores: TenantStores, entry: Entry) -> dict[str, int]:
         retire_source(stores, entry.dataset, uri)
         counts["retired"] += 1
     return counts
-
-
-def path_uri(path: Path) -> str:
-    """The source URI of a local file or folder: its absolute path."""
-    return f"file://{Path(path).resolve()}"
 
 
 def retire_source(stores: TenantStores, dataset: str, source_uri: str) -> str:

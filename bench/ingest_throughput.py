@@ -131,14 +131,17 @@ def model_only_cold(texts: list[str], batch_size: int, tmp: Path) -> float:
 
 def ingest_warm(settings, source: Path):
     """The Dagster run for ``source`` in this process, whose model is loaded already."""
-    from alien.cli import _iter_files
-    from alien.documents import register_path
+    from alien.documents import register_source
     from alien.runner import run_ingest
+    from alien.sources import local_files
     from resources.stores import TenantRegistry
 
     stores = TenantRegistry(settings).create(TENANT + "-warm")
-    for path, name in _iter_files((source,)):
-        register_path(stores, path, dataset="default", source_name=name)
+    for file in local_files(source):
+        register_source(
+            stores, dataset="default", source_uri=file.uri, source_name=file.name,
+            open_stream=file.open, size=file.size, mtime_ns=file.mtime_ns,
+        )  # fmt: skip
     run = run_ingest(settings, stores.tenant)
     assert run.success, run.error
     return run
