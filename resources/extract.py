@@ -18,10 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from resources import formats
 from resources.ocr import OcrEngine, OcrError
+
+if TYPE_CHECKING:
+    from pypdfium2 import PdfImage
 
 PDF = "application/pdf"
 TEXT = "text/plain"
@@ -370,15 +373,15 @@ def _pdf_pages(
                     )
                     if images:
                         width, height = page.get_size()  # points: known before rendering
-                        scale = ocr_dpi / 72
-                        limits.check_pixels(
-                            f"page {index + 1}", width * scale, height * scale, ocr_dpi
-                        )
+                        dpi = _scan_dpi(images, ocr_dpi)
+                        scale = dpi / 72
+                        limits.check_pixels(f"page {index + 1}", width * scale, height * scale, dpi)
                         for number, found in enumerate(images, 1):  # each decoded to draw it
                             limits.check_pixels(
                                 f"image {number} on page {index + 1}", *found.get_px_size(), None
                             )
                         image = page.render(scale=scale, grayscale=True).to_pil()
+                        image.info["dpi"] = (dpi, dpi)  # for the OCR's own enlargement
                         item = pool.submit(ocr.read_image, image)
                 finally:
                     page.close()
@@ -391,6 +394,30 @@ def _pdf_pages(
         raise ExtractionError(f"corrupt PDF: {err}") from None
     finally:
         doc.close()
+
+
+def _scan_dpi(images: list[PdfImage], ocr_dpi: int) -> int:
+    """The resolution to render a scanned page at: ``ocr_dpi``, or the scan's own when lower
+    (its largest image's pixels per inch on the page), if that is a scanner's (100 dpi or
+    more: not a thumbnail, nor one pixel stretched over a page). Rendering a 150-dpi scan at
+    300 dpi would enlarge its grain with it; the OCR removes the grain first, then enlarges."""
+    import pypdfium2 as pdfium
+
+    try:
+        largest = max(images, key=lambda found: _area(found.get_bounds()))
+        left, bottom, right, top = largest.get_bounds()
+        px_width, px_height = largest.get_px_size()
+    except pdfium.PdfiumError:  # no bounds to measure: rendered as before
+        return ocr_dpi
+    if right - left <= 0 or top - bottom <= 0:
+        return ocr_dpi
+    own = round(max(px_width / (right - left), px_height / (top - bottom)) * 72)
+    return own if 100 <= own < ocr_dpi else ocr_dpi
+
+
+def _area(bounds: tuple[float, float, float, float]) -> float:
+    left, bottom, right, top = bounds
+    return max(0.0, right - left) * max(0.0, top - bottom)
 
 
 def _resolve(page: int, item: str | Future[str]) -> PageText:
