@@ -7,8 +7,10 @@ NumPy arrays, sorted by term, and catches up through the change log
 (``resources.changelog``); a query reads only the postings of its terms and scores them with
 BM25 in vectorised code, so its cost grows with those postings, not with a per-row callback.
 
-Terms come from ``resources.analysis`` (diacritics folded, Snowball-stemmed) for documents and
-queries alike. Typo tolerance: a query term missing from the vocabulary is replaced by the
+Terms come from ``resources.analysis`` for documents and queries alike: each chunk is analyzed
+in its own language (recorded by the pipeline; the index's default when it has none), a query in
+the language detected among those the index holds, and CJK runs are character bigrams in every
+language. Typo tolerance: a query term missing from the vocabulary is replaced by the
 vocabulary terms within one edit (words of 5+ letters) or two edits (9+ letters), counting a
 transposition as one edit, most frequent first, as Meilisearch does. A chunk that holds the
 whole query as a phrase ranks above chunks that only hold its words.
@@ -30,7 +32,7 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-from resources.analysis import Analyzer, get_analyzer
+from resources.analysis import Analyzer, detect_language, get_analyzer, is_cjk
 from resources.changelog import ChangeLoggedSqlite, entry_mask
 
 K1 = 1.2
@@ -49,6 +51,7 @@ class KeywordDoc:
     start: int
     end: int
     text: str
+    language: str | None = None  # ISO 639-1; None: the index's default language
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     start INTEGER NOT NULL,
     end INTEGER NOT NULL,
     text TEXT NOT NULL,
+    language TEXT,
     length INTEGER NOT NULL,
     term_ids BLOB NOT NULL,
     term_freqs BLOB NOT NULL
@@ -101,7 +105,7 @@ CREATE INDEX IF NOT EXISTS ix_chunks_seq ON chunks(seq);
 CREATE TABLE IF NOT EXISTS terms (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
 """
 
-_COLUMNS = "id, entry_id, dataset, chunk_index, page, start, end, text"
+_COLUMNS = "id, entry_id, dataset, chunk_index, page, start, end, text, language"
 
 
 def max_typos(word: str) -> int:
@@ -154,7 +158,8 @@ class _Cache:
         self.lengths = np.zeros(1024, dtype=np.float32)
         self.valid = np.zeros(1024, dtype=bool)
         self.dataset_codes = np.zeros(1024, dtype=np.int32)
-        self.rows: list[tuple[str, str, str, int, int | None]] = []
+        self.rows: list[tuple[str, str, str, int, int | None, str]] = []
+        self.languages: Counter[str] = Counter()  # live chunks per language
         self.position: dict[int, int] = {}  # SQLite rowid -> position
         self.datasets: dict[str, int] = {}
         self.removed = 0
@@ -180,6 +185,7 @@ class _Cache:
         self.lengths[pos] = length
         self.valid[pos] = True
         self.dataset_codes[pos] = self.datasets.setdefault(row[2], len(self.datasets))
+        self.languages[row[5]] += 1
         self.delta_rows.append((pos, tids, tfs))
         self._delta = None
         self._stats = None
@@ -189,6 +195,7 @@ class _Cache:
         if pos is not None:
             self.valid[pos] = False
             self.removed += 1
+            self.languages[self.rows[pos][5]] -= 1
             self._stats = None
 
     def seal(self) -> None:
@@ -243,6 +250,9 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
         self._terms: list[str] = []
         self._max_term_id = 0
         super().__init__(path)
+        conn = self._conn()
+        if "language" not in {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}:
+            conn.execute("ALTER TABLE chunks ADD COLUMN language TEXT")  # an index made before
 
     # -- writes --------------------------------------------------------------------------
     def _ids_for(self, conn: sqlite3.Connection, terms: set[str]) -> dict[str, int]:
@@ -264,7 +274,9 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
 
     def replace_entry(self, entry_id: str, docs: Sequence[KeywordDoc]) -> None:
         """Make the entry's documents exactly ``docs`` in one transaction (idempotent)."""
-        bags = [Counter(self.analyzer.terms(d.text)) for d in docs]
+        # A chunk without a language is the index's default language (the pipeline records one).
+        docs = [d if d.language else replace(d, language=self.analyzer.code) for d in docs]
+        bags = [Counter(get_analyzer(d.language).terms(d.text)) for d in docs]
         with self._write() as (conn, seq):
             self._delete_entry_rows(conn, [entry_id], seq)
             ids = self._ids_for(conn, set().union(*bags) if bags else set())
@@ -283,6 +295,7 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
                         doc.start,
                         doc.end,
                         doc.text,
+                        doc.language,
                         sum(bag.values()),
                         tids.tobytes(),
                         tfs.tobytes(),
@@ -290,7 +303,7 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
                 )
             conn.executemany(
                 f"INSERT INTO chunks({_COLUMNS.replace('entry_id', 'seq, entry_id')}, length,"
-                " term_ids, term_freqs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " term_ids, term_freqs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
 
@@ -309,14 +322,14 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
             with self._changes_since(cache.seq) as (conn, removed, now):
                 for rowid in removed:
                     cache.remove(int(rowid))
-                for rowid, cid, eid, ds, idx, page, length, tids, tfs in conn.execute(
-                    "SELECT rowid, id, entry_id, dataset, chunk_index, page, length, term_ids,"
-                    " term_freqs FROM chunks WHERE seq > ? ORDER BY rowid",
+                for rowid, cid, eid, ds, idx, page, lang, length, tids, tfs in conn.execute(
+                    "SELECT rowid, id, entry_id, dataset, chunk_index, page, language, length,"
+                    " term_ids, term_freqs FROM chunks WHERE seq > ? ORDER BY rowid",
                     (cache.seq,),
                 ):
                     cache.add(
                         rowid,
-                        (cid, eid, ds, idx, page),
+                        (cid, eid, ds, idx, page, lang or self.analyzer.code),
                         length,
                         np.frombuffer(tids, dtype=np.int32),
                         np.frombuffer(tfs, dtype=np.uint16),
@@ -341,9 +354,10 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
     def expand_query(self, query: str) -> list[str]:
         """The index terms a query searches for, typo-corrected where a term is unknown."""
         cache = self._refresh()
-        surface = {self.analyzer.stem(w): w for w in self.analyzer.words(query)}
+        analyzer = self.query_analyzer(query, cache)
+        surface = {analyzer.stem(w): w for w in analyzer.words(query)}
         expanded: dict[str, None] = {}
-        for term in self.analyzer.query_terms(query):
+        for term in analyzer.query_terms(query):
             typos = max_typos(surface.get(term, term))
             if self._df(cache, term) or typos == 0 or not self._terms:
                 expanded.setdefault(term, None)
@@ -359,6 +373,15 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
             for cand in corrections or [term]:
                 expanded.setdefault(cand, None)
         return list(expanded)
+
+    def query_analyzer(self, query: str, cache: _Cache | None = None) -> Analyzer:
+        """The analyzer of the query's language, detected among the languages the index holds
+        (a short query is uncertain; a language nobody here wrote in cannot be right)."""
+        cache = cache or self._refresh()
+        held = {lang for lang, n in cache.languages.items() if n > 0}
+        if len(held) <= 1:
+            return get_analyzer(next(iter(held), self.analyzer.code))
+        return get_analyzer(detect_language(query, among=held, default=self.analyzer.code))
 
     def _scores(self, cache: _Cache, terms: Sequence[str]) -> np.ndarray:
         n, avgdl = cache.stats()
@@ -409,16 +432,20 @@ class SqliteKeywordIndex(ChangeLoggedSqlite):
         top = top[np.argsort(-scores[top], kind="stable")]
         hits = []
         for pos in top:
-            cid, eid, ds, idx, page = cache.rows[pos]
+            cid, eid, ds, idx, page, _lang = cache.rows[pos]
             hits.append(KeywordHit(cid, float(scores[pos]), eid, ds, idx, page))
         return self._lift_phrases(query, hits)[:top_k]
 
     def _lift_phrases(self, query: str, hits: list[KeywordHit]) -> list[KeywordHit]:
         words = re.findall(r"\w+", query)
-        if len(words) < 2 or not hits:
+        if not hits or not (len(words) >= 2 or (words and is_cjk(words[0]) and len(words[0]) > 1)):
             return hits
-        # The words as typed, in order, separated only by spaces or punctuation.
-        pattern = re.compile(r"\b" + r"\W+".join(map(re.escape, words)) + r"\b", re.IGNORECASE)
+        # The words as typed, in order, separated only by spaces or punctuation. CJK has no
+        # word boundaries: a phrase may start or end inside a run of characters.
+        start = "" if is_cjk(words[0][0]) else r"\b"
+        end = "" if is_cjk(words[-1][-1]) else r"\b"
+        body = r"\W+".join(map(re.escape, words))
+        pattern = re.compile(start + body + end, re.IGNORECASE)
         texts = self.get_docs([h.id for h in hits[:_PHRASE_CANDIDATES]])
         lift = hits[0].score
         lifted, rest = [], []
