@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -39,6 +39,12 @@ from alien.layout import (
     raw_key,
     rejected_key,
     text_key,
+)
+from resources.analysis import (
+    ANALYSIS_VERSION,
+    dominant_language,
+    language_code,
+    page_languages,
 )
 from resources.catalog import (
     DEFAULT_DATASET,
@@ -411,6 +417,18 @@ def read_pages(stores: TenantStores, entry_id: str) -> list[PageText]:
     return [PageText(p["page"], p["text"], p["method"]) for p in data["pages"]]
 
 
+def read_page_languages(stores: TenantStores, entry_id: str) -> dict[int, str]:
+    """Page -> language as the text step recorded it (none in text made before languages)."""
+    data = json.loads(stores.objects.get_bytes(text_key(entry_id)))
+    return {p["page"]: p["language"] for p in data["pages"] if p.get("language")}
+
+
+def pinned_language(stores: TenantStores, dataset: str) -> str | None:
+    """The language a dataset pins (its config's ``language``): no detection then."""
+    found = stores.catalog.dataset(dataset)
+    return (found.config.get("language") or None) if found else None
+
+
 def _mistral(settings: AlienSettings) -> MistralOcr | None:
     """This run's Mistral OCR, with a fresh page budget, when ``ALIEN_OCR=mistral``."""
     if settings.ocr != "mistral":
@@ -497,10 +515,17 @@ def run_ocr_output(
                 _fail(stores, TEXT, eid, input_hash, sha, _unexpected(err))
                 report.failed += 1
                 continue
+            languages = page_languages(
+                [p.text for p in pages], pinned_language(stores, entry.dataset)
+            )
             body = {
                 "entry_id": eid,
-                "pages": [{"page": p.page, "text": p.text, "method": p.method} for p in pages],
+                "pages": [
+                    {"page": p.page, "text": p.text, "method": p.method, "language": lang}
+                    for p, lang in zip(pages, languages, strict=True)
+                ],
             }
+            language = dominant_language(languages, [len(p.text) for p in pages])
             stores.objects.put_bytes(text_key(eid), json.dumps(body).encode())
             page_ocr = sum(p.method == "ocr" for p in pages)
             ocr_pages += page_ocr
@@ -512,7 +537,7 @@ def run_ocr_output(
                         input_hash,
                         sha,
                         output_key=text_key(eid),
-                        meta={"pages": len(pages), "ocr_pages": page_ocr},
+                        meta={"pages": len(pages), "ocr_pages": page_ocr, "language": language},
                     )
                 ],
             )
@@ -555,6 +580,8 @@ def run_chunks(
             try:
                 pages = read_pages(stores, eid)
                 chunks = chunk_pages(eid, pages, embedder.tokenizer, max_tokens)
+                languages = read_page_languages(stores, eid)
+                chunks = [replace(c, language=languages.get(c.page or 1)) for c in chunks]
             except Exception as err:
                 _fail(stores, CHUNKS, eid, input_hash, sha, _unexpected(err))
                 report.failed += 1
@@ -849,14 +876,25 @@ def run_keyword_index(
     stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
 ) -> StepReport:
     def write(entry: Entry) -> int:
+        chunks = read_chunks(stores, entry.id)
+        pinned = pinned_language(stores, entry.dataset)
+        if pinned is None and any(c.language is None for c in chunks):  # made before languages
+            found = page_languages([c.text for c in chunks])
+            chunks = [c if c.language else replace(c, language=lang)
+                      for c, lang in zip(chunks, found, strict=True)]  # fmt: skip
         docs = [
-            KeywordDoc(c.id, entry.id, entry.dataset, c.index, c.page, c.start, c.end, c.text)
-            for c in read_chunks(stores, entry.id)
-        ]
+            KeywordDoc(c.id, entry.id, entry.dataset, c.index, c.page, c.start, c.end, c.text,
+                       language_code(pinned or c.language))
+            for c in chunks
+        ]  # fmt: skip
         stores.keywords.replace_entry(entry.id, docs)
         return len(docs)
 
-    return _run_index_step(stores, KEYWORDS, CHUNKS, stores.keywords, write, full_refresh, progress)
+    # The analysis version: an index analyzed by older code is analyzed again.
+    return _run_index_step(
+        stores, KEYWORDS, CHUNKS, stores.keywords, write, full_refresh, progress,
+        config=ANALYSIS_VERSION,
+    )  # fmt: skip
 
 
 def mark_indexed(stores: TenantStores, entry_ids: Sequence[str]) -> int:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from resources.analysis import LANGUAGES
 from resources.catalog import Dataset, Entry
 
 DatasetName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", examples=["manuals"])]
@@ -33,6 +34,11 @@ class DatasetConfig(StrictModel):
     description: str = Field(default="", max_length=1000)
     labels: dict[LabelKey, Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict, max_length=32, json_schema_extra=_CLOSED
+    )
+    language: Literal[tuple(sorted(LANGUAGES))] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="ISO 639-1 language of every entry: no detection (applies to entries "
+        "read after it is set)",
     )
 
 

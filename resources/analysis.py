@@ -37,6 +37,8 @@ SNOWBALL = {
 CJK_LANGUAGES = ("zh", "ja", "ko")
 LANGUAGES = frozenset(SNOWBALL) | frozenset(CJK_LANGUAGES)
 DEFAULT_LANGUAGE = "en"
+# Changes when the terms of a text change: an index analyzed by older code is analyzed again.
+ANALYSIS_VERSION = "analysis=2:cjk-bigrams"
 
 # Function words dropped from English queries only: they match nearly every chunk, carry
 # almost no BM25 weight and make a disjunctive query touch the whole index. Other languages
@@ -67,6 +69,7 @@ _IS_CJK = re.compile(rf"[{_CJK}]")
 _KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30fa\u30fd-\u30ff\u31f0-\u31ff]")
 _HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 _LETTER = re.compile(r"[^\W\d_]")
+_PAGE_LETTERS = 200  # below this a page takes its document's language
 
 
 def fold(text: str) -> str:
@@ -195,6 +198,28 @@ def _script_language(text: str) -> str | None:
     if len(_HANGUL.findall(text)) * 2 >= cjk:
         return "ko"
     return "zh"
+
+
+def page_languages(texts: list[str], pinned: str | None = None) -> list[str]:
+    """The language of each page: the pinned one, else each page's own when it has enough
+    text to tell, else the document's (a short page, a title, a table of numbers)."""
+    if pinned:
+        return [language_code(pinned)] * len(texts)
+    document = detect_language(" ".join(t[:4000] for t in texts[:50]))
+    return [
+        detect_language(t, default=document)
+        if len(_LETTER.findall(t[:4000])) >= _PAGE_LETTERS
+        else document
+        for t in texts
+    ]
+
+
+def dominant_language(languages: list[str], weights: list[int]) -> str | None:
+    """The language of most of the text (by the given weights, e.g. characters per page)."""
+    totals: dict[str, int] = {}
+    for lang, weight in zip(languages, weights, strict=True):
+        totals[lang] = totals.get(lang, 0) + weight
+    return max(totals, key=lambda k: totals[k]) if totals else None
 
 
 def detect_language(

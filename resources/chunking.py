@@ -30,6 +30,7 @@ class Chunk:
     end: int
     text: str
     tokens: int
+    language: str | None = None  # ISO 639-1, its page's (resources.analysis)
 
 
 def chunk_id(entry_id: str, index: int, text: str) -> str:
