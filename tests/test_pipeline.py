@@ -257,3 +257,29 @@ def test_an_entry_over_the_chunk_cap_fails_before_embedding_and_the_rest_index(t
     assert "over the cap of 3 chunks per entry (ALIEN_MAX_CHUNKS_PER_ENTRY)" in failed.reason
     assert stores.vectors.count(big.id) == 0  # never embedded
     assert stores.catalog.get_entry(small.id).status == EntryStatus.INDEXED
+
+
+def test_a_dataset_may_pin_its_language(tenant):
+    """A pinned language is not detected: every page and chunk has it, and the keyword index
+    stems with it (German stems match "Flügeln" to "Flügel")."""
+    from alien.pipeline import read_page_languages
+
+    tenant.catalog.ensure_dataset("akten", {"language": "de"})
+    text = "Flügel. Überschall."  # too short to tell: detection alone could not say German
+    pinned = register_bytes(
+        tenant, text.encode(), dataset="akten", source_uri="mem:de", source_name="de.txt"
+    ).entry
+    detected = register_bytes(
+        tenant,
+        "Die Strömung an den Flügeln wird bei hoher Geschwindigkeit gemessen.".encode(),
+        dataset="default",
+        source_uri="mem:de2",
+        source_name="de2.txt",
+    ).entry
+    run_all(tenant)
+    assert read_page_languages(tenant, pinned.id) == {1: "de"}
+    assert read_page_languages(tenant, detected.id) == {1: "de"}
+    assert {c.language for c in read_chunks(tenant, pinned.id)} == {"de"}
+    assert tenant.catalog.manifest(TEXT)[pinned.id].meta["language"] == "de"
+    hits = tenant.keywords.search("Flügeln", 5)
+    assert {h.entry_id for h in hits} == {pinned.id, detected.id}
