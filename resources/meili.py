@@ -24,6 +24,7 @@ from typing import Any
 import meilisearch
 from meilisearch.errors import MeilisearchApiError
 
+from resources.analysis import LANGUAGES, cjk_bigrams, detect_language, get_analyzer, is_cjk
 from resources.keywords import KeywordDoc, KeywordHit, max_typos
 
 # Meilisearch's documented API key actions (https://www.meilisearch.com/docs/reference/api/keys).
@@ -42,7 +43,48 @@ DATA_PLANE_ACTIONS = (
     "tasks.get", "stats.get",
 )  # fmt: skip
 EXTERNAL_ACTIONS = ("search",)
-FIELDS = ["id", "entry_id", "dataset", "chunk_index", "page", "start", "end", "text"]
+FIELDS = ["id", "entry_id", "dataset", "chunk_index", "page", "start", "end", "text", "language"]
+# Meilisearch's locales (ISO 639-3) of the languages analyzed here that it knows; the text of a
+# chunk goes into ``text_<language>``, localized so Meilisearch segments it as that language.
+LOCALES = {
+    "ar": "ara", "cs": "ces", "da": "dan", "de": "deu", "el": "ell", "en": "eng", "eo": "epo",
+    "es": "spa", "et": "est", "fi": "fin", "fr": "fra", "hi": "hin", "hu": "hun", "it": "ita",
+    "ja": "jpn", "ko": "kor", "lt": "lit", "nl": "nld", "no": "nob", "pl": "pol", "pt": "por",
+    "ro": "ron", "ru": "rus", "sr": "srp", "sv": "swe", "tr": "tur", "zh": "cmn",
+}  # fmt: skip
+# Our own CJK bigrams (resources.analysis), searched with the query's bigrams: Meilisearch's
+# segmentation finds a phrase inside a longer run less often (measured: zh 69%, ja 60% top-5
+# against 97% and 94% with bigrams).
+CJK_FIELD = "text_cjk"
+TEXT_FIELDS = [CJK_FIELD] + [f"text_{lang}" for lang in sorted(LANGUAGES)]
+
+
+def cjk_terms(text: str) -> str:
+    """The bigrams of the CJK runs of ``text``, space-separated (the CJK field's content)."""
+    words = get_analyzer("en").words(text)
+    return " ".join(b for w in words if _is_cjk_run(w) for b in cjk_bigrams(w))
+
+
+def _is_cjk_run(word: str) -> bool:
+    return is_cjk(word[:1])
+
+
+def document(doc: KeywordDoc, default_language: str = "en") -> dict[str, Any]:
+    """A chunk as stored: its fields, its text under its language's field, its CJK bigrams."""
+    body = dict(doc.__dict__)
+    language = doc.language or default_language
+    body["language"] = language
+    body[f"text_{language}"] = doc.text
+    body[CJK_FIELD] = cjk_terms(doc.text)
+    return body
+
+
+def search_query(query: str) -> str:
+    """The query as sent: CJK runs as our bigrams (matching the CJK field), other words kept."""
+    words = get_analyzer("en").words(query)
+    if not any(_is_cjk_run(w) for w in words):
+        return query
+    return " ".join(b for w in words for b in (cjk_bigrams(w) if _is_cjk_run(w) else [w]))
 
 
 class MeiliTaskError(RuntimeError):
@@ -62,7 +104,11 @@ def index_settings() -> dict[str, Any]:
     one = next(n for n in range(1, 20) if max_typos("x" * n) >= 1)
     two = next(n for n in range(1, 20) if max_typos("x" * n) >= 2)
     return {
-        "searchableAttributes": ["text"],
+        "searchableAttributes": TEXT_FIELDS,
+        "localizedAttributes": [
+            {"attributePatterns": [f"text_{lang}"], "locales": [locale]}
+            for lang, locale in sorted(LOCALES.items())
+        ],
         "filterableAttributes": ["id", "entry_id", "dataset"],
         "displayedAttributes": FIELDS,
         "typoTolerance": {
@@ -190,7 +236,8 @@ class MeiliKeywordIndex:
         keep = {d.id for d in docs}
         stale = [d.id for d in self.entry_docs(entry_id) if d.id not in keep]
         if docs:
-            self._wait(self.index.add_documents([d.__dict__ for d in docs], primary_key="id"))
+            body = [document(d) for d in docs]
+            self._wait(self.index.add_documents(body, primary_key="id"))
         if stale:
             self._wait(self.index.delete_documents(stale))
 
@@ -219,9 +266,13 @@ class MeiliKeywordIndex:
             filters.append(f"dataset = {_quote(dataset)}")
         if entries is not None:
             filters.append(f"entry_id IN [{', '.join(_quote(e) for e in entries)}]")
+        language = detect_language(query)
         result = self.index.search(
-            query,
+            search_query(query),
             {
+                # A localized index is always searched with a locale (else Meilisearch guesses
+                # it per query); a language it has no locale for: English's segmentation.
+                "locales": [LOCALES.get(language, "eng")],
                 "limit": top_k,
                 "filter": " AND ".join(filters) or None,
                 "showRankingScore": True,

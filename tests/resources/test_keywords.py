@@ -97,3 +97,19 @@ def test_an_exact_phrase_ranks_above_scattered_words(tmp_path):
         ],
     )
     assert idx.search("the type of COM components", 3)[0].id == "e1-1"
+
+
+def test_each_language_is_found_in_its_own_words(index):
+    """German stems (embedded) or German segmentation (Meilisearch), and a phrase inside a
+    longer run of Chinese or Japanese characters."""
+    docs = {
+        "de": "Die Prüfsummen der komprimierten Dateien werden beim Entpacken überprüft.",
+        "ja": "圧縮されたファイルのチェックサムは展開時に検証されます。",
+        "zh": "在解压缩时会检查压缩文件的校验和。",
+    }
+    for lang, text in docs.items():
+        index.replace_entry(lang, [KeywordDoc(f"{lang}-0", lang, "d", 0, 1, 0, 9, text, lang)])
+    assert index.search("ファイルのチェック", 3)[0].entry_id == "ja"
+    assert index.search("压缩文件的校验", 3)[0].entry_id == "zh"
+    assert index.search("Prüfsummen der komprimierten Dateien", 3)[0].entry_id == "de"
+    assert index.get_docs(["ja-0"])["ja-0"].language == "ja"
