@@ -249,13 +249,13 @@ def _plan(
     stores: TenantStores,
     step: str,
     upstream: dict[str, tuple[str, str]],  # entry id -> (upstream hash, source sha256)
-    config: str,
+    config: str | Callable[[str], str],  # the step's settings, or an entry's (its dataset's)
     full_refresh: bool,
 ) -> _Plan:
     mine = stores.catalog.manifest(step, meta=False)
     todo = []
     for eid, (up_hash, source_sha) in upstream.items():
-        wanted = _input_hash(step, up_hash, config)
+        wanted = _input_hash(step, up_hash, config if isinstance(config, str) else config(eid))
         rec = mine.get(eid)
         if full_refresh or rec is None or rec.input_hash != wanted:
             todo.append((eid, wanted, source_sha))
@@ -429,12 +429,36 @@ def pinned_language(stores: TenantStores, dataset: str) -> str | None:
     return (found.config.get("language") or None) if found else None
 
 
-def _mistral(settings: AlienSettings) -> MistralOcr | None:
-    """This run's Mistral OCR, with a fresh page budget, when ``ALIEN_OCR=mistral``."""
-    if settings.ocr != "mistral":
-        return None
+@dataclass(frozen=True)
+class DatasetSettings:
+    """What a dataset's configuration overrides of the cluster's settings (None: the
+    cluster's): OCR engine and languages, chunk window; its language is ``pinned_language``."""
+
+    ocr_engine: str | None = None
+    ocr_languages: str | None = None
+    chunk_tokens: int | None = None
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> DatasetSettings:
+        return cls(
+            ocr_engine=config.get("ocr_engine") or None,
+            ocr_languages=config.get("ocr_languages") or None,
+            chunk_tokens=config.get("chunk_tokens") or None,
+        )
+
+
+def dataset_settings(stores: TenantStores) -> dict[str, DatasetSettings]:
+    """Every dataset's overrides, by name (datasets are few; read once per step)."""
+    return {d.name: DatasetSettings.of(d.config) for d in stores.catalog.datasets()}
+
+
+def _mistral(settings: AlienSettings) -> MistralOcr:
+    """This run's Mistral OCR, with a fresh page budget (``ALIEN_OCR=mistral``, or a dataset's
+    ``ocr_engine``); without an API key its entries fail saying so."""
     if settings.mistral_api_key is None:
-        raise ValueError("ALIEN_OCR=mistral needs MISTRAL_API_KEY")
+        raise ExtractionError(
+            "Mistral OCR (ALIEN_OCR=mistral or the dataset's ocr_engine) needs MISTRAL_API_KEY"
+        )
     return MistralOcr(
         settings.mistral_api_key.get_secret_value(),
         settings.mistral_ocr_model,
@@ -448,9 +472,26 @@ def run_ocr_output(
     started = time.perf_counter()
     report = StepReport(TEXT)
     settings = stores.settings
-    mistral = _mistral(settings)
-    engine = f"mistral:{settings.mistral_ocr_model}" if mistral else stores.ocr.name
-    config = f"ocr={engine}:{settings.ocr_languages}:{settings.ocr_dpi}"
+    if settings.ocr == "mistral" and settings.mistral_api_key is None:
+        raise ValueError("ALIEN_OCR=mistral needs MISTRAL_API_KEY")
+    mistral: MistralOcr | None = None
+    overrides = dataset_settings(stores)
+    kinds = stores.catalog.entry_kinds()
+
+    def ocr_of(eid: str) -> tuple[str, str]:
+        """(engine, languages) for the entry's dataset: its override, else the cluster's."""
+        own = overrides.get(kinds.get(eid, ("", ""))[0], DatasetSettings())
+        return own.ocr_engine or settings.ocr, own.ocr_languages or settings.ocr_languages
+
+    def config(eid: str) -> str:
+        # Only what can be OCR'd depends on the OCR settings: a dataset's new OCR languages
+        # re-read its scans, not its text files (which would then be re-embedded for nothing).
+        engine, languages = ocr_of(eid)
+        if kinds.get(eid, ("", ""))[1] not in (PDF, *IMAGE_TYPES):
+            engine, languages = settings.ocr, settings.ocr_languages
+        name = f"mistral:{settings.mistral_ocr_model}" if engine == "mistral" else stores.ocr.name
+        return f"ocr={name}:{languages}:{settings.ocr_dpi}"
+
     job = ExtractionJob(
         ocr=stores.ocr,
         ocr_dpi=settings.ocr_dpi,
@@ -482,7 +523,9 @@ def run_ocr_output(
                 continue
             try:
                 with stores.objects.local_path(entry.object_key) as path:
-                    if mistral is not None and entry.media_type in (PDF, *IMAGE_TYPES):
+                    engine, languages = ocr_of(eid)
+                    if engine == "mistral" and entry.media_type in (PDF, *IMAGE_TYPES):
+                        mistral = mistral or _mistral(settings)
                         from resources.mistral_ocr import page_count
 
                         pages_here = page_count(path, entry.media_type)
@@ -500,7 +543,7 @@ def run_ocr_output(
                     else:
                         # In a child with bounded memory and time: one document cannot take
                         # the server down, and one over a cap does not stop the others.
-                        pages = bounded.extract(path, entry.media_type)
+                        pages = bounded.extract(path, entry.media_type, languages)
             except OcrBudgetExceeded as err:  # left pending: the next run has a new budget
                 stores.catalog.set_status([eid], EntryStatus.PENDING, public_reason(str(err)))
                 report.details["deferred"] = report.details.get("deferred", 0) + 1
@@ -569,8 +612,17 @@ def run_chunks(
     started = time.perf_counter()
     report = StepReport(CHUNKS)
     embedder, chunked_as = stores.chunking()  # the searched space's (a model change: the old)
-    max_tokens = embedder.max_content_tokens
-    config = f"{chunked_as}:{max_tokens}"
+    overrides = dataset_settings(stores)
+    kinds = stores.catalog.entry_kinds()
+
+    def window(eid: str) -> int:
+        """The entry's chunk window: its dataset's, within what the model reads."""
+        own = overrides.get(kinds.get(eid, ("", ""))[0], DatasetSettings()).chunk_tokens
+        return min(own or embedder.max_content_tokens, embedder.max_content_tokens)
+
+    def config(eid: str) -> str:
+        return f"{chunked_as}:{window(eid)}"
+
     with stores.lock(CHUNKS):
         plan = _plan(stores, CHUNKS, _upstream_of(stores, TEXT), config, full_refresh)
         for n, (eid, input_hash, sha) in enumerate(plan.todo):
@@ -579,7 +631,7 @@ def run_chunks(
                 progress(CHUNKS, n, len(plan.todo))
             try:
                 pages = read_pages(stores, eid)
-                chunks = chunk_pages(eid, pages, embedder.tokenizer, max_tokens)
+                chunks = chunk_pages(eid, pages, embedder.tokenizer, window(eid))
                 languages = read_page_languages(stores, eid)
                 chunks = [replace(c, language=languages.get(c.page or 1)) for c in chunks]
             except Exception as err:

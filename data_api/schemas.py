@@ -40,6 +40,27 @@ class DatasetConfig(StrictModel):
         description="ISO 639-1 language of every entry: no detection (applies to entries "
         "read after it is set)",
     )
+    chunk_tokens: int | None = Field(
+        default=None,
+        ge=32,
+        le=8192,
+        description="Chunk window in model tokens (at most what the embedding model reads: "
+        "a larger value is capped to it); null: the model's whole window. A change re-chunks "
+        "and re-embeds this dataset's entries on the next run",
+    )
+    ocr_engine: Literal["tesseract", "mistral"] | None = Field(
+        default=None,
+        description="OCR engine of this dataset's scanned pages (mistral needs the "
+        "deployment's MISTRAL_API_KEY); null: the deployment's ALIEN_OCR",
+    )
+    ocr_languages: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z_]{1,20}(\+[a-z][a-z_]{1,20}){0,7}$",
+        description="Tesseract languages of this dataset's scanned pages, e.g. deu+eng (each "
+        "must be installed); null: the deployment's ALIEN_OCR_LANGUAGES. A change re-reads "
+        "this dataset's scanned PDFs and images",
+        examples=["deu+eng"],
+    )
 
 
 class DatasetCreate(StrictModel):

@@ -751,6 +751,13 @@ class Catalog:
             query = select(EntryRow.id, EntryRow.sha256).where(_live())
             return {eid: sha for eid, sha in s.execute(query)}
 
+    def entry_kinds(self) -> dict[str, tuple[str, str]]:
+        """entry id -> (dataset, media type) of every live entry: what per-dataset settings
+        need to plan a step, without building entries."""
+        with self._session() as s:
+            query = select(EntryRow.id, EntryRow.dataset, EntryRow.media_type).where(_live())
+            return {eid: (dataset, media) for eid, dataset, media in s.execute(query)}
+
     def entry_columns(self, *, status: str | None = None) -> list[tuple[str, str, str, int]]:
         """(id, status, original's object key, chunks) of every live entry, optionally of one
         status: the few columns the cross-store checks read, without building entries."""

@@ -74,10 +74,14 @@ class BoundedExtractor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def extract(self, path: Path, media_type: str) -> list[PageText]:
+    def extract(
+        self, path: Path, media_type: str, ocr_languages: str | None = None
+    ) -> list[PageText]:
+        """The document's pages; ``ocr_languages`` overrides the job's OCR languages (a
+        dataset's own)."""
         conn = self._connection()
         try:
-            conn.send((str(path), media_type))
+            conn.send((str(path), media_type, ocr_languages))
         except OSError:
             raise ExtractionError(self._died()) from None
         if not self._answered(conn):
@@ -178,13 +182,13 @@ def serve(fd: int, memory_mb: int) -> None:
     parent = ParentLink(fd)
     job: ExtractionJob = parent.request()
     while True:
-        path, media_type = parent.request()
+        path, media_type, ocr_languages = parent.request()
         try:
             pages = list(
                 extract_pages(
                     Path(path),
                     media_type,
-                    ocr=job.ocr,
+                    ocr=job.ocr.in_languages(ocr_languages) if ocr_languages else job.ocr,
                     ocr_dpi=job.ocr_dpi,
                     max_text_bytes=job.max_text_bytes,
                     limits=job.limits,

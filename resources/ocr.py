@@ -27,6 +27,10 @@ class OcrEngine(Protocol):
 
     def read_image(self, image: Any) -> str: ...
 
+    def in_languages(self, languages: str) -> OcrEngine:
+        """The same engine reading ``languages`` (``eng+deu``: a dataset's own)."""
+        ...
+
 
 class TesseractOcr:
     """Runs the ``tesseract`` binary on a PIL image; one thread per call (it is faster here).
@@ -44,6 +48,9 @@ class TesseractOcr:
     @staticmethod
     def available() -> bool:
         return shutil.which("tesseract") is not None
+
+    def in_languages(self, languages: str) -> TesseractOcr:
+        return TesseractOcr(languages, self.timeout_s, self.prepare)
 
     def read_image(self, image: Any) -> str:
         if not self.available():
@@ -67,7 +74,13 @@ class TesseractOcr:
         if proc.returncode < 0:  # killed: out of memory under a cap is the usual cause
             raise OcrError(f"tesseract died (signal {-proc.returncode}){_memory_cap()}")
         if proc.returncode != 0:
-            detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+            stderr = proc.stderr.decode("utf-8", "replace")
+            if "Failed loading language" in stderr:
+                raise OcrError(
+                    f"OCR languages {self.languages!r} are not all installed (Tesseract's "
+                    "language data: Debian's tesseract-ocr-<code> packages)"
+                )
+            detail = stderr.strip().splitlines()[-1:]
             raise OcrError(f"tesseract failed: {' '.join(detail) or proc.returncode}")
         return proc.stdout.decode("utf-8", "replace")
 

@@ -283,3 +283,41 @@ def test_a_dataset_may_pin_its_language(tenant):
     assert tenant.catalog.manifest(TEXT)[pinned.id].meta["language"] == "de"
     hits = tenant.keywords.search("Flügeln", 5)
     assert {h.entry_id for h in hits} == {pinned.id, detected.id}
+
+
+def test_a_datasets_chunk_window_and_ocr_settings_are_honoured(tenant):
+    """A dataset's own chunk window cuts its entries' chunks (others keep the model's);
+    changing it re-chunks that dataset only. A dataset's OCR languages read its scans (one
+    Tesseract lacks fails with the reason, its text files index); changing them re-reads its
+    scans, not its text files."""
+    text = " ".join(DOCS.values()) * 6
+    tenant.catalog.create_dataset("short", {"chunk_tokens": 48})
+    wide = register_bytes(tenant, text.encode(), dataset="default", source_uri="m:a",
+                          source_name="a.txt").entry  # fmt: skip
+    narrow = register_bytes(tenant, text.encode(), dataset="short", source_uri="m:a",
+                            source_name="a.txt").entry  # fmt: skip
+    run_all(tenant)
+    wide_chunks, narrow_chunks = read_chunks(tenant, wide.id), read_chunks(tenant, narrow.id)
+    assert max(c.tokens for c in narrow_chunks) <= 48 < max(c.tokens for c in wide_chunks)
+    assert len(narrow_chunks) > 2 * len(wide_chunks)
+    tenant.catalog.update_dataset("short", {"chunk_tokens": 96})
+    reports = {r.step: r for r in run_all(tenant)}
+    assert reports[TEXT].processed == 0 and reports[CHUNKS].processed == 1
+    assert 48 < max(c.tokens for c in read_chunks(tenant, narrow.id)) <= 96
+
+    tenant.catalog.create_dataset("scans", {"ocr_languages": "qqq"})  # not installed
+    scan = register_path(tenant, PDFS / "camlidl-manual.p8-10.scanned.pdf", dataset="scans")
+    note = register_bytes(tenant, b"Typed notes about the scans.", dataset="scans",
+                          source_uri="m:n", source_name="n.txt")  # fmt: skip
+    run_all(tenant)
+    failed = tenant.catalog.get_entry(scan.entry.id)
+    assert failed.status == EntryStatus.FAILED
+    assert "OCR languages 'qqq' are not all installed" in failed.reason
+    assert tenant.catalog.get_entry(note.entry.id).status == EntryStatus.INDEXED
+    tenant.catalog.update_dataset("scans", {"ocr_languages": "eng"})
+    reports = {r.step: r for r in run_all(tenant)}
+    assert reports[TEXT].processed == 1  # the scan, not the text file
+    assert tenant.catalog.get_entry(scan.entry.id).status == EntryStatus.INDEXED
+    hits = search(tenant, "camlidl", mode="keyword", dataset="scans")
+    assert hits and hits[0].entry_id == scan.entry.id
+    _all_pass(tenant)

@@ -221,6 +221,22 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         422,
         "invalid_request",
     ),
+    *(
+        (
+            f"dataset-config-{label}",
+            "POST",
+            "/v1/datasets",
+            {"json": {"name": "ok", "config": config}},
+            422,
+            "invalid_request",
+        )
+        for label, config in (
+            ("language", {"language": "xx"}),
+            ("chunk-tokens", {"chunk_tokens": 4}),
+            ("ocr-engine", {"ocr_engine": "abbyy"}),
+            ("ocr-languages", {"ocr_languages": "eng;rm -rf /"}),
+        )
+    ),
     (
         "dataset-exists",
         "POST",
@@ -277,6 +293,46 @@ def test_bad_requests_get_a_clear_4xx(
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert _snapshot(world) == before
+
+
+def test_a_datasets_processing_settings_round_trip(client: TestClient, world: World) -> None:
+    config = {"language": "de", "chunk_tokens": 128, "ocr_engine": "tesseract",
+              "ocr_languages": "deu+eng"}  # fmt: skip
+    created = client.post(
+        "/v1/datasets", json={"name": "akten", "config": config}, headers=world.auth("a")
+    )
+    assert created.status_code == 201, created.text
+    read = client.get("/v1/datasets/akten", headers=world.auth("a")).json()
+    assert {k: read["config"][k] for k in config} == config
+    client.delete("/v1/datasets/akten", headers=world.auth("a"))
+
+
+def test_a_processing_setting_change_wakes_the_worker(client: TestClient, world: World) -> None:
+    """A new chunk window or OCR language is reprocessed at once under `alien serve`; a new
+    description alone starts nothing."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.tenants: list[str] = []
+
+        def notify(self, tenant: str) -> None:
+            self.tenants.append(str(tenant))
+
+    recorder = Recorder()
+    previous = client.app.state.worker
+    client.app.state.worker = recorder
+    try:
+        auth = world.auth("a")
+        client.post("/v1/datasets", json={"name": "wake"}, headers=auth)
+        patch = client.patch(
+            "/v1/datasets/wake", json={"config": {"description": "x"}}, headers=auth
+        )
+        assert patch.status_code == 200 and recorder.tenants == []
+        client.patch("/v1/datasets/wake", json={"config": {"chunk_tokens": 64}}, headers=auth)
+        assert len(recorder.tenants) == 1
+        client.delete("/v1/datasets/wake", headers=auth)
+    finally:
+        client.app.state.worker = previous
 
 
 def test_405_lists_every_allowed_method(client: TestClient, world: World) -> None:
