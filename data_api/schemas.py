@@ -180,6 +180,11 @@ class EntryList(Page):
 class PageTextPublic(BaseModel):
     page: int
     method: str = Field(description="text (text layer or file), ocr, or empty")
+    language: str | None = Field(
+        default=None,
+        description="ISO 639-1 language the page's text was analyzed in (detected, or the "
+        "dataset's); null for text extracted before languages were recorded",
+    )
     text: str
 
 

@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from alien.documents import delete_entry as remove_entry
 from alien.documents import register_upload
-from alien.pipeline import read_chunks, read_pages
+from alien.pipeline import read_chunks, read_page_languages, read_pages
 from data_api.deps import MAX_OFFSET, Reader, Settings, Writer, page_size
 from data_api.door import RequestContext
 from data_api.errors import ApiError, error_responses, not_found
@@ -257,6 +257,7 @@ def get_entry_text(
     entry = _entry(ctx, entry_id)
     try:
         pages = read_pages(ctx.stores, entry.id)
+        languages = read_page_languages(ctx.stores, entry.id)
     except ObjectNotFoundError:
         raise _not_extracted(entry) from None
     window = pages[offset : offset + limit]
@@ -266,7 +267,12 @@ def get_entry_text(
     return EntryText(
         entry_id=entry.id,
         total_pages=len(pages),
-        pages=[PageTextPublic(page=p.page, method=p.method, text=p.text) for p in window],
+        pages=[
+            PageTextPublic(
+                page=p.page, method=p.method, language=languages.get(p.page), text=p.text
+            )
+            for p in window
+        ],
         limit=limit,
         offset=offset,
         next_offset=offset + limit if offset + limit < len(pages) else None,

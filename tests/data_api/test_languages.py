@@ -87,11 +87,15 @@ def world(
 def test_each_page_records_its_detected_language(world: tuple) -> None:
     from alien.pipeline import read_chunks, read_page_languages
 
-    _client, stores, _key = world
+    client, stores, key = world
     for entry in stores.catalog.entries():
         lang = entry.source_name.split("-", 1)[0]
         assert set(read_page_languages(stores, entry.id).values()) == {lang}
         assert {c.language for c in read_chunks(stores, entry.id)} == {lang}
+        text = client.get(
+            f"/v1/entries/{entry.id}/text", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert {p["language"] for p in text.json()["pages"]} == {lang}  # shown to users
 
 
 @pytest.mark.parametrize("mode", ["keyword", "hybrid"])
