@@ -68,6 +68,7 @@ def test_meilisearch_settings_are_explicit_and_match_the_embedded_typo_rule() ->
     settings = index_settings()
     assert set(settings) == {
         "searchableAttributes",
+        "localizedAttributes",
         "filterableAttributes",
         "displayedAttributes",
         "typoTolerance",
@@ -78,6 +79,16 @@ def test_meilisearch_settings_are_explicit_and_match_the_embedded_typo_rule() ->
     assert (sizes["oneTypo"], sizes["twoTypos"]) == (5, 9)
     assert max_typos("x" * 4) == 0 and max_typos("x" * 5) == 1 and max_typos("x" * 9) == 2
     assert {"entry_id", "dataset", "id"} <= set(settings["filterableAttributes"])
+    # Every language's text field is searched and localized (a pattern with a wildcard is
+    # accepted by Meilisearch 1.21 but matches nothing in searchableAttributes).
+    localized = {
+        pattern: rule["locales"]
+        for rule in settings["localizedAttributes"]
+        for pattern in rule["attributePatterns"]
+    }
+    assert localized["text_de"] == ["deu"] and localized["text_ja"] == ["jpn"]
+    assert all("*" not in field for field in settings["searchableAttributes"])
+    assert set(localized) <= set(settings["searchableAttributes"])
 
 
 # -- Mistral OCR ------------------------------------------------------------------------------
@@ -150,6 +161,8 @@ def mistral_tenant(tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     entry = register_bytes(
         tenant, pdf, dataset="default", source_uri="test://two-pages", source_name="two.pdf"
     ).entry
+    # The dataset's own OCR engine: the deployment's stays Tesseract.
+    tenant.catalog.update_dataset("default", {"ocr_engine": "mistral"})
     return tenant, entry
 
 
