@@ -2,8 +2,9 @@
 HTML, and the office, e-book and email formats of ``resources.formats``.
 
 PDFs are read page by page through pdfium, which reads the file lazily: a large PDF is never
-loaded whole into memory. Every failure is an ``ExtractionError`` whose message is the reason
-shown to the user.
+loaded whole into memory. Tables in a page's text layer are found by their layout and kept
+as rows of cells (``resources.pdf_tables``). Every failure is an ``ExtractionError`` whose
+message is the reason shown to the user.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from resources import formats
 from resources.ocr import OcrEngine, OcrError
+from resources.pdf_tables import read_glyphs, with_tables
 
 if TYPE_CHECKING:
     from pypdfium2 import PdfImage
@@ -363,7 +365,9 @@ def _pdf_pages(
                 page = doc[index]
                 try:
                     textpage = page.get_textpage()
-                    text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+                    text = textpage.get_text_range()
+                    text = with_tables(text, read_glyphs(textpage, text))
+                    text = text.replace("\r\n", "\n").replace("\r", "\n")
                     textpage.close()
                     item: str | Future[str] = text
                     images = (

@@ -13,6 +13,7 @@ import pytest
 
 from resources import formats
 from resources.extract import (
+    PDF,
     ExtractionError,
     Refused,
     admit,
@@ -118,6 +119,23 @@ CASES = {
             ("Certain owners wish to permanently relinquish those rights", 1),
         ],
     ),
+    "report.pdf": (  # report.docx printed by LibreOffice: the table is found by its layout
+        PDF,
+        3,
+        [
+            ("When we speak of free software, we are referring to freedom, not price", 1),
+            ("| BSD | Copyright (c) The Regents of the University of California. | 26 | 1499 |", 2),
+            ("shall mean the copyright owner or entity authorized by the", 3),
+        ],
+    ),
+    "letter.pdf": (  # letter.rtf printed by LibreOffice; a row with wrapped cells
+        PDF,
+        1,
+        [
+            ("| spa | Spanish; Castilian | Spanisch (Kastilisch) | castillan |", 1),
+            ("Statement of Purpose (CC0 1.0 Universal):", 1),
+        ],
+    ),
     "message.eml": (
         formats.EML,
         1,
@@ -187,7 +205,7 @@ def test_outlook_and_rfc822_messages_are_sniffed_without_their_extension(tmp_pat
 
 
 def test_document_tables_keep_header_rows_and_columns() -> None:
-    for name in ("report.docx", "report.odt"):
+    for name in ("report.docx", "report.odt", "report.pdf"):
         page = _pages(FORMATS / name, CASES[name][0])[1].splitlines()
         header = page.index("| File | First line | Lines | Bytes |")
         assert page[header + 1] == "|---|---|---|---|"
