@@ -861,6 +861,13 @@ def tenant_manifests(
 @click.option(
     "--keep", is_flag=True, help="Keep the scratch tenant (a second eval then ingests nothing)."
 )
+@click.option(
+    "--embedder",
+    default=None,
+    metavar="SPEC",
+    help="Embed with MODEL[@VARIANT] (variants: torch, onnx, onnx-int8, static) instead of "
+    "ALIEN_EMBEDDING_MODEL.",
+)
 @_json_option
 @click.pass_obj
 def eval_(
@@ -869,11 +876,21 @@ def eval_(
     run_dir: Path | None,
     tenant: str | None,
     keep: bool,
+    embedder: str | None,
     as_json: bool,
 ) -> None:
     """Evaluate every search mode on a BEIR collection: nDCG@10 and recall@100."""
     from alien.evaluation import MODES, evaluate, ingest_collection, load_beir
+    from resources.embedding_backends import EmbedderSpec, EmbedderSpecError
 
+    if embedder is not None:
+        try:
+            embedder = str(EmbedderSpec.parse(embedder))
+        except EmbedderSpecError as exc:
+            raise click.BadParameter(str(exc), param_hint="--embedder") from None
+        os.environ["ALIEN_EMBEDDING_MODEL"] = embedder  # for this run's every process
+        ctx.settings = AlienSettings()
+        ctx.registry = TenantRegistry(ctx.settings)
     started = time.perf_counter()
     try:
         collection = load_beir(directory)
@@ -918,6 +935,7 @@ def eval_(
         "collection": str(directory),
         "tenant": str(stores.tenant),
         "tenant_kept": not scratch,
+        "embedder": ctx.settings.embedding_model,
         "documents": len(collection.corpus),
         "queries": len(collection.queries),
         "modes": results,
@@ -927,7 +945,10 @@ def eval_(
         _emit(summary)
         return
     table = Table(
-        "mode", "nDCG@10", "recall@100", title=f"{directory} ({len(collection.queries)} queries)"
+        "mode",
+        "nDCG@10",
+        "recall@100",
+        title=f"{directory} ({len(collection.queries)} queries, {ctx.settings.embedding_model})",
     )
     for mode, scores in results.items():
         table.add_row(mode, f"{scores['ndcg@10']:.4f}", f"{scores['recall@100']:.4f}")

@@ -156,7 +156,7 @@ def evaluate(
     """Score every mode; write ``<run_dir>/<mode>.run`` when asked."""
     qids = list(collection.queries)
     _, embedder = stores.search_vectors()  # the model of the vectors searched
-    vectors = embedder.embed([collection.queries[q] for q in qids])
+    vectors = embedder.embed_query([collection.queries[q] for q in qids])
     query_vectors = dict(zip(qids, vectors, strict=True))
     results = {}
     for mode in modes:

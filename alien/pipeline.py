@@ -735,7 +735,9 @@ def run_embeddings(
                         embeddings_key(eid),
                         meta={
                             "chunks": len(chunks),
-                            "model": embedder.model_name,
+                            "model": embedder.model_name,  # the space: MODEL[@VARIANT]
+                            "base_model": embedder.spec.model,
+                            "variant": embedder.variant,
                             "dim": int(block.shape[1]),
                         },
                     )

@@ -123,7 +123,7 @@ def rank_chunks(
         for attempt in range(2):
             index, embedder = stores.search_vectors()
             if query_vector is None or len(query_vector) != index.dim:
-                query_vector = embedder.embed([query], urgent=True)[0]
+                query_vector = embedder.embed_query([query])[0]
             try:
                 hits = index.search(query_vector, depth, dataset=dataset, entries=entries)
                 break

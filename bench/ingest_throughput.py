@@ -1,6 +1,7 @@
 """Ingestion throughput: the whole `alien ingest` against the model alone, and the no-op re-run.
 
-    .venv/bin/python bench/ingest_throughput.py [--source DIR ...] [--json]
+    .venv/bin/python bench/ingest_throughput.py [--source DIR ...] [--embedder SPEC]
+                                                [--cold-only] [--json]
 
 By default it runs two corpora: every file of ../shared/data/pdfs (443 pages, 3 of them
 scanned and read by OCR), and the text-layer PDFs alone (the "manual density" case).
@@ -16,6 +17,10 @@ scanned and read by OCR), and the text-layer PDFs alone (the "manual density" ca
 4. warm: the same files through the same Dagster job into a new tenant, in a process whose
    model is already loaded (as in `alien serve`'s worker): the pipeline without the fixed
    cost of starting Python, importing torch and loading the model.
+
+`--embedder MODEL@VARIANT` runs it all with that embedding variant (its derived files are
+made in a first, untimed ingest of one page); `--cold-only` stops after the cold and no-op
+ingests (what comparing variants end to end needs).
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ ALIEN = str(Path(sys.executable).with_name("alien"))
 TENANT = "bench"
 
 
-def ingest(home: Path, source: Path) -> tuple[dict, float]:
+def ingest(home: Path, source: Path, tenant: str = TENANT) -> tuple[dict, float]:
     env = dict(os.environ, ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     started = time.perf_counter()
     proc = subprocess.run(
-        [ALIEN, "ingest", str(source), "--tenant", TENANT, "--json"],
+        [ALIEN, "ingest", str(source), "--tenant", tenant, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -49,11 +54,35 @@ def ingest(home: Path, source: Path) -> tuple[dict, float]:
     return json.loads(proc.stdout), time.perf_counter() - started
 
 
-def measure(source: Path) -> dict:
+def prepare_variant(home: Path) -> None:
+    """Make the configured variant's derived files (untimed), with a one-page ingest."""
+    page = home / "warm-up"
+    page.mkdir()
+    (page / "page.txt").write_text("A page that makes the embedding variant's files.\n")
+    ingest(home, page, tenant="warm-up")
+
+
+def measure(source: Path, cold_only: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="alien-bench-") as tmp:
         home = Path(tmp)
+        models = Path(tmp) / "models"
+        os.environ["ALIEN_MODELS_DIR"] = str(models)
+        prepare_variant(home)
         cold, cold_s = ingest(home, source)
         noop, noop_s = ingest(home, source)
+        if cold_only:
+            return {
+                "source": str(source),
+                "embedder": os.environ.get("ALIEN_EMBEDDING_MODEL", "all-MiniLM-L6-v2"),
+                "entries": cold["entries"],
+                "pages": cold["pages"],
+                "chunks": cold["chunks"],
+                "cold_seconds": round(cold_s, 2),
+                "pages_per_second": round(cold["pages"] / cold_s, 2),
+                "run_seconds": cold["run_seconds"],
+                "noop_ingest_seconds": round(noop_s, 3),
+                "step_seconds": {s: m["seconds"] for s, m in cold["steps"].items()},
+            }
 
         os.environ["ALIEN_HOME"] = str(home)
         from alien.pipeline import read_chunks
@@ -111,10 +140,12 @@ def measure(source: Path) -> dict:
 
 
 MODEL_ONLY = """
-import json, sys
+import json, os, sys
+from pathlib import Path
 from resources.embedder import Embedder
 texts = json.load(open(sys.argv[1]))
-Embedder(batch_size=int(sys.argv[2]), worker=False).embed(texts)
+Embedder(os.environ.get("ALIEN_EMBEDDING_MODEL", "all-MiniLM-L6-v2"), batch_size=int(sys.argv[2]),
+         worker=False, models_dir=Path(os.environ["ALIEN_MODELS_DIR"])).embed(texts)
 """
 
 
@@ -160,11 +191,15 @@ def text_pdfs(tmp: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, action="append", default=None)
+    parser.add_argument("--embedder", default=None, metavar="SPEC")
+    parser.add_argument("--cold-only", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.embedder:
+        os.environ["ALIEN_EMBEDDING_MODEL"] = args.embedder
     with tempfile.TemporaryDirectory(prefix="alien-bench-src-") as tmp:
         sources = args.source or [DEFAULT_SOURCE, text_pdfs(Path(tmp))]
-        reports = [measure(source) for source in sources]
+        reports = [measure(source, args.cold_only) for source in sources]
     if args.json:
         print(json.dumps(reports, indent=2))
         return

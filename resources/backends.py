@@ -719,6 +719,7 @@ class MeiliTenantKeywordsBackend(TenantPlaneBackend):
 # key, ALIEN_SERVICE_TOKEN_PUBLIC_KEY, instead).
 DATA_PLANE_SETTINGS = (
     "embedding_model", "embedding_batch_size", "embedding_device", "embedding_worker",
+    "embedding_query_engine",
     "ocr", "ocr_languages", "ocr_dpi", "mistral_ocr_model", "ocr_max_pages_per_run",
     "stemmer_language", "max_file_bytes", "max_text_bytes", "max_page_pixels",
     "max_pages_per_entry", "max_chunks_per_entry", "max_decompressed_bytes",

@@ -1,22 +1,39 @@
-"""Sentence embeddings with sentence-transformers, loaded from local files only."""
+"""Sentence embeddings, from local model files only, run by the engine the spec names
+(``resources.embedding_backends``): sentence-transformers by default."""
 
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from resources.embedding_backends import (
+    GPU_BATCH,
+    STATIC_DIMENSIONS,
+    Backend,
+    EmbedderSpec,
+    OnnxBackend,
+    StaticBackend,
+    TorchBackend,
+    cpu_threads,
+    derived_file,
+    load_backend,
+    prepare,
+)
 
 if TYPE_CHECKING:
     from resources.embedding_worker import EmbeddingWorker
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model_path(name: str) -> Path:
@@ -32,6 +49,9 @@ def resolve_model_path(name: str) -> Path:
             "directory; models are never downloaded at run time"
         )
     return path
+
+
+DEFAULT_MODELS_DIR = Path(".alien") / "models"
 
 
 def resolve_device(device: str) -> str:
@@ -110,17 +130,32 @@ class Embedder:
         batch_size: int = 32,
         device: str = "auto",
         worker: bool = True,
+        models_dir: Path = DEFAULT_MODELS_DIR,
+        query_engine: bool = True,
     ):
-        self.model_name = model
+        self.spec = EmbedderSpec.parse(model)
+        self.use_query_engine = query_engine
+        self.model_name = str(self.spec)  # the vector space's name: model and variant
         self.batch_size = batch_size
         self.device_setting = device
         self.use_worker = worker
+        self.models_dir = models_dir
         self._model_lock = threading.Lock()
         self._preload_lock = threading.Lock()
+        self._query_lock = threading.Lock()
         self._worker: EmbeddingWorker | None = None
         self._in_process = False  # the model is loaded, or loading, in this process
-        self._loaded: Any = None
+        self._loaded: Backend | None = None
+        self._query_engine: Backend | None = None
         self._turns = FairTurns()
+
+    @property
+    def variant(self) -> str:
+        return self.spec.variant
+
+    @cached_property
+    def model_dir(self) -> Path:
+        return resolve_model_path(self.spec.model)
 
     @property
     def loaded(self) -> bool:
@@ -153,11 +188,13 @@ class Embedder:
                 return
             from resources.embedding_worker import EmbeddingWorker
 
-            self._worker = EmbeddingWorker(self.model_name, self.batch_size, self.device_setting)
+            self._worker = EmbeddingWorker(
+                self.model_name, self.batch_size, self.device_setting, self.models_dir
+            )
 
     @property
-    def _model(self) -> Any:
-        """The model in this process, loaded by the first caller; the others wait for it."""
+    def _model(self) -> Backend:
+        """The engine in this process, loaded by the first caller; the others wait for it."""
         if self._loaded is None:
             self._in_process = True
             with self._model_lock:
@@ -165,30 +202,74 @@ class Embedder:
                     self._loaded = self._load()
         return self._loaded
 
-    def _load(self) -> Any:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        path = resolve_model_path(self.model_name)  # fails fast, before the long import
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        return SentenceTransformer(
-            str(path), device=resolve_device(self.device_setting), local_files_only=True
+    def _load(self) -> Backend:
+        path = self.model_dir  # fails fast, before the long import
+        backend = load_backend(
+            self.spec,
+            path,
+            device=resolve_device(self.device_setting) if self.variant == "torch" else "cpu",
+            batch_size=self.batch_size,
+            cache_dir=self.models_dir,
+            max_length=self.max_seq_length,
         )
+        if isinstance(backend, TorchBackend) and not backend.gpu:
+            # The torch-free query engine's file, made once while the weights are loaded
+            # (about 4 s); without it queries still work, through the model.
+            try:
+                prepare(path, "onnx", self.models_dir, backend.model)
+            except Exception:
+                log.warning("no ONNX export of %s for queries", self.model_name, exc_info=True)
+        return backend
+
+    def query_engine(self) -> Backend | None:
+        """An engine in this process that gives this space's vectors without torch: the
+        variant's own (ONNX, static), or a torch model's ONNX export once it exists. None
+        when there is none or it is turned off (then queries go to the model like any text)."""
+        if self._query_engine is not None:
+            return self._query_engine
+        if not self.use_query_engine:
+            return None
+        variant = "onnx" if self.variant == "torch" else self.variant
+        path = derived_file(self.models_dir, self.model_dir, variant)
+        if not path.is_file():
+            return None
+        with self._query_lock:
+            if self._query_engine is None:
+                self._query_engine = (
+                    StaticBackend(path, self.model_dir)
+                    if variant == "static"
+                    else OnnxBackend(path, self.model_dir, self.max_seq_length, cpu_threads())
+                )
+        return self._query_engine
+
+    @property
+    def engine_batch_size(self) -> int:
+        """Texts per call to the engine: the setting, or ``GPU_BATCH`` when the engine wants
+        large batches (a GPU); waits for the model when it is loading."""
+        worker = self._worker
+        large = worker.large_batches if worker is not None else self._model.large_batches
+        return max(self.batch_size, GPU_BATCH) if large else self.batch_size
+
+    def embed_query(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for search queries: through the in-process query engine when there is
+        one (no model process, no torch, and no wait behind an ingest's batch), else through
+        the model, ahead of other work."""
+        engine = self.query_engine()
+        if engine is None:
+            return self.embed(texts, urgent=True)
+        return engine.encode(list(texts))
 
     @cached_property
     def tokenizer(self) -> ModelTokenizer:
         """The model's own tokenizer, loaded without the weights or ``transformers``."""
-        return ModelTokenizer(resolve_model_path(self.model_name) / "tokenizer.json")
+        return ModelTokenizer(self.model_dir / "tokenizer.json")
 
     @cached_property
     def max_seq_length(self) -> int:
         """Tokens the model reads, special tokens included (longer input is cut off)."""
         import json
 
-        root = resolve_model_path(self.model_name)
+        root = self.model_dir
         for name, key in (
             ("sentence_bert_config.json", "max_seq_length"),  # sentence-transformers < 6
             ("tokenizer_config.json", "model_max_length"),  # where 6.x keeps it
@@ -197,7 +278,9 @@ class Embedder:
             value = json.loads(cfg.read_text()).get(key) if cfg.is_file() else None
             if isinstance(value, int) and 0 < value <= 100_000:  # not the "unbounded" 1e30
                 return value
-        return int(self._model.max_seq_length)
+        from resources.embedding_backends import load_sentence_transformer
+
+        return int(load_sentence_transformer(root, "cpu").max_seq_length)
 
     @property
     def max_content_tokens(self) -> int:
@@ -212,7 +295,7 @@ class Embedder:
         import hashlib
         import json
 
-        spec = json.loads((resolve_model_path(self.model_name) / "tokenizer.json").read_text())
+        spec = json.loads((self.model_dir / "tokenizer.json").read_text())
         for key in ("truncation", "padding"):
             spec.pop(key, None)
         canonical = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
@@ -222,10 +305,16 @@ class Embedder:
     def dimension(self) -> int:
         """The vectors' size, read from the model's files (no weights loaded): the last
         Dense layer's output when the model has one (a projection), else the transformer's
-        hidden size."""
+        hidden size; a static table keeps at most ``STATIC_DIMENSIONS`` of them."""
+        if self.variant == "static":
+            return min(STATIC_DIMENSIONS, self._model_dimension)
+        return self._model_dimension
+
+    @cached_property
+    def _model_dimension(self) -> int:
         import json
 
-        root = resolve_model_path(self.model_name)
+        root = self.model_dir
         modules = root / "modules.json"
         if modules.is_file():
             dense = [
@@ -240,7 +329,9 @@ class Embedder:
             data = json.loads(cfg.read_text())
             if "hidden_size" in data:
                 return int(data["hidden_size"])
-        return int(self._model.get_sentence_embedding_dimension())
+        from resources.embedding_backends import load_sentence_transformer
+
+        return int(load_sentence_transformer(root, "cpu").get_sentence_embedding_dimension())
 
     def embed(
         self,
@@ -261,8 +352,9 @@ class Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: np.ndarray | None = None
-        for start in range(0, len(order), self.batch_size):
-            picked = order[start : start + self.batch_size]
+        step = self.engine_batch_size
+        for start in range(0, len(order), step):
+            picked = order[start : start + step]
             with self._turns.turn(urgent):
                 vectors = self._embed_batch([texts[i] for i in picked])
             if out is None:
@@ -283,11 +375,4 @@ class Embedder:
                     with self._preload_lock:
                         self._worker = None
                 raise
-        vectors = self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return self._model.encode(texts)

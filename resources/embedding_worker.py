@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resources.child_process import ParentLink, die_with_parent, reap, start_child
@@ -40,15 +41,20 @@ class EmbeddingWorkerError(RuntimeError):
 class EmbeddingWorker:
     """Client side: starts the child at once and answers ``embed`` through it."""
 
-    def __init__(self, model: str, batch_size: int, device: str) -> None:
-        if os.path.isdir(model):  # a model directory given relative to the caller's cwd
+    def __init__(self, model: str, batch_size: int, device: str, models_dir: Path) -> None:
+        name, sep, variant = model.rpartition("@")
+        if sep and os.path.isdir(name):  # a model directory relative to the caller's cwd
+            model = f"{os.path.abspath(name)}@{variant}"
+        elif os.path.isdir(model):
             model = os.path.abspath(model)
         # The child's Embedder sets the offline switches itself.
         self._proc, self._conn = start_child(
-            "resources.embedding_worker", [model, str(batch_size), device]
+            "resources.embedding_worker",
+            [model, str(batch_size), device, str(Path(models_dir).resolve())],
         )
         self._lock = threading.Lock()
         self._ready = False
+        self._large_batches = False
         self._hung_up = False
         atexit.register(self.close)
 
@@ -60,13 +66,21 @@ class EmbeddingWorker:
     def alive(self) -> bool:
         return not self._hung_up and self._proc.poll() is None
 
+    @property
+    def large_batches(self) -> bool:
+        """Whether the child's engine wants large batches (a GPU); known once it is loaded."""
+        if not self._ready:
+            with self._lock:
+                self._await_ready()
+        return self._large_batches
+
     def _await_ready(self) -> None:
         if self._ready:
             return
         if not self._conn.poll(LOAD_TIMEOUT_S):
             self.close()
             raise EmbeddingWorkerError(f"embedding worker not ready after {LOAD_TIMEOUT_S:.0f} s")
-        self._receive()
+        self._large_batches = bool(self._receive())
         self._ready = True
 
     def _receive(self) -> np.ndarray | None:
@@ -122,18 +136,20 @@ class EmbeddingWorker:
         return reap(self._proc)
 
 
-def serve(fd: int, model: str, batch_size: int, device: str) -> None:
+def serve(fd: int, model: str, batch_size: int, device: str, models_dir: str) -> None:
     """Child side: load the model, then answer requests until the parent hangs up."""
     parent = ParentLink(fd)
     from resources.embedder import Embedder
 
-    embedder = Embedder(model=model, batch_size=batch_size, device=device, worker=False)
+    embedder = Embedder(
+        model=model, batch_size=batch_size, device=device, worker=False, models_dir=Path(models_dir)
+    )
     try:
         embedder.embed(["warm up"])
     except Exception as err:  # the parent raises it on its first request
         parent.reply("error", f"embedding model failed to load: {type(err).__name__}: {err}")
         os._exit(1)
-    parent.reply("ready", None)
+    parent.reply("ready", embedder.engine_batch_size > batch_size)
     while True:
         texts = parent.request()
         try:
@@ -151,4 +167,4 @@ if __name__ == "__main__":
     # worker stops (it closes the socket, or kills it), never the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(int(sys.argv[1]))
-    serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])

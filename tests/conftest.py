@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +16,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Files derived from the model (its ONNX export) are made once for the whole session.
+_MADE_MODELS_DIR = (
+    None if "ALIEN_MODELS_DIR" in os.environ else tempfile.mkdtemp(prefix="alien-test-models-")
+)
+MODELS_DIR = Path(os.environ.setdefault("ALIEN_MODELS_DIR", str(_MADE_MODELS_DIR)))
 
-from resources.settings import AlienSettings
-from resources.stores import TenantRegistry, TenantStores
+from resources.settings import AlienSettings  # noqa: E402 (after the environment above)
+from resources.stores import TenantRegistry, TenantStores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -27,6 +34,11 @@ CRANFIELD = SHARED / "cranfield"
 def pytest_configure(config: pytest.Config) -> None:
     if not PDFS.is_dir():
         raise pytest.UsageError(f"test documents not found at {PDFS}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _MADE_MODELS_DIR:
+        shutil.rmtree(_MADE_MODELS_DIR, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""The engines that run the packaged model: each gives unit vectors of its dimension; the ONNX
+export gives torch's vectors without torch; int8 and the static table stay close enough to
+rank related text first. Their speed and retrieval quality are measured in
+``bench/embedders.py`` and ``alien eval``, not asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resources.embedder import Embedder
+from resources.embedding_backends import (
+    STATIC_DIMENSIONS,
+    EmbedderSpec,
+    EmbedderSpecError,
+    derived_file,
+)
+from tests.conftest import MODELS_DIR, REPO
+
+TEXTS = [
+    "The boundary layer on a flat plate thickens downstream as the flow slows near the wall.",
+    "Heat transfer to a blunt body in hypersonic flow depends on the nose radius. " * 30,
+    "x",
+    "Die Grenzschicht an einer ebenen Platte wird stromabwärts dicker.",
+    "Preheat the oven, then bake the bread for forty minutes until the crust is brown.",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_vectors() -> np.ndarray:
+    return Embedder(worker=False, models_dir=MODELS_DIR).embed(TEXTS)
+
+
+def test_a_spec_names_a_model_and_the_variant_that_runs_it(tmp_path: Path) -> None:
+    assert EmbedderSpec.parse("all-MiniLM-L6-v2") == EmbedderSpec("all-MiniLM-L6-v2", "torch")
+    assert EmbedderSpec.parse("all-MiniLM-L6-v2@onnx-int8").variant == "onnx-int8"
+    assert str(EmbedderSpec.parse("all-MiniLM-L6-v2@torch")) == "all-MiniLM-L6-v2"
+    odd = tmp_path / "team@site" / "model"  # an "@" inside a directory is no variant
+    assert EmbedderSpec.parse(str(odd)).model == str(odd)
+    with pytest.raises(EmbedderSpecError, match="unknown embedding variant 'fp8'"):
+        EmbedderSpec.parse("all-MiniLM-L6-v2@fp8")
+
+
+def test_the_onnx_export_gives_the_torch_vectors(torch_vectors: np.ndarray) -> None:
+    onnx = Embedder("all-MiniLM-L6-v2@onnx", worker=False, models_dir=MODELS_DIR)
+    vectors = onnx.embed(TEXTS)  # texts of very different lengths: padding and truncation
+    assert vectors.shape == torch_vectors.shape == (len(TEXTS), 384)
+    assert np.abs(vectors - torch_vectors).max() < 1e-4
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_int8_vectors_stay_close_to_the_model_s(torch_vectors: np.ndarray, tmp_path: Path) -> None:
+    """Made from nothing: the float export first, then its quantization."""
+    int8 = Embedder("all-MiniLM-L6-v2@onnx-int8", worker=False, models_dir=tmp_path)
+    vectors = int8.embed(TEXTS)
+    cosine = (vectors * torch_vectors).sum(axis=1)
+    assert cosine.min() > 0.95, cosine
+    assert derived_file(tmp_path, int8.model_dir, "onnx-int8").stat().st_size < (
+        derived_file(tmp_path, int8.model_dir, "onnx").stat().st_size / 3
+    )
+
+
+def test_the_static_table_ranks_related_text_first() -> None:
+    static = Embedder("all-MiniLM-L6-v2@static", worker=False, models_dir=MODELS_DIR)
+    assert static.dimension == STATIC_DIMENSIONS
+    vectors = static.embed(TEXTS)
+    assert vectors.shape == (len(TEXTS), STATIC_DIMENSIONS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    [query] = static.embed_query(["how thick is the boundary layer of the flow on a plate"])
+    scores = vectors @ query
+    assert scores.argmax() == 0, scores
+    assert scores[0] > scores[4] + 0.1  # the bread recipe is far
+
+
+def test_queries_are_embedded_without_torch_once_the_export_exists(
+    torch_vectors: np.ndarray,
+) -> None:
+    Embedder(worker=False, models_dir=MODELS_DIR).embed(["made while the model is loaded"])
+    probe = (
+        "import sys; from pathlib import Path; import numpy as np\n"
+        "from resources.embedder import Embedder\n"
+        f"e = Embedder(models_dir=Path({str(MODELS_DIR)!r}))\n"
+        f"v = e.embed_query({TEXTS[:1]!r})\n"
+        "assert 'torch' not in sys.modules and e.worker_pid is None, 'torch was loaded'\n"
+        "sys.stdout.buffer.write(v.astype(np.float32).tobytes())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, check=True, timeout=120
+    ).stdout
+    vector = np.frombuffer(out, dtype=np.float32)
+    assert np.abs(vector - torch_vectors[0]).max() < 1e-4
