@@ -447,6 +447,25 @@ class DatasetSettings:
         )
 
 
+#: The dataset settings that change how its entries are processed (the others describe it).
+PROCESSING_SETTINGS = ("language", "chunk_tokens", "ocr_engine", "ocr_languages")
+
+
+def processing_fingerprint(configs: Iterable[tuple[str, dict[str, Any]]]) -> str | None:
+    """A fingerprint of what the datasets' configs (name, config) override of processing;
+    None when none overrides anything. A change of it is work for the next run (the
+    ingestion sensor, the Data API's worker)."""
+    overrides = {}
+    for name, config in configs:
+        chosen = {k: config[k] for k in PROCESSING_SETTINGS if config.get(k) is not None}
+        if chosen:
+            overrides[name] = chosen
+    if not overrides:
+        return None
+    raw = json.dumps(overrides, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
 def dataset_settings(stores: TenantStores) -> dict[str, DatasetSettings]:
     """Every dataset's overrides, by name (datasets are few; read once per step)."""
     return {d.name: DatasetSettings.of(d.config) for d in stores.catalog.datasets()}

@@ -4,7 +4,9 @@ Per tick and tenant it reads one indexed aggregate over waiting entries (pending
 ``processing`` ones whose run stopped renewing its claim), a listing of the inbox folder
 (which the pipeline drains) and the tenant's latest run: never the whole catalog. The
 fingerprint of the waiting work is the run key, so a tick that sees the same work launches
-nothing twice. When the tenant's latest run failed (a store was down, its pod was lost) the
+nothing twice. A change of a dataset's processing settings (its language, chunk window, OCR)
+is work too: the cursor keeps a fingerprint of them per tenant, and a run is launched when it
+changes. When the tenant's latest run failed (a store was down, its pod was lost) the
 work is relaunched after a backoff that doubles per consecutive failure, with jitter, so an
 outage is retried without a command and without a storm of runs.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import dagster as dg
 
 from alien.layout import INBOX
+from alien.pipeline import processing_fingerprint
 from alien.runner import backoff, run_ended
 from alien_assets.jobs import ingest_job
 from alien_assets.partitions import TENANTS
@@ -118,15 +121,31 @@ def ingestion_sensor(
     # Where each tenant's own Data API pod ingests, a run here would do the same work twice.
     for tenant in [] if registry.settings.ingest_in_data_plane else tenants:
         try:
-            fingerprint = work_fingerprint(registry.open(tenant), ended)
+            opened = registry.open(tenant)
+            fingerprint = work_fingerprint(opened, ended)
+            overrides = processing_fingerprint(
+                (d.name, d.config) for d in opened.catalog.datasets()
+            )
         except Exception as err:  # one tenant's broken state (or store) must not stop others
             context.log.warning(f"tenant {tenant}: no fingerprint ({type(err).__name__}: {err})")
             continue
-        if fingerprint is None:
-            cursor.pop(tenant, None)
-            continue
         state = _state(cursor.get(tenant, {}))
+        # A dataset's processing settings changed since the last run launched for them: the
+        # run re-plans the entries they concern (the cursor keeps what was seen).
+        changed = state.get("settings") != overrides
+        if fingerprint is None and not changed:
+            if overrides is None:
+                cursor.pop(tenant, None)
+            else:
+                cursor[tenant] = {"settings": overrides}
+            continue
+        if changed:
+            fingerprint = hashlib.sha256(f"{fingerprint}:{overrides}".encode()).hexdigest()[:20]
         request = _next_request(context.instance, registry.settings, tenant, fingerprint, state)
+        if request is not None or not changed:
+            state["settings"] = overrides
+        if state.get("settings") is None:
+            state.pop("settings", None)
         cursor[tenant] = state
         if request is not None:
             requests.append(request)

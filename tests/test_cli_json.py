@@ -22,6 +22,13 @@ from alien.local_servers import free_port
 ALIEN = str(Path(sys.executable).with_name("alien"))
 
 
+def _without_settings() -> dict[str, str]:
+    """This environment without ALIEN_ settings, but for the session's models directory
+    (the model's ONNX export is made once per test session)."""
+    kept = ("ALIEN_MODELS_DIR",)
+    return {k: v for k, v in os.environ.items() if not k.startswith("ALIEN_") or k in kept}
+
+
 def commands(group: click.Group = main, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = []
     for name, command in group.commands.items():
@@ -54,7 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def invoke(env: dict[str, str], *args: str) -> tuple[int, Any]:
-    cleared = {k: None for k in os.environ if k.startswith("ALIEN_")}
+    cleared = {k: None for k in os.environ if k.startswith("ALIEN_") and k != "ALIEN_MODELS_DIR"}
     result = CliRunner().invoke(main, [*args, "--json"], env={**cleared, **env})
     try:
         return result.exit_code, json.loads(result.stdout)
@@ -128,7 +135,7 @@ def test_version() -> None:
 
 def test_serve_json_says_where_it_listens(world: dict[str, Any]) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIEN_")}
+    env = _without_settings()
     proc = subprocess.Popen(
         [ALIEN, "serve", "--port", str(port), "--no-worker", "--json"],
         env={**env, **world["env"]},
@@ -163,7 +170,7 @@ def test_tenant_env_json_in_cluster_mode(control: dict[str, str]) -> None:
 def test_tables_keep_ids_whole_and_commands_take_unique_prefixes(world: dict[str, Any]) -> None:
     """At 80 columns, `alien entries` and `alien keys list` show ids whole, so they can be
     pasted; `text`, `delete` and `keys revoke` take a unique prefix; `audit` fits."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIEN_")}
+    env = _without_settings()
     env = {**env, **world["env"], "COLUMNS": "80"}
 
     def alien(*args: str) -> subprocess.CompletedProcess[str]:
@@ -213,7 +220,7 @@ def test_eval_in_a_fresh_process_scores_duplicate_documents(tmp_path: Path) -> N
     )
     (beir / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "wind tunnel"}))
     (beir / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIEN_")}
+    env = _without_settings()
     env.update(ALIEN_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "home" / "dagster"))
     run = subprocess.run(
         [ALIEN, "eval", str(beir), "--run-dir", str(tmp_path / "runs"), "--json"],

@@ -249,3 +249,35 @@ def test_a_retained_tenant_stays_retired_on_the_next_sensor_tick(settings, regis
     assert not instance.has_dynamic_partition(TENANTS, "kept-tenant")
     # its data is still there, for whoever decides to bring it back
     assert registry.records(("retained",))[0].tenant == "kept-tenant"
+
+
+def test_sensor_launches_a_run_when_a_dataset_s_processing_settings_change(settings, registry):
+    """Under Dagster nobody notifies a worker: a changed language, chunk window or OCR
+    setting is work the sensor sees; a change of the description alone is not."""
+
+    def tick(cursor: str | None) -> tuple[list[dg.RunRequest], str | None]:
+        result = _evaluate(instance, settings, cursor)
+        if isinstance(result, dg.SkipReason):
+            return [], cursor
+        return list(result.run_requests or []), result.cursor
+
+    instance = dg.DagsterInstance.ephemeral()
+    tenant = registry.create("tuned-tenant")
+    requests, cursor = tick(None)
+    assert requests == []
+    instance.add_dynamic_partitions(TENANTS, ["tuned-tenant"])
+
+    tenant.catalog.update_dataset("default", {"chunk_tokens": 64})
+    (request,), cursor = tick(cursor)
+    assert request.partition_key == "tuned-tenant"
+    # Seen: nothing more on the next ticks, nor for a change that does not touch processing.
+    assert tick(cursor)[0] == []
+    requests, cursor = tick(cursor)
+    assert requests == []
+    tenant.catalog.update_dataset("default", {"chunk_tokens": 64, "description": "manuals"})
+    assert tick(cursor)[0] == []
+    # Taking the override back is a change too.
+    tenant.catalog.update_dataset("default", {"description": "manuals"})
+    (again,), cursor = tick(cursor)
+    assert again.run_key != request.run_key
+    assert tick(cursor)[0] == []

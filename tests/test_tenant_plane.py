@@ -40,7 +40,7 @@ CLUSTER_KEYS = ("ALIEN_CLUSTER_SECRET", "ALIEN_MEILI_MASTER_KEY", "ALIEN_QDRANT_
 
 def alien(env: dict[str, str], *args: str, ok: bool = True) -> Any:
     """Run the CLI in this process with exactly ``env`` for its settings."""
-    cleared = {k: None for k in os.environ if k.startswith("ALIEN_")}
+    cleared = {k: None for k in os.environ if k.startswith("ALIEN_") and k != "ALIEN_MODELS_DIR"}
     result = CliRunner().invoke(main, list(args), env={**cleared, **env})
     if ok:
         assert result.exit_code == 0, result.output

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from alien.documents import delete_entry
+from alien.pipeline import processing_fingerprint
 from data_api.deps import MAX_OFFSET, Reader, Settings, Writer, page_size
 from data_api.door import RequestContext
 from data_api.errors import ApiError, error_responses, not_found
@@ -61,24 +62,22 @@ def get_dataset(name: NamePath, ctx: Reader) -> DatasetPublic:
     return DatasetPublic.of(dataset)
 
 
-# The settings that change how entries are processed (the others only describe the dataset).
-_PROCESSING = ("language", "chunk_tokens", "ocr_engine", "ocr_languages")
-
-
 @router.patch("/{name}", responses=error_responses(404))
 def update_dataset(
     name: NamePath, body: DatasetUpdate, ctx: Writer, request: Request
 ) -> DatasetPublic:
     """Replace the dataset's configuration. A change of its processing settings (language,
     chunk window, OCR) reprocesses what it concerns in the tenant's next run, which the
-    service's worker starts at once."""
+    service's worker starts at once (under Dagster, the ingestion sensor's next tick)."""
     before = ctx.stores.catalog.dataset(name)
     dataset = ctx.stores.catalog.update_dataset(name, body.config.model_dump())
     if dataset is None or before is None:
         raise not_found("dataset", name, dataset=name)
     ctx.audit("update_dataset", dataset=name)
     worker = request.app.state.worker
-    changed = any(before.config.get(k) != dataset.config.get(k) for k in _PROCESSING)
+    changed = processing_fingerprint([(name, before.config)]) != processing_fingerprint(
+        [(name, dataset.config)]
+    )
     if worker is not None and changed:
         worker.notify(ctx.stores.tenant)
     return DatasetPublic.of(dataset)
