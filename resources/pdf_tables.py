@@ -50,6 +50,9 @@ CELL_PITCHES = 2.0
 MIN_CHANNEL = 0.4
 #: Vertical space between two lines of a table, in line heights, above which the table ends.
 MAX_LINE_GAP = 1.5
+#: Rows a table has at least (its merged rows): two lines that happen to line up, such as a
+#: heading and the first entry of a list of contents, are not taken for one.
+MIN_ROWS = 3
 #: Glyphs read out of row order that a table tolerates (superscripts, stray marks).
 ORDER_SLACK = 0.02
 
@@ -312,7 +315,7 @@ def _rows(
     for index in sorted(row_of):  # glyphs read after a later row's: a table read by columns
         late += row_of[index] < last
         last = max(last, row_of[index])
-    if late > ORDER_SLACK * len(row_of) or len(rows) < 2:
+    if late > ORDER_SLACK * len(row_of) or len(rows) < MIN_ROWS:
         return None
     return rows, set(row_of)
 

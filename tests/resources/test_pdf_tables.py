@@ -77,6 +77,14 @@ def test_list_markers_hanging_left_of_their_items_are_not_a_table() -> None:
     assert with_tables(text, glyphs) == text
 
 
+def test_two_lines_that_happen_to_line_up_are_not_a_table() -> None:
+    """A heading and the first line under it in a list of contents, say."""
+    text, glyphs = _page(
+        [[(50, "Installation"), (300, "8")], [(50, "3. Installation"), (300, "8")]]
+    )
+    assert with_tables(text, glyphs) == text
+
+
 def test_words_spread_over_lines_without_columns_below_them_are_not_a_table() -> None:
     """Two lines with wide spaces (justified, or spread out): their words do not overlap
     across a gap, but no column but the first holds words in both lines."""
