@@ -340,3 +340,23 @@ def test_a_tenant_from_before_vector_spaces_upgraded_with_another_model(
     reports = {r.step: r for r in run_all(stores)}
     assert reports[VECTORS].details["switched_to"] == str(projected_model)
     assert all(r.passed for r in run_checks(stores))
+
+
+def test_switching_the_embedding_variant_goes_through_the_model_change_path(
+    settings: AlienSettings, registry: TenantRegistry
+) -> None:
+    """A variant is a space of its own: switching to the static table backfills it while
+    searches read the torch space, then switches; the manifest names model and variant."""
+    _, _, before = _indexed(registry, "variant-a")
+    static = "all-MiniLM-L6-v2@static"
+    new = TenantRegistry(settings.model_copy(update={"embedding_model": static})).open("variant-a")
+    assert new.embedder.dimension == 256
+    assert _rankings(new) == before  # the old space, queries embedded the old way
+    vectors = {r.step: r for r in run_all(new)}[VECTORS]
+    assert vectors.details["switched_to"] == static
+    assert vectors.details["dropped_spaces"] == ["all-MiniLM-L6-v2/384"]
+    assert new.vectors.models() == {(static, 256): new.vectors.count()}
+    meta = {r.meta["variant"]: r.meta for r in new.catalog.manifest(EMBEDDINGS).values()}
+    assert list(meta) == ["static"]
+    assert (meta["static"]["base_model"], meta["static"]["dim"]) == ("all-MiniLM-L6-v2", 256)
+    assert _rankings(new) != before
