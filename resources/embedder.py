@@ -19,10 +19,7 @@ from resources.embedding_backends import (
     STATIC_DIMENSIONS,
     Backend,
     EmbedderSpec,
-    OnnxBackend,
-    StaticBackend,
     TorchBackend,
-    cpu_threads,
     derived_file,
     load_backend,
     prepare,
@@ -229,18 +226,30 @@ class Embedder:
             return self._query_engine
         if not self.use_query_engine:
             return None
-        variant = "onnx" if self.variant == "torch" else self.variant
-        path = derived_file(self.models_dir, self.model_dir, variant)
-        if not path.is_file():
+        path = self._query_file
+        if not path.is_file():  # a stat per query until the export exists
             return None
         with self._query_lock:
             if self._query_engine is None:
-                self._query_engine = (
-                    StaticBackend(path, self.model_dir)
-                    if variant == "static"
-                    else OnnxBackend(path, self.model_dir, self.max_seq_length, cpu_threads())
+                self._query_engine = load_backend(
+                    self._query_spec,
+                    self.model_dir,
+                    device="cpu",
+                    batch_size=self.batch_size,
+                    cache_dir=self.models_dir,
+                    max_length=self.max_seq_length,
                 )
         return self._query_engine
+
+    @property
+    def _query_spec(self) -> EmbedderSpec:
+        """What embeds queries without torch: the variant itself, or a torch model's export."""
+        return EmbedderSpec(self.spec.model, "onnx") if self.variant == "torch" else self.spec
+
+    @cached_property
+    def _query_file(self) -> Path:
+        """The query engine's file (named by the model's weights: read once, not per query)."""
+        return derived_file(self.models_dir, self.model_dir, self._query_spec.variant)
 
     @property
     def engine_batch_size(self) -> int:
@@ -329,9 +338,9 @@ class Embedder:
             data = json.loads(cfg.read_text())
             if "hidden_size" in data:
                 return int(data["hidden_size"])
-        from resources.embedding_backends import load_sentence_transformer
+        from resources.embedding_backends import load_sentence_transformer, sentence_dimension
 
-        return int(load_sentence_transformer(root, "cpu").get_sentence_embedding_dimension())
+        return sentence_dimension(load_sentence_transformer(root, "cpu"))
 
     def embed(
         self,

@@ -100,9 +100,11 @@ def derived_dir(cache_dir: Path, model_dir: Path) -> Path:
     return cache_dir / f"{model_dir.name}-{weights_key(model_dir)}"
 
 
+_DERIVED = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx", "static": "static.npy"}
+
+
 def derived_file(cache_dir: Path, model_dir: Path, variant: str) -> Path:
-    names = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx", "static": "static.npy"}
-    return derived_dir(cache_dir, model_dir) / names[variant]
+    return derived_dir(cache_dir, model_dir) / _DERIVED[variant]
 
 
 @contextlib.contextmanager
@@ -272,7 +274,7 @@ def distill_static(st_model: Any, dimensions: int = STATIC_DIMENSIONS) -> np.nda
     ids = torch.arange(size, dtype=torch.long)
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    rows = np.zeros((size, _dimension(st_model)), dtype=np.float32)
+    rows = np.zeros((size, sentence_dimension(st_model)), dtype=np.float32)
     with torch.no_grad():
         for lo in range(0, size, 1024):
             batch = ids[lo : lo + 1024, None]
@@ -298,7 +300,7 @@ def distill_static(st_model: Any, dimensions: int = STATIC_DIMENSIONS) -> np.nda
     return table.astype(np.float32)
 
 
-def _dimension(st_model: Any) -> int:
+def sentence_dimension(st_model: Any) -> int:
     getter = getattr(st_model, "get_embedding_dimension", None)  # sentence-transformers >= 6.3
     if getter is None:
         getter = st_model.get_sentence_embedding_dimension
@@ -379,7 +381,7 @@ class StaticBackend:
     """A distilled static table: a text's vector is the mean of its tokens' rows."""
 
     def __init__(self, table_path: Path, model_dir: Path) -> None:
-        self.table = np.load(table_path, mmap_mode=None)
+        self.table = np.load(table_path)
         self.tokenizer = _tokenizer(model_dir, None)
         self.large_batches = False
 
@@ -412,23 +414,7 @@ def load_backend(
     """The engine for ``spec``, making its derived file first when it is missing."""
     if spec.variant == "torch":
         return TorchBackend(model_dir, device, batch_size)
-    path = derived_file(cache_dir, model_dir, spec.variant)
-    if not path.is_file():
-        path = prepare(model_dir, spec.variant, cache_dir)
+    path = prepare(model_dir, spec.variant, cache_dir)  # the file, made once
     if spec.variant == "static":
         return StaticBackend(path, model_dir)
     return OnnxBackend(path, model_dir, max_length, cpu_threads())
-
-
-def dimension_of(path: Path) -> int | None:
-    """A derived file's vector size, read from its header (no weights loaded)."""
-    if path.suffix == ".npy" and path.is_file():
-        with path.open("rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            shape, _, _ = (
-                np.lib.format.read_array_header_1_0(fh)
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0(fh)
-            )
-        return int(shape[1])
-    return None

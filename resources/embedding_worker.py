@@ -42,11 +42,11 @@ class EmbeddingWorker:
     """Client side: starts the child at once and answers ``embed`` through it."""
 
     def __init__(self, model: str, batch_size: int, device: str, models_dir: Path) -> None:
-        name, sep, variant = model.rpartition("@")
-        if sep and os.path.isdir(name):  # a model directory relative to the caller's cwd
-            model = f"{os.path.abspath(name)}@{variant}"
-        elif os.path.isdir(model):
-            model = os.path.abspath(model)
+        from resources.embedding_backends import EmbedderSpec
+
+        spec = EmbedderSpec.parse(model)
+        if os.path.isdir(spec.model):  # a model directory relative to the caller's cwd
+            model = str(EmbedderSpec(os.path.abspath(spec.model), spec.variant))
         # The child's Embedder sets the offline switches itself.
         self._proc, self._conn = start_child(
             "resources.embedding_worker",
