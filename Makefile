@@ -62,13 +62,17 @@ servers: install servers-install
 demo: install
 	$(BIN)/alien demo
 
+# Two test processes (this machine's two cores), each taking whole files (module fixtures
+# are made once); files with slow tests go first (tests/conftest.py), so both end together.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: install servers-install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 test-fast: install servers-install
-	$(BIN)/pytest -m "not slow and not dagster_dev"
+	$(BIN)/pytest $(PYTEST_WORKERS) -m "not slow and not dagster_dev"
 
 lint: install
 	$(BIN)/ruff check .

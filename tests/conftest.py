@@ -36,6 +36,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"test documents not found at {PDFS}")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with slow tests first (their own order kept): under `make test`'s two processes,
+    each taking whole files, the long files start early and the two end together."""
+    slow = {
+        i.path for i in items if i.get_closest_marker("slow") or i.get_closest_marker("dagster_dev")
+    }
+    items.sort(key=lambda item: item.path not in slow)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _MADE_MODELS_DIR:
         shutil.rmtree(_MADE_MODELS_DIR, ignore_errors=True)

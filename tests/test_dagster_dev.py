@@ -165,7 +165,9 @@ def test_ctrl_c_stops_dagster_dev_at_a_terminal(tmp_path: Path) -> None:
     and the code server within seconds (no SIGKILL needed); the runs' consoles stay quiet."""
     from tests.terminal import Terminal, alive
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIEN_", "DAGSTER_"))}
+    # the session's models directory stays: its ONNX export is made once per session
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ALIEN_", "DAGSTER_")) or k == "ALIEN_MODELS_DIR"}  # fmt: skip
     home = tmp_path / "home"
     env.update(ALIEN_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     first = "from alien.runner import use_home; from resources.settings import AlienSettings;"

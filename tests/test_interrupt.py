@@ -21,7 +21,9 @@ STEPS = ("raw_documents", "ocr_output", "chunks", "embeddings", "vector_index", 
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIEN_", "DAGSTER_"))}
+    # the session's models directory stays: its ONNX export is made once per session
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ALIEN_", "DAGSTER_")) or k == "ALIEN_MODELS_DIR"}  # fmt: skip
     return {**env, "ALIEN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
 
 
