@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alien.pipeline import CHUNKS, VECTORS
-from alien.repair import diagnose, in_space
+from alien.repair import diagnose, vector_counts, vector_rows_written
 from resources.catalog import EntryStatus
 from resources.stores import TenantStores
 
@@ -29,13 +29,9 @@ def chunk_counts_agree(stores: TenantStores) -> CheckResult:
     }
     # During a model change the configured model's space fills entry by entry: an entry
     # whose vectors are still only in the searched (old) space is awaited, not a mismatch.
-    target = stores.target_space().name
-    awaited = {
-        eid
-        for eid, rec in stores.catalog.manifest(VECTORS).items()
-        if rec.ok and not in_space(rec, target)
-    }
-    vectors = stores.vectors.counts_by_entry()
+    written = vector_rows_written(stores)
+    awaited = {eid for eid, rec in stores.catalog.manifest(VECTORS).items() if rec.ok} - written
+    vectors = vector_counts(stores)
     keywords = stores.keywords.counts_by_entry()
     mismatched = sorted(
         eid
@@ -58,22 +54,32 @@ def chunk_counts_agree(stores: TenantStores) -> CheckResult:
 
 
 def vectors_match_model(stores: TenantStores) -> CheckResult:
-    """Every vector of the configured model's space was made by that model, with its
-    dimension; during a model change the metadata says which space searches still read."""
-    target, active = stores.target_space(), stores.active_space()
-    models = stores.vectors_in(target).models()
-    other = {f"{m}/{d}": c for (m, d), c in models.items() if not target.holds(m, d)}
+    """Every vector of each space the pipeline writes (the configured model's, and each
+    dataset's own) was made by that space's model, with its dimension; during a model
+    change the metadata says which space searches still read."""
+    spaces = stores.space_map()
+    target, active = spaces.default_target, spaces.default
+    other: dict[str, int] = {}
+    for space in spaces.written():
+        if space.created:
+            models = stores.vectors_in(space).models()
+            other.update({f"{m}/{d}": c for (m, d), c in models.items() if not space.holds(m, d)})
+    meta = {
+        "model": target.model,
+        "dimension": target.dim,
+        "other_models": other,
+        "searched_model": active.model,
+        "model_change_pending": active != target,
+    }
+    if spaces.targets:
+        meta["dataset_models"] = {
+            name: f"{space.model}/{space.dim}" for name, space in sorted(spaces.targets.items())
+        }
+        meta["dataset_model_change_pending"] = sorted(
+            name for name in spaces.targets if spaces.target(name) != spaces.reading(name)
+        )
     return CheckResult(
-        "vectors_match_model",
-        not other,
-        "vector model and dimension = configured model",
-        {
-            "model": target.model,
-            "dimension": target.dim,
-            "other_models": other,
-            "searched_model": active.model,
-            "model_change_pending": active != target,
-        },
+        "vectors_match_model", not other, "vector model and dimension = configured model", meta
     )
 
 

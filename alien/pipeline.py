@@ -55,6 +55,7 @@ from resources.catalog import (
     utcnow,
 )
 from resources.chunking import Chunk, chunk_pages
+from resources.embedder import Embedder
 from resources.extract import IMAGE_TYPES, PDF, DocumentLimits, ExtractionError, PageText
 from resources.extract_worker import BoundedExtractor, ExtractionJob
 from resources.formats import EMAIL_TYPES, FormatError
@@ -62,7 +63,7 @@ from resources.keywords import KeywordDoc
 from resources.mistral_ocr import MistralOcr, OcrBudgetExceeded
 from resources.outages import reraise_outage
 from resources.settings import AlienSettings
-from resources.stores import EMBEDDINGS_STEP, TenantStores
+from resources.stores import EMBEDDINGS_STEP, SpaceMap, TenantStores
 from resources.vectors import VectorPoint, VectorSpace
 
 log = logging.getLogger(__name__)
@@ -448,7 +449,7 @@ class DatasetSettings:
 
 
 #: The dataset settings that change how its entries are processed (the others describe it).
-PROCESSING_SETTINGS = ("language", "chunk_tokens", "ocr_engine", "ocr_languages")
+PROCESSING_SETTINGS = ("language", "chunk_tokens", "ocr_engine", "ocr_languages", "embedding_model")
 
 
 def processing_fingerprint(configs: Iterable[tuple[str, dict[str, Any]]]) -> str | None:
@@ -630,17 +631,27 @@ def run_chunks(
 ) -> StepReport:
     started = time.perf_counter()
     report = StepReport(CHUNKS)
-    embedder, chunked_as = stores.chunking()  # the searched space's (a model change: the old)
+    spaces = stores.space_map()
     overrides = dataset_settings(stores)
     kinds = stores.catalog.entry_kinds()
+    chunkers: dict[str, tuple[Embedder, str]] = {}
+
+    def chunking(eid: str) -> tuple[Embedder, str]:
+        """The tokenizer and name of the space the entry's dataset searches (during a
+        model change: the old one's)."""
+        space = spaces.reading(kinds.get(eid, ("", ""))[0])
+        if space.name not in chunkers:
+            chunkers[space.name] = stores.chunking(space)
+        return chunkers[space.name]
 
     def window(eid: str) -> int:
         """The entry's chunk window: its dataset's, within what the model reads."""
         own = overrides.get(kinds.get(eid, ("", ""))[0], DatasetSettings()).chunk_tokens
-        return min(own or embedder.max_content_tokens, embedder.max_content_tokens)
+        limit = chunking(eid)[0].max_content_tokens
+        return min(own or limit, limit)
 
     def config(eid: str) -> str:
-        return f"{chunked_as}:{window(eid)}"
+        return f"{chunking(eid)[1]}:{window(eid)}"
 
     with stores.lock(CHUNKS):
         plan = _plan(stores, CHUNKS, _upstream_of(stores, TEXT), config, full_refresh)
@@ -650,7 +661,7 @@ def run_chunks(
                 progress(CHUNKS, n, len(plan.todo))
             try:
                 pages = read_pages(stores, eid)
-                chunks = chunk_pages(eid, pages, embedder.tokenizer, window(eid))
+                chunks = chunk_pages(eid, pages, chunking(eid)[0].tokenizer, window(eid))
                 languages = read_page_languages(stores, eid)
                 chunks = [replace(c, language=languages.get(c.page or 1)) for c in chunks]
             except Exception as err:
@@ -690,7 +701,8 @@ def run_chunks(
             stores.objects.delete(chunks_key(eid))
         stores.catalog.forget_manifest(CHUNKS, plan.remove)
         if stores.catalog.rechunk_pending():  # every entry is cut for the searched model now
-            stores.catalog.rechunked(chunked_as)
+            for space in {spaces.default.name: spaces.default, **spaces.own}.values():
+                stores.catalog.rechunked(space.chunked_as, space.dataset)
         report.removed = len(plan.remove)
         report.unchanged = plan.unchanged
     report.seconds = time.perf_counter() - started
@@ -707,11 +719,23 @@ def run_embeddings(
     """Embed new chunks. Several entries share one model call so batches stay full."""
     started = time.perf_counter()
     report = StepReport(EMBEDDINGS)
-    embedder = stores.embedder
-    config = f"{embedder.model_name}:{embedder.dimension}"
+    spaces = stores.space_map(prepare=True)  # a dataset's new space is made first
+    kinds = stores.catalog.entry_kinds()
+
+    def embedder_for(eid: str) -> Embedder:
+        """The model of the space the entry's vectors go to (its dataset's own, or the
+        tenant's configured one)."""
+        return stores.embedder_of(spaces.target(kinds.get(eid, ("", ""))[0]).model)
+
+    def config(eid: str) -> str:
+        embedder = embedder_for(eid)
+        return f"{embedder.model_name}:{embedder.dimension}"
+
     model_seconds = 0.0
     with stores.lock(EMBEDDINGS):
         plan = _plan(stores, EMBEDDINGS, _upstream_of(stores, CHUNKS), config, full_refresh)
+        # one model after another, so that each model's batches stay full
+        plan.todo.sort(key=lambda t: embedder_for(t[0]).model_name)
         todo_ids = {t[0] for t in plan.todo}
         total = sum(
             rec.meta.get("chunks", 0)
@@ -721,6 +745,7 @@ def run_embeddings(
         done = 0
         group: list[tuple[str, str, str, list[Chunk]]] = []
         pending = 0
+        embedder = stores.embedder
         if progress and total:
             progress(EMBEDDINGS, 0, total)
 
@@ -776,8 +801,11 @@ def run_embeddings(
                 continue
             # Entries share a model call up to ``group_chunks`` chunks, so batches stay full
             # and progress (and a restart after a kill) moves entry by entry.
-            if group and pending + len(chunks) > group_chunks:
+            if group and (
+                pending + len(chunks) > group_chunks or embedder_for(eid) is not embedder
+            ):
                 flush()
+            embedder = embedder_for(eid)
             group.append((eid, input_hash, sha, chunks))
             pending += len(chunks)
         flush()
@@ -788,8 +816,8 @@ def run_embeddings(
         report.unchanged = plan.unchanged
     report.seconds = time.perf_counter() - started
     report.details.update(
-        model=embedder.model_name,
-        dimension=embedder.dimension,
+        model=stores.embedder.model_name,
+        dimension=stores.embedder.dimension,
         model_seconds=round(model_seconds, 3),
         chunks_per_second=round(report.chunks / model_seconds, 2) if model_seconds else 0.0,
     )
@@ -823,17 +851,17 @@ def _run_index_step(
     full_refresh: bool,
     progress: Progress | None = None,
     upstream: Callable[[], dict[str, tuple[str, str]]] | None = None,
-    config: str = "",
-    meta: dict[str, Any] | None = None,
+    config: str | Callable[[str], str] = "",
+    meta: Callable[[str], dict[str, Any]] | None = None,
     remove: Callable[[list[str]], int] | None = None,
 ) -> StepReport:
     """Bring one index up to date: ``write_entry`` replaces an entry's rows, returns how many.
     ``upstream`` picks the entries ready for it (default: every one ``upstream`` step made);
-    ``meta`` goes into each manifest row; ``remove`` takes entries out (default: the index's
+    ``config`` is the step's settings (or an entry's); ``meta`` gives what goes into an
+    entry's manifest row; ``remove`` takes entries out (default: the index's
     ``delete_entries``)."""
     started = time.perf_counter()
     report = StepReport(step)
-    meta = meta or {}
     with stores.lock(step):
         ready = upstream() if upstream is not None else _upstream_of(stores, upstream_step)
         plan = _plan(stores, step, ready, config, full_refresh)
@@ -850,9 +878,9 @@ def _run_index_step(
                 _fail(stores, step, eid, input_hash, sha, _unexpected(err))
                 report.failed += 1
                 continue
-            stores.catalog.record_manifest(
-                step, [ManifestRecord(eid, input_hash, sha, None, meta={"rows": rows, **meta})]
-            )
+            extra = meta(eid) if meta else {}
+            record = ManifestRecord(eid, input_hash, sha, None, meta={"rows": rows, **extra})
+            stores.catalog.record_manifest(step, [record])
             report.processed += 1
             report.chunks += rows
         if progress and plan.todo:
@@ -875,17 +903,24 @@ def _run_index_step(
 def run_vector_index(
     stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
 ) -> StepReport:
-    """Write the configured model's vector space; switch searches to it once it is complete.
+    """Write each dataset's vectors into its space; switch searches to a space once it is
+    complete.
 
-    Normally that space is the active one. After a model change it is a new one, filled
-    entry by entry (a backfill that a kill or an outage only pauses) while searches keep
-    reading the old space; when every entry's vectors are there, the new space becomes the
-    active one in one catalog update and the old one is dropped.
+    Datasets without a model of their own go to the tenant's default space, the others to
+    their own. Normally the space written is the one searched. After a model change (the
+    tenant's, or a dataset's) it is a new one, filled entry by entry (a backfill that a kill
+    or an outage only pauses) while searches keep reading the old space; when every entry
+    of its datasets has its vectors there, the new space is searched instead, in one catalog
+    update, and the old one is dropped (or, for a dataset that leaves the default space,
+    its points there are deleted).
     """
-    space = stores.target_space()
-    if not space.created:  # a model change's new space, not recorded yet
-        space = stores.prepare_space(space)
-    index = stores.vectors_in(space)
+    if not stores.target_space().created:  # a model change's new space, not recorded yet
+        stores.prepare_space(stores.target_space())
+    spaces = stores.space_map(prepare=True)
+    kinds = stores.catalog.entry_kinds()
+
+    def target(eid: str) -> VectorSpace:
+        return spaces.target(kinds.get(eid, ("", ""))[0])
 
     def write(entry: Entry) -> int:
         chunks = read_chunks(stores, entry.id)
@@ -896,53 +931,125 @@ def run_vector_index(
             VectorPoint(c.id, v, entry.id, entry.dataset, c.index, c.page)
             for c, v in zip(chunks, vectors, strict=True)
         ]
-        index.replace_entry(entry.id, points)
+        stores.vectors_in(target(entry.id)).replace_entry(entry.id, points)
         return len(points)
 
+    default = stores.vectors_in(spaces.default_target)
     report = _run_index_step(
-        stores, VECTORS, EMBEDDINGS, index, write, full_refresh, progress,
-        upstream=lambda: _embedded_in(stores, space), config=space.name,
-        meta={"space": space.name}, remove=stores.delete_vectors,
+        stores, VECTORS, EMBEDDINGS, default, write, full_refresh, progress,
+        upstream=lambda: _embedded_for(stores, target), config=lambda eid: target(eid).name,
+        meta=lambda eid: {"space": target(eid).name}, remove=stores.delete_vectors,
     )  # fmt: skip
-    report.details["space"] = {"model": space.model, "dimension": space.dim}
+    report.details["space"] = {"model": spaces.default_target.model,
+                               "dimension": spaces.default_target.dim}  # fmt: skip
+    if spaces.waiting:
+        report.details["datasets_waiting_for_control_plane"] = list(spaces.waiting)
+        log.warning("tenant %s: datasets %s wait for the control plane to make their "
+                    "spaces", stores.tenant, list(spaces.waiting))  # fmt: skip
+    if spaces.targets:
+        report.details["dataset_spaces"] = {
+            name: {"model": space.model, "dimension": space.dim}
+            for name, space in sorted(spaces.targets.items())
+        }
     with stores.lock(VECTORS):
-        spaces = stores.catalog.vector_spaces()
-        if len(spaces) > 1 and _space_complete(stores, space):
-            dropped = stores.switch_space(space)
-            report.details["switched_to"] = space.model
-            report.details["dropped_spaces"] = [f"{s.model}/{s.dim}" for s in dropped]
-            log.info("tenant %s: searches now read %s; dropped %s", stores.tenant,
-                     space.model, report.details["dropped_spaces"])  # fmt: skip
-        elif len(spaces) > 1:
-            report.details["switch_pending"] = True
+        _switch_spaces(stores, stores.space_map(), report)
     return report
 
 
-def _embedded_in(stores: TenantStores, space: VectorSpace) -> dict[str, tuple[str, str]]:
-    """Entries whose current embeddings were made by ``space``'s model (the others wait for
-    the embeddings step: vectors of one model never go into another's space)."""
+def _switch_spaces(stores: TenantStores, spaces: SpaceMap, report: StepReport) -> None:
+    """Make every complete space the one its datasets search, and drop what no dataset
+    searches or fills any more."""
+    kinds = stores.catalog.entry_kinds()
+    members: dict[str, set[str]] = {}  # space name -> entries whose vectors go there
+    for eid, (dataset, _) in kinds.items():
+        members.setdefault(spaces.target(dataset).name, set()).add(eid)
+    embedded = _ok(stores.catalog.manifest(EMBEDDINGS))  # read once for every space
+    written = stores.catalog.manifest(VECTORS, meta=False)
+
+    def complete(space: VectorSpace) -> bool:
+        return _space_complete(space, members.get(space.name, set()), embedded, written)
+
+    default_spaces = [s for s, _ in stores.catalog.vector_spaces() if not s.dataset]
+    target = spaces.default_target
+    if len(default_spaces) > 1 and complete(target):
+        dropped = stores.switch_space(target)
+        report.details["switched_to"] = target.model
+        report.details["dropped_spaces"] = [f"{s.model}/{s.dim}" for s in dropped]
+        log.info("tenant %s: searches now read %s; dropped %s", stores.tenant,
+                 target.model, report.details["dropped_spaces"])  # fmt: skip
+        spaces = stores.space_map()
+    elif len(default_spaces) > 1:
+        report.details["switch_pending"] = True
+    switched, pending = {}, []
+    for dataset in sorted(set(spaces.targets) | set(spaces.own)):
+        target, reading = spaces.target(dataset), spaces.reading(dataset)
+        if target == reading:
+            continue
+        if not complete(target):
+            pending.append(dataset)
+            continue
+        if target.dataset:  # into a space of its own
+            stores.catalog.activate_space(
+                target.name, rechunk=reading.chunked_as != target.chunked_as
+            )
+        else:  # back into the default space
+            stores.catalog.forget_space(reading.name)
+            if reading.chunked_as != target.chunked_as:  # its entries are cut again
+                stores.catalog.activate_space(spaces.default.name, rechunk=True)
+        if reading.dataset:
+            stores.drop_space(reading)
+        else:  # its points in the default space go (searches there exclude it already)
+            mine = [eid for eid, (ds, _) in kinds.items() if ds == dataset]
+            stores.vectors_in(reading).delete_entries(mine)
+        switched[dataset] = f"{target.model}/{target.dim}"
+        log.info("tenant %s: dataset %s now searches %s", stores.tenant, dataset, target.model)
+    # spaces of a dataset that neither searches nor fills them (its model changed again,
+    # or it is gone)
+    keep = {s.name for s in stores.space_map().written()} | {
+        s.name for s in stores.catalog.dataset_spaces().values()
+    }
+    for space, _ in stores.catalog.vector_spaces():
+        if space.dataset and space.name not in keep:
+            stores.drop_space(space)
+    if switched:
+        report.details["datasets_switched"] = switched
+    if pending:
+        report.details["datasets_switch_pending"] = pending
+
+
+def _embedded_for(
+    stores: TenantStores, target: Callable[[str], VectorSpace]
+) -> dict[str, tuple[str, str]]:
+    """Entries whose current embeddings were made by the model of the space they go to
+    (the others wait for the embeddings step: vectors of one model never go into
+    another's space)."""
     return {
         eid: (rec.input_hash, rec.source_sha256)
         for eid, rec in _ok(stores.catalog.manifest(EMBEDDINGS)).items()
-        if rec.meta.get("model") == space.model and rec.meta.get("dim") == space.dim
+        if target(eid).holds(rec.meta.get("model", ""), rec.meta.get("dim", 0))
     }
 
 
-def _space_complete(stores: TenantStores, space: VectorSpace) -> bool:
-    """Every entry with embeddings has them from ``space``'s model, and ``space``'s vector
-    step took it. An entry whose write failed counts as taken: it is ``failed`` with the
+def _space_complete(
+    space: VectorSpace,
+    members: set[str],
+    embedded: dict[str, ManifestRecord],
+    written: dict[str, ManifestRecord],
+) -> bool:
+    """Every entry whose vectors go to ``space`` (``members``) and has embeddings
+    (``embedded``) has them from its model, and ``space``'s vector step took it
+    (``written``). An entry whose write failed counts as taken: it is ``failed`` with the
     reason (a failure is final until its file changes), and waiting for it would keep the
-    whole tenant on the old model."""
-    embedded = _ok(stores.catalog.manifest(EMBEDDINGS, meta=False))
-    mine = _embedded_in(stores, space)
-    if len(mine) != len(embedded):
-        return False
-    written = stores.catalog.manifest(VECTORS, meta=False)
-    return all(
-        (rec := written.get(eid)) is not None
-        and rec.input_hash == _input_hash(VECTORS, up_hash, space.name)
-        for eid, (up_hash, _) in mine.items()
-    )
+    whole scope on the old model."""
+    for eid, rec in embedded.items():
+        if eid not in members:
+            continue
+        if not space.holds(rec.meta.get("model", ""), rec.meta.get("dim", 0)):
+            return False
+        done = written.get(eid)
+        if done is None or done.input_hash != _input_hash(VECTORS, rec.input_hash, space.name):
+            return False
+    return True
 
 
 def run_keyword_index(

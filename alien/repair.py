@@ -67,16 +67,16 @@ def diagnose(stores: TenantStores, *, indexes: bool = True, objects: bool = True
     damage = Damage()
     live = catalog.entry_hashes()
     known = set(live) | {e.id for e in catalog.deleting(limit=10_000_000)}
-    target = stores.target_space().name
     for step, store in _INDEX_STEPS.items() if indexes else ():
-        index = getattr(stores, store)  # vectors: the configured model's space
-        actual = index.counts_by_entry()
+        actual = vector_counts(stores) if step == VECTORS else stores.keywords.counts_by_entry()
         recorded = {
             eid: int(rec.meta.get("rows", 0))
             for eid, rec in catalog.manifest(step).items()
-            # during a model change, rows still of the old space are not the new one's to hold
-            if rec.ok and eid in live and (step != VECTORS or in_space(rec, target))
+            if rec.ok and eid in live
         }
+        if step == VECTORS:  # during a model change, rows still of the old space are not
+            written = vector_rows_written(stores)  # the new one's to hold
+            recorded = {eid: rows for eid, rows in recorded.items() if eid in written}
         damage.index_mismatch[store] = sorted(
             eid for eid, rows in recorded.items() if actual.get(eid, 0) != rows
         )
@@ -107,6 +107,29 @@ def in_space(record: ManifestRecord, space: str) -> bool:
     return record.meta.get("space", "") == space
 
 
+def vector_counts(stores: TenantStores) -> dict[str, int]:
+    """Points per entry in the spaces the pipeline writes (the default one's and each
+    dataset's own)."""
+    counts: dict[str, int] = {}
+    for space in stores.space_map().written():
+        if space.created:  # a space not made yet holds nothing
+            for eid, n in stores.vectors_in(space).counts_by_entry().items():
+                counts[eid] = counts.get(eid, 0) + n
+    return counts
+
+
+def vector_rows_written(stores: TenantStores) -> set[str]:
+    """Entries whose vector manifest row describes the space their vectors go to now (the
+    others await a model change's backfill: their points are in the space searched)."""
+    spaces = stores.space_map()
+    kinds = stores.catalog.entry_kinds()
+    return {
+        eid
+        for eid, rec in stores.catalog.manifest(VECTORS).items()
+        if rec.ok and in_space(rec, spaces.target(kinds.get(eid, ("", ""))[0]).name)
+    }
+
+
 @dataclass
 class RepairReport:
     before: dict[str, Any]
@@ -131,7 +154,8 @@ def repair(stores: TenantStores) -> RepairReport:
     damage = diagnose(stores)
     report.before = damage.summary()
     for store, orphans in damage.index_orphans.items():
-        report.rows_removed[store] = getattr(stores, store).delete_entries(orphans)
+        remove = stores.delete_vectors if store == "vectors" else stores.keywords.delete_entries
+        report.rows_removed[store] = remove(orphans)
     for key in damage.orphan_objects:
         report.objects_removed += bool(stores.objects.delete(key))
     redo: dict[str, list[str]] = {step: list(ids) for step, ids in damage.missing_outputs.items()}

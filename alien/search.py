@@ -116,27 +116,46 @@ def rank_chunks(
             for h in stores.keywords.search(query, depth, dataset=dataset, entries=entries)
         ]
     if mode in ("hybrid", "vector"):
-        # The active space, with its own model: during a model change, the old one until
-        # the new one is complete (``alien.pipeline.run_vector_index``). A switch between
-        # reading the pointer and searching leaves the old space whole, or, once dropped,
-        # fails the search: then the new one is read.
-        for attempt in range(2):
-            index, embedder = stores.search_vectors()
-            if query_vector is None or len(query_vector) != index.dim:
-                query_vector = embedder.embed_query([query])[0]
-            try:
-                hits = index.search(query_vector, depth, dataset=dataset, entries=entries)
-                break
-            except Exception:
-                if attempt or stores.active_space().holds(index.model, index.dim):
-                    raise
-                query_vector = None
-        vector = [RankedChunk(h.id, h.score, h.entry_id) for h in hits]
+        vector = _vector_ranking(stores, query, depth, dataset, entries, query_vector)
     if mode == "keyword":
         return keyword[:top_k]
     if mode == "vector":
         return vector[:top_k]
     return fuse(keyword, vector, settings)[:top_k]
+
+
+def _vector_ranking(
+    stores: TenantStores,
+    query: str,
+    depth: int,
+    dataset: str | None,
+    entries: Collection[str] | None,
+    query_vector: np.ndarray | None,
+) -> list[RankedChunk]:
+    """The nearest chunks in every space the query reads, each space with its own model's
+    query vector (``query_vector``, when given, serves the space of its dimension)."""
+    # The active spaces, each with its model: during a model change, the old one until the
+    # new one is complete (``alien.pipeline.run_vector_index``). A switch between reading
+    # the pointers and searching leaves the old space whole, or, once dropped, fails the
+    # search: then the new one is read.
+    for attempt in range(2):
+        rankings = []
+        try:
+            for index, embedder, only, exclude in stores.search_spaces(dataset):
+                given = query_vector is not None and len(query_vector) == index.dim
+                vector = query_vector if given else embedder.embed_query([query])[0]
+                hits = index.search(
+                    vector, depth, dataset=only, entries=entries, exclude_datasets=exclude
+                )
+                rankings.append([RankedChunk(h.id, h.score, h.entry_id) for h in hits])
+            break
+        except Exception:
+            if attempt:
+                raise
+    if len(rankings) == 1:
+        return rankings[0]
+    # Scores of different models are not comparable: each space's are scaled to [0, 1]
+    return convex_combination(rankings, [1.0] * len(rankings))[:depth]
 
 
 def search(

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 from resources.analysis import LANGUAGES
 from resources.catalog import Dataset, Entry
@@ -61,6 +71,35 @@ class DatasetConfig(StrictModel):
         "this dataset's scanned PDFs and images",
         examples=["deu+eng"],
     )
+    embedding_model: str | None = Field(
+        default=None,
+        max_length=500,
+        description="MODEL or MODEL@VARIANT of this dataset's vectors: all-MiniLM-L6-v2 (the "
+        "packaged model) or a sentence-transformers directory on the service's machines; "
+        "the variant is torch, onnx, onnx-int8 or static. Its vectors get a space of their "
+        "own, searched with the others; a change re-embeds this dataset in that space while "
+        "searches read the old one, then switches. null: the deployment's model",
+        examples=["/models/paraphrase-multilingual-MiniLM-L12-v2", "all-MiniLM-L6-v2@onnx-int8"],
+    )
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _embedding_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A spec this build can load here, written the one way spaces are named (what is
+        stored is shown as it is, even when its directory has gone meanwhile)."""
+        if value is None:
+            return None
+        from resources.embedder import resolve_model_path
+        from resources.embedding_backends import EmbedderSpec
+
+        spec = EmbedderSpec.parse(value)  # an unknown variant: a ValueError, so a 422
+        if info.context and info.context.get("stored"):
+            return value
+        try:
+            resolve_model_path(spec.model)
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
+        return str(spec)
 
 
 class DatasetCreate(StrictModel):
@@ -82,7 +121,7 @@ class DatasetPublic(BaseModel):
     def of(cls, dataset: Dataset) -> DatasetPublic:
         return cls(
             name=dataset.name,
-            config=DatasetConfig.model_validate(dataset.config),
+            config=DatasetConfig.model_validate(dataset.config, context={"stored": True}),
             created_at=dataset.created_at,
             updated_at=dataset.updated_at,
         )

@@ -22,7 +22,12 @@ import kopf
 from alien.tenants import STEPS, check_tenant, provision_step, retire_tenant
 from resources.helm_values import TenantTemplate
 from resources.kube import GROUP, PLURAL, VERSION, TenantSpec, tenant_objects
-from resources.provisioning import apply_kubernetes_objects, read_secrets, tenant_environment
+from resources.provisioning import (
+    apply_kubernetes_objects,
+    prepare_dataset_spaces,
+    read_secrets,
+    tenant_environment,
+)
 from resources.settings import AlienSettings
 
 RETRY_DELAY = 30
@@ -174,9 +179,10 @@ def reconcile(spec: Any, patch: kopf.Patch, **_: Any) -> dict[str, str]:
 def drift(
     spec: Any, status: Any, patch: kopf.Patch, logger: Any, body: Any = None, **_: Any
 ) -> dict[str, Any]:
-    """Re-check every store; recreate and report what is missing. In a cluster, re-apply the
-    tenant's objects too: the same objects change nothing, except the Secret once its Qdrant
-    JWT enters the second half of its life (the token is fixed per half-lifetime window)."""
+    """Re-check every store; recreate and report what is missing; make the vector spaces of
+    datasets' own models. In a cluster, re-apply the tenant's objects too: the same objects
+    change nothing, except the Secret once its Qdrant JWT enters the second half of its life
+    (the token is fixed per half-lifetime window) or names a new collection."""
     tenant = _spec(spec).tenant_id
     settings = _settings()
     repaired = []
@@ -192,13 +198,22 @@ def drift(
             continue
         stores[step] = _store_state(True, "Recreated", f"{step} was missing and was recreated")
         repaired.append(step)
+    # A dataset's own model, set through the tenant's Data API: its collection, which the
+    # Secret re-applied below then names (the Secret's new digest rolls the pods onto it).
+    spaces: list[str] = []
+    try:
+        spaces = prepare_dataset_spaces(settings, tenant)
+    except Exception as err:  # a store that is not there: its own state says so
+        logger.warning(f"tenant {tenant}: datasets' vector spaces not made: {err}")
+    for made in spaces:
+        logger.info(f"tenant {tenant}: made the vector space of dataset {made}")
     if settings.kube_apply:
         with contextlib.suppress(kopf.TemporaryError):  # reported in status by the step
             kubernetes_step(_spec(spec))(patch=patch, body=body)
         stores.update(patch.status.get("stores", {}))
     patch.status["stores"] = stores
     patch.status["conditions"] = conditions(stores, _required(), list(status.get("conditions", [])))
-    return {"repaired": repaired}
+    return {"repaired": repaired, "dataset_spaces": spaces}
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

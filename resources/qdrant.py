@@ -218,6 +218,7 @@ class QdrantVectorIndex:
         top_k: int,
         dataset: str | None = None,
         entries: Collection[str] | None = None,
+        exclude_datasets: Collection[str] = (),
     ) -> list[VectorHit]:
         query = as_vector(vector, self.dim, "query")
         if top_k <= 0 or (entries is not None and not entries):
@@ -227,10 +228,14 @@ class QdrantVectorIndex:
             must.append(_match("dataset", dataset))
         if entries is not None:
             must.append(qm.FieldCondition(key="entry_id", match=qm.MatchAny(any=list(entries))))
+        must_not = []
+        if exclude_datasets:
+            datasets = qm.MatchAny(any=list(exclude_datasets))
+            must_not.append(qm.FieldCondition(key="dataset", match=datasets))
         result = self.client.query_points(
             self.collection,
             query=query.tolist(),
-            query_filter=qm.Filter(must=must),
+            query_filter=qm.Filter(must=must, must_not=must_not or None),
             limit=top_k,
             with_payload=True,
         )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from resources.analysis import get_analyzer
 from resources.backends import (
@@ -29,6 +29,7 @@ from resources.cluster_catalog import (
     tenant_name,
 )
 from resources.embedder import Embedder
+from resources.embedding_backends import EmbedderSpec
 from resources.keywords import KeywordIndex
 from resources.objects import ObjectStore
 from resources.ocr import TesseractOcr
@@ -108,6 +109,46 @@ def cluster_catalog(settings: AlienSettings) -> ClusterCatalog:
         return _CLUSTER[key]
 
 
+class SpaceSearch(NamedTuple):
+    """One space a query reads: its index, its model's embedder, and which datasets."""
+
+    index: VectorIndex
+    embedder: Embedder
+    dataset: str | None  # only this dataset's points (None: any)
+    exclude: tuple[str, ...]  # none of these datasets' points (they search their own)
+
+
+@dataclass(frozen=True)
+class SpaceMap:
+    """Where each dataset's vectors are searched and written, at one moment.
+
+    ``default``: the default space searched; ``default_target``: the one the pipeline
+    writes for datasets without a model of their own (the same but during a model change).
+    ``own``: each dataset searched in a space of its own; ``targets``: each dataset with
+    a model of its own, and the space its vectors go to (where it is searched while that
+    space cannot be made: ``waiting``).
+    """
+
+    default: VectorSpace
+    default_target: VectorSpace
+    own: dict[str, VectorSpace]
+    targets: dict[str, VectorSpace]
+    waiting: tuple[str, ...] = ()  # datasets whose own space the control plane is to make
+
+    def reading(self, dataset: str) -> VectorSpace:
+        return self.own.get(dataset, self.default)
+
+    def target(self, dataset: str) -> VectorSpace:
+        return self.targets.get(dataset, self.default_target)
+
+    def written(self) -> list[VectorSpace]:
+        """Every space the pipeline writes, default first (each once)."""
+        spaces = {self.default_target.name: self.default_target}
+        for space in self.targets.values():
+            spaces.setdefault(space.name, space)
+        return list(spaces.values())
+
+
 @dataclass
 class TenantStores:
     """Every store of one tenant. Built only by ``TenantRegistry.open``/``create``."""
@@ -155,7 +196,7 @@ class TenantStores:
         if active.holds(model, dim):
             return active
         for space, _ in self.catalog.vector_spaces():
-            if space.holds(model, dim):
+            if not space.dataset and space.holds(model, dim):
                 return space
         try:
             same_cut = self.embedder_of(active.model).chunking == self.embedder.chunking
@@ -163,14 +204,59 @@ class TenantStores:
             same_cut = False
         return VectorSpace.of(model, dim, active.chunked_as if same_cut else "")
 
+    def space_map(self, *, prepare: bool = False) -> SpaceMap:
+        """Which space each dataset is searched in and written to, now (a few catalog
+        queries: a step reads it once). ``prepare``: make the spaces of datasets' own
+        models that are not made yet; a dataset whose space this process cannot make (a
+        tenant's data plane: the control plane makes collections) stays where it is,
+        ``waiting``."""
+        models = {}
+        for dataset in self.catalog.datasets():
+            wanted = dataset.config.get("embedding_model")
+            if wanted and str(EmbedderSpec.parse(wanted)) != self.embedder.model_name:
+                models[dataset.name] = str(EmbedderSpec.parse(wanted))
+        default, own = self.active_space(), self.catalog.dataset_spaces()
+        targets, waiting = {}, []
+        for name, model in models.items():
+            target = self._dataset_target(name, model, own.get(name, default))
+            if prepare and not target.created:
+                try:
+                    target = self.prepare_space(target)
+                except ControlPlaneOnlyError:
+                    waiting.append(name)
+                    target = own.get(name, default)
+            targets[name] = target
+        return SpaceMap(default, self.target_space(), own, targets, tuple(waiting))
+
+    def _dataset_target(self, dataset: str, model: str, reading: VectorSpace) -> VectorSpace:
+        """The space of a dataset's own model: the one it searches, the one being filled,
+        or a new one (keeping the chunks it searches when the model cuts the same)."""
+        embedder = self.embedder_of(model)
+        dim = embedder.dimension
+        if reading.dataset == dataset and reading.holds(model, dim):
+            return reading
+        for space, _ in self.catalog.vector_spaces():
+            if space.dataset == dataset and space.holds(model, dim):
+                return space
+        try:
+            same_cut = self.embedder_of(reading.model).chunking == embedder.chunking
+        except FileNotFoundError:
+            same_cut = False
+        return VectorSpace.of(model, dim, reading.chunked_as if same_cut else "", dataset)
+
     def model_work(self) -> str | None:
-        """What a model change still waits a run for, or None: its space is not the searched
-        one yet (``"model/dim"``), or is and its own chunks are still to be cut
-        (``"model/dim/chunks"``)."""
-        target = self.target_space()
-        if target != self.active_space():
-            return f"{target.model}/{target.dim}"
+        """What a model change still waits a run for, or None: a space is not searched yet
+        (``"model/dim"``, a dataset's ``"dataset: model/dim"``), or is and its own chunks
+        are still to be cut (``".../chunks"``)."""
+        spaces = self.space_map(prepare=True)  # a space it cannot make is no work here
+        if spaces.default_target != spaces.default:
+            return f"{spaces.default_target.model}/{spaces.default_target.dim}"
+        for dataset in sorted(set(spaces.targets) | set(spaces.own)):
+            target = spaces.target(dataset)
+            if target != spaces.reading(dataset):
+                return f"{dataset}: {target.model}/{target.dim}"
         if self.catalog.rechunk_pending():
+            target = spaces.default_target
             return f"{target.model}/{target.dim}/chunks"
         return None
 
@@ -183,13 +269,14 @@ class TenantStores:
             return self.embedder
         return get_embedder(self.settings, model)
 
-    def chunking(self) -> tuple[Embedder, str]:
+    def chunking(self, space: VectorSpace | None = None) -> tuple[Embedder, str]:
         """The tokenizer and window chunks are cut with, and the name the chunks step records
-        for them: the active space's. During a model change the chunks stay those the
-        searched vectors were made from; the new model embeds them, and if it cuts text
-        otherwise, its own chunks are made once searches read its space."""
-        active = self.active_space()
-        return self.embedder_of(active.model), active.chunked_as
+        for them: those of the space searched (by default the default one). During a model
+        change the chunks stay those the searched vectors were made from; the new model
+        embeds them, and if it cuts text otherwise, its own chunks are made once searches
+        read its space."""
+        space = space or self.active_space()
+        return self.embedder_of(space.model), space.chunked_as
 
     def vectors_in(self, space: VectorSpace) -> VectorIndex:
         """This process's handle of one space (opened once; a space dropped and made again
@@ -219,13 +306,29 @@ class TenantStores:
         return self.vectors_in(self.target_space())
 
     def search_vectors(self) -> tuple[VectorIndex, Embedder]:
-        """The active space and the embedder of its model, for a query."""
-        # during a model change, queries go the way the active space's vectors went
-        space = self.active_space()
-        if space.name != self._searched:  # a switch (here or elsewhere) since the last search
-            self._searched = space.name
+        """The default active space and the embedder of its model, for a query."""
+        (index, embedder, _, _), *_ = self.search_spaces()
+        return index, embedder
+
+    def search_spaces(self, dataset: str | None = None) -> list[SpaceSearch]:
+        """The spaces a query reads, each with its model's embedder and its filter: the
+        default space (less the datasets searched in their own), then each dataset's own;
+        only the one ``dataset`` is searched in when given."""
+        # during a model change, queries go the way the active spaces' vectors went
+        default, own = self.active_space(), self.catalog.dataset_spaces()
+        names = ",".join(sorted([default.name, *(s.name for s in own.values())]))
+        if names != self._searched:  # a switch (here or elsewhere) since the last search
+            self._searched = names
             self._evict({(s.name, s.created) for s, _ in self.catalog.vector_spaces()})
-        return self.vectors_in(space), self.embedder_of(space.model)
+        if dataset is not None:
+            chosen = [(own.get(dataset, default), dataset, ())]
+        else:
+            chosen = [(default, None, tuple(sorted(own)))]
+            chosen += [(space, name, ()) for name, space in sorted(own.items())]
+        return [
+            SpaceSearch(self.vectors_in(space), self.embedder_of(space.model), name, excluded)
+            for space, name, excluded in chosen
+        ]
 
     def prepare_space(self, space: VectorSpace) -> VectorSpace:
         """Make the space's collection (where the store needs that) and record it; the space
@@ -235,13 +338,14 @@ class TenantStores:
         return next(s for s, _ in self.catalog.vector_spaces() if s.name == space.name)
 
     def switch_space(self, space: VectorSpace) -> list[VectorSpace]:
-        """Make ``space`` the one searches read, then drop every other; the dropped ones.
+        """Make ``space`` the default one searches read, then drop every other default
+        space; the dropped ones.
         When its model cuts other chunks, the next run cuts and embeds every entry again."""
         before = self.active_space()
         self.catalog.activate_space(space.name, rechunk=before.chunked_as != space.chunked_as)
         dropped = []
         for other, active in self.catalog.vector_spaces():
-            if active or other.name == space.name:
+            if active or other.name == space.name or other.dataset:
                 continue
             self.drop_space(other)
             dropped.append(other)
@@ -374,9 +478,10 @@ class TenantRegistry:
             stores = self._build(tenant, record.generation)  # makes the embedded files
             if kind == "catalog":
                 stores.catalog.create()  # migrations and the tenant row, as the tenant's role
-            elif kind == "vectors":  # the configured model's space (a model change's too)
-                space = stores.prepare_space(stores.target_space())
+            elif kind == "vectors":  # the configured model's space (a model change's too),
+                space = stores.prepare_space(stores.target_space())  # and datasets' own
                 stores.vectors_in(space).count()  # an embedded file is made now
+                stores.space_map(prepare=True)
         except Exception as err:
             self.cluster.record_store(tenant, kind, "failed", f"{type(err).__name__}: {err}")
             raise
@@ -388,6 +493,15 @@ class TenantRegistry:
         ):
             self.cluster.set_state(tenant, "ready")
         return message
+
+    def prepare_dataset_spaces(self, tenant: str) -> list[VectorSpace]:
+        """Make the vector spaces the tenant's datasets' own models need and a data plane
+        cannot make (its token names no new collection); those made now. The data plane's
+        next token names them."""
+        stores = self.open(tenant)
+        before = {space.name for space, _ in stores.catalog.vector_spaces()}
+        stores.space_map(prepare=True)
+        return [s for s, _ in stores.catalog.vector_spaces() if s.name not in before]
 
     def store_exists(self, tenant: str, kind: str) -> bool:
         """Whether the tenant's part of store ``kind`` is there now (drift checks)."""

@@ -49,10 +49,12 @@ class VectorHit:
 class VectorSpace:
     """The vectors of one model (and dimension) for a tenant: one collection of its own.
 
-    A tenant searches one space (its active one) while the pipeline fills the space of the
-    configured model; when that one is complete, it becomes active and the old one is
+    A tenant's default space serves every dataset without an embedding model of its own; a
+    dataset with one (``dataset``) has spaces of its own. Each scope (the default, or one
+    dataset) searches one space, its active one, while the pipeline fills the space of the
+    model configured for it; when that one is complete, it becomes active and the old one is
     dropped. ``name`` picks the physical collection: "" for a tenant's first one (the
-    collection it always had), else a digest of model and dimension.
+    collection it always had), else a digest of model, dimension and dataset.
     """
 
     model: str
@@ -64,11 +66,14 @@ class VectorSpace:
     chunker: str = field(default="", compare=False)
     # When the catalog recorded it: a space dropped and made again is another collection.
     created: str = field(default="", compare=False)
+    # The dataset whose own model the space holds ("": the tenant's default space).
+    dataset: str = ""
 
     @classmethod
-    def of(cls, model: str, dim: int, chunker: str = "") -> VectorSpace:
-        digest = hashlib.sha256(f"{model}\0{dim}".encode()).hexdigest()[:12]
-        return cls(model, dim, f"m{digest}", chunker)
+    def of(cls, model: str, dim: int, chunker: str = "", dataset: str = "") -> VectorSpace:
+        key = f"{model}\0{dim}" + (f"\0{dataset}" if dataset else "")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return cls(model, dim, f"m{digest}", chunker, dataset=dataset)
 
     @property
     def chunked_as(self) -> str:
@@ -104,6 +109,7 @@ class VectorIndex(Protocol):
         top_k: int,
         dataset: str | None = None,
         entries: Collection[str] | None = None,
+        exclude_datasets: Collection[str] = (),
     ) -> list[VectorHit]: ...
     def count(self, entry_id: str | None = None) -> int: ...
     def counts_by_entry(self) -> dict[str, int]: ...
@@ -259,8 +265,10 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
         top_k: int,
         dataset: str | None = None,
         entries: Collection[str] | None = None,
+        exclude_datasets: Collection[str] = (),
     ) -> list[VectorHit]:
-        """The ``top_k`` nearest points, optionally only of ``dataset`` and of ``entries``."""
+        """The ``top_k`` nearest points, optionally only of ``dataset`` and of ``entries``,
+        and none of ``exclude_datasets``."""
         query = as_vector(vector, self.dim, "query")
         cache = self._refresh()
         n = cache.size
@@ -278,6 +286,9 @@ class SqliteVectorIndex(ChangeLoggedSqlite):
             mask = mask & (cache.dataset_codes[:n] == code)
         if entries is not None:
             mask = mask & entry_mask(cache.rows[:n], entries)
+        excluded = [cache.datasets[d] for d in exclude_datasets if d in cache.datasets]
+        if excluded:
+            mask = mask & ~np.isin(cache.dataset_codes[:n], excluded)
         scores = np.where(mask, scores, -np.inf)
         k = min(top_k, int(mask.sum()))
         if k == 0:

@@ -33,39 +33,6 @@ QUERIES = [
 DOCS = 16
 
 
-@pytest.fixture(scope="session")
-def projected_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local sentence-transformers directory: MiniLM's transformer, a 384 -> 256 linear
-    projection (seeded) and normalisation."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
-
-    from resources.embedder import resolve_model_path
-
-    base = SentenceTransformer(str(resolve_model_path("all-MiniLM-L6-v2")), device="cpu")
-    generator = torch.Generator().manual_seed(7)
-    dense = Dense(384, 256, bias=False, activation_function=torch.nn.Identity())
-    with torch.no_grad():
-        dense.linear.weight.copy_(torch.randn(256, 384, generator=generator) / 384**0.5)
-    path = tmp_path_factory.mktemp("models") / "minilm-256"
-    SentenceTransformer(modules=[base[0], base[1], dense, Normalize()]).save(str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def short_window_model(projected_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The projected model reading at most 128 tokens: it cuts other (shorter) chunks."""
-    import json
-    import shutil
-
-    path = tmp_path_factory.mktemp("models") / "minilm-256-short"
-    shutil.copytree(projected_model, path)
-    config = path / "tokenizer_config.json"
-    config.write_text(json.dumps(json.loads(config.read_text()) | {"model_max_length": 128}))
-    return path
-
-
 def _corpus(stores: TenantStores, count: int = DOCS) -> list[str]:
     docs = list(load_beir(CRANFIELD).corpus.items())[:count]
     return [

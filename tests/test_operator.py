@@ -104,7 +104,7 @@ def test_create_rerun_drift_and_retire_on_embedded_stores(
     assert check_tenant(embedded, "initech")["keywords"] is False
     patch = kopf.Patch()
     result = handlers.drift(spec=spec, status=again, patch=patch, logger=_Logger())
-    assert result == {"repaired": ["keywords"]}
+    assert result == {"repaired": ["keywords"], "dataset_spaces": []}
     assert patch["status"]["stores"]["keywords"]["reason"] == "Recreated"
     assert all(check_tenant(embedded, "initech").values())
 
@@ -233,7 +233,9 @@ def cluster(
     return AlienSettings()
 
 
-def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSettings) -> None:
+def test_sub_handlers_on_cluster_stores(
+    handlers: ModuleType, cluster: AlienSettings, projected_model: Path
+) -> None:
     from resources.backends import BackendConfigError
     from resources.postgres import identifier, role_password
     from resources.provisioning import tenant_environment
@@ -269,6 +271,18 @@ def test_sub_handlers_on_cluster_stores(handlers: ModuleType, cluster: AlienSett
         stores = TenantRegistry(cluster).open(tenant)
         assert stores.catalog.engine.url.username == identifier(tenant)  # its own role
         assert stores.catalog.status_counts() == {}
+        assert result["dataset_spaces"] == []
+
+        # A dataset given a model of its own (through the tenant's Data API, which cannot
+        # make a collection): the drift timer makes its space, once.
+        stores.catalog.ensure_dataset("papers")
+        stores.catalog.update_dataset("papers", {"embedding_model": str(projected_model)})
+        result = handlers.drift(spec=spec, status=status, patch=kopf.Patch(), logger=_Logger())
+        assert result["dataset_spaces"] == [f"papers: {projected_model}"]
+        (space,) = [s for s, _ in stores.catalog.vector_spaces() if s.dataset == "papers"]
+        assert backends.vectors.admin.collection_exists(backends.vectors.collection(tenant, space))
+        again = handlers.drift(spec=spec, status=status, patch=kopf.Patch(), logger=_Logger())
+        assert again["dataset_spaces"] == []
 
         generation = TenantRegistry(cluster).cluster.get(tenant).generation
         catalog_env = backends.catalog.tenant_env(tenant, generation)

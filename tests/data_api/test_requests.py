@@ -235,6 +235,10 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str]] = [
             ("chunk-tokens", {"chunk_tokens": 4}),
             ("ocr-engine", {"ocr_engine": "abbyy"}),
             ("ocr-languages", {"ocr_languages": "eng;rm -rf /"}),
+            # a model this machine does not hold (never downloaded), a variant never built
+            ("embedding-model", {"embedding_model": "/nowhere/paraphrase-multilingual"}),
+            ("embedding-variant", {"embedding_model": "all-MiniLM-L6-v2@fp8"}),
+            ("embedding-model-long", {"embedding_model": "0" * 500}),  # no file system takes it
         )
     ),
     (
@@ -297,13 +301,18 @@ def test_bad_requests_get_a_clear_4xx(
 
 def test_a_datasets_processing_settings_round_trip(client: TestClient, world: World) -> None:
     config = {"language": "de", "chunk_tokens": 128, "ocr_engine": "tesseract",
-              "ocr_languages": "deu+eng"}  # fmt: skip
+              "ocr_languages": "deu+eng",
+              "embedding_model": "all-MiniLM-L6-v2@onnx-int8"}  # fmt: skip
     created = client.post(
         "/v1/datasets", json={"name": "akten", "config": config}, headers=world.auth("a")
     )
     assert created.status_code == 201, created.text
     read = client.get("/v1/datasets/akten", headers=world.auth("a")).json()
     assert {k: read["config"][k] for k in config} == config
+    # a torch spec is stored the one way spaces are named: the model alone
+    torch_spec = {"config": {**config, "embedding_model": "all-MiniLM-L6-v2@torch"}}
+    updated = client.patch("/v1/datasets/akten", json=torch_spec, headers=world.auth("a"))
+    assert updated.json()["config"]["embedding_model"] == "all-MiniLM-L6-v2"
     client.delete("/v1/datasets/akten", headers=world.auth("a"))
 
 

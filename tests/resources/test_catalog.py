@@ -14,7 +14,7 @@ from resources.migrate import current, upgrade
 from resources.tenancy import InvalidTenantError, TenantId, validate_dataset
 from resources.vectors import VectorSpace
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def _add(catalog, uri="file:///a.pdf", sha="s1"):

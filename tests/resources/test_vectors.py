@@ -79,7 +79,12 @@ def test_delete_and_dataset_filter(index):
     index.replace_entry("e2", _points("e2", [3, 4], dataset="b"))
     assert {h.entry_id for h in index.search(_unit(1), 10, dataset="b")} == {"e2"}
     assert index.search(_unit(1), 10, dataset="missing") == []
-    assert index.delete_entries(["e2"]) == 2
+    # datasets searched in a space of their own are left out of the default one
+    index.replace_entry("e3", _points("e3", [5], dataset="c"))
+    left_out = index.search(_unit(1), 10, exclude_datasets=("b", "missing"))
+    assert {h.entry_id for h in left_out} == {"e1", "e3"}
+    assert index.search(_unit(1), 10, dataset="b", exclude_datasets=("b",)) == []
+    assert index.delete_entries(["e2", "e3"]) == 3
     assert {h.entry_id for h in index.search(_unit(3), 10)} == {"e1"}
     assert index.counts_by_entry() == {"e1": 2}
 
