@@ -139,9 +139,10 @@ def _vector_ranking(
     # the pointers and searching leaves the old space whole, or, once dropped, fails the
     # search: then the new one is read.
     for attempt in range(2):
-        rankings = []
+        rankings, families = [], set()
         try:
             for index, embedder, only, exclude in stores.search_spaces(dataset):
+                families.add(embedder.spec.family)
                 given = query_vector is not None and len(query_vector) == index.dim
                 vector = query_vector if given else embedder.embed_query([query])[0]
                 hits = index.search(
@@ -154,6 +155,10 @@ def _vector_ranking(
                 raise
     if len(rankings) == 1:
         return rankings[0]
+    if len(families) == 1:  # one model's weights (variants): its cosines compare as they are
+        merged = sorted((item for ranking in rankings for item in ranking),
+                        key=lambda item: (-item.score, item.chunk_id))  # fmt: skip
+        return merged[:depth]
     # Scores of different models are not comparable: each space's are scaled to [0, 1]
     return convex_combination(rankings, [1.0] * len(rankings))[:depth]
 

@@ -66,6 +66,13 @@ class EmbedderSpec:
     def __str__(self) -> str:
         return self.model if self.variant == "torch" else f"{self.model}@{self.variant}"
 
+    @property
+    def family(self) -> str:
+        """Specs of one family give the same vectors up to rounding (the model's own weights,
+        run by another engine): their cosine scores can be compared. A static table is a
+        space of its own."""
+        return f"{self.model}@static" if self.variant == "static" else self.model
+
 
 #: Texts per call to an engine that wants large batches (a GPU), when the setting is lower.
 GPU_BATCH = 512

@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
+
 from alien.checks import run_checks
 from alien.documents import delete_entry, register_bytes
 from alien.evaluation import load_beir
@@ -109,6 +111,8 @@ def test_a_dataset_moves_into_a_space_of_its_own_model_and_back(
     for mode in ("vector", "hybrid"):
         ranked = [rank_chunks(stores, q, mode=mode, top_k=10) for q in QUERIES]  # type: ignore[arg-type]
         assert {dataset_of[r.entry_id] for hits in ranked for r in hits} == set(ids), mode
+    # two models' cosines do not compare: each space's ranking is scaled to [0, 1] first
+    assert rank_chunks(stores, QUERIES[0], mode="vector", top_k=3)[0].score == 1.0
     assert not _failed_checks(stores), _failed_checks(stores)
     assert repair(stores).entries_to_redo == 0
     again = run_all(stores)
@@ -132,6 +136,36 @@ def test_a_dataset_moves_into_a_space_of_its_own_model_and_back(
     assert _ranked(stores, "papers") != after
     assert not _failed_checks(stores), _failed_checks(stores)
     assert stores.model_work() is None
+
+
+def test_a_dataset_on_another_engine_of_the_same_model_is_ranked_by_its_cosines(
+    registry: TenantRegistry,
+) -> None:
+    """Int8 vectors of the same weights compare with the default's as they are: a
+    whole-tenant search merges the two spaces by cosine, unscaled."""
+    stores = registry.create(f"dv{uuid.uuid4().hex[:6]}")
+    ids = _two_datasets(stores)
+    run_all(stores)
+    _set_model(stores, "papers", "all-MiniLM-L6-v2@onnx-int8")
+    reports = {r.step: r for r in run_all(stores)}
+    assert reports[VECTORS].details["datasets_switched"] == {
+        "papers": "all-MiniLM-L6-v2@onnx-int8/384"
+    }
+    for query in QUERIES:
+        merged = rank_chunks(stores, query, mode="vector", top_k=10)
+        each = [
+            (hit.score, hit.id)
+            for index, embedder, only, exclude in stores.search_spaces()
+            for hit in index.search(
+                embedder.embed_query([query])[0], 10, dataset=only, exclude_datasets=exclude
+            )
+        ]
+        best = sorted(each, key=lambda pair: (-pair[0], pair[1]))[:10]
+        assert [r.chunk_id for r in merged] == [chunk for _, chunk in best]
+        assert [r.score for r in merged] == pytest.approx([score for score, _ in best])
+        assert merged[0].score < 0.99  # a cosine, not a scaled score
+    papers = {r.entry_id for q in QUERIES for r in rank_chunks(stores, q, mode="vector")}
+    assert papers & set(ids["papers"]) and papers & set(ids["manuals"])
 
 
 def test_a_dataset_of_a_model_that_cuts_other_chunks_is_cut_again_after_its_switch(

@@ -43,6 +43,13 @@ def test_a_spec_names_a_model_and_the_variant_that_runs_it(tmp_path: Path) -> No
     assert EmbedderSpec.parse(str(odd)).model == str(odd)
     with pytest.raises(EmbedderSpecError, match="unknown embedding variant 'fp8'"):
         EmbedderSpec.parse("all-MiniLM-L6-v2@fp8")
+    # the engines of the model's own weights are one family (comparable cosines); a static
+    # table, or another model, is not
+    families = {s: EmbedderSpec.parse(s).family for s in (
+        "all-MiniLM-L6-v2", "all-MiniLM-L6-v2@onnx", "all-MiniLM-L6-v2@onnx-int8",
+        "all-MiniLM-L6-v2@static", "/models/other")}  # fmt: skip
+    assert len(set(families.values())) == 3
+    assert families["all-MiniLM-L6-v2@onnx-int8"] == families["all-MiniLM-L6-v2"]
 
 
 def test_the_onnx_export_gives_the_torch_vectors(torch_vectors: np.ndarray) -> None:
