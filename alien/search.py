@@ -140,8 +140,9 @@ def _vector_ranking(
     # search: then the new one is read.
     for attempt in range(2):
         rankings, families = [], set()
+        spaces = stores.search_spaces(dataset)
         try:
-            for index, embedder, only, exclude in stores.search_spaces(dataset):
+            for index, embedder, only, exclude in spaces:
                 families.add(embedder.spec.family)
                 given = query_vector is not None and len(query_vector) == index.dim
                 vector = query_vector if given else embedder.embed_query([query])[0]
@@ -151,7 +152,10 @@ def _vector_ranking(
                 rankings.append([RankedChunk(h.id, h.score, h.entry_id) for h in hits])
             break
         except Exception:
-            if attempt:
+            # an outage, not a switch: the spaces searched are still those
+            if attempt or [s.index for s in stores.search_spaces(dataset)] == [
+                s.index for s in spaces
+            ]:
                 raise
     if len(rankings) == 1:
         return rankings[0]

@@ -188,21 +188,26 @@ class TenantStores:
         found = self.catalog.embedded_with(EMBEDDINGS_STEP)
         return VectorSpace(*found) if found else self._configured
 
-    def target_space(self) -> VectorSpace:
+    def target_space(self, active: VectorSpace | None = None) -> VectorSpace:
         """The configured model's space: the active one, or the one a model change fills
         (keeping the active one's chunks when the new model cuts the same)."""
-        model, dim = self._configured.model, self._configured.dim
-        active = self.active_space()
-        if active.holds(model, dim):
-            return active
+        return self._target_in("", self.embedder, active or self.active_space())
+
+    def _target_in(self, dataset: str, embedder: Embedder, reading: VectorSpace) -> VectorSpace:
+        """The space of ``embedder``'s model in a scope (the default, "", or a dataset's
+        own): the one searched, the one being filled, or a new one (keeping the chunks of
+        the one searched when the model cuts the same)."""
+        model, dim = embedder.model_name, embedder.dimension
+        if reading.dataset == dataset and reading.holds(model, dim):
+            return reading
         for space, _ in self.catalog.vector_spaces():
-            if not space.dataset and space.holds(model, dim):
+            if space.dataset == dataset and space.holds(model, dim):
                 return space
         try:
-            same_cut = self.embedder_of(active.model).chunking == self.embedder.chunking
+            same_cut = self.embedder_of(reading.model).chunking == embedder.chunking
         except FileNotFoundError:  # the old model's files are gone: its chunks stay as cut
             same_cut = False
-        return VectorSpace.of(model, dim, active.chunked_as if same_cut else "")
+        return VectorSpace.of(model, dim, reading.chunked_as if same_cut else "", dataset)
 
     def space_map(self, *, prepare: bool = False) -> SpaceMap:
         """Which space each dataset is searched in and written to, now (a few catalog
@@ -213,12 +218,12 @@ class TenantStores:
         models = {}
         for dataset in self.catalog.datasets():
             wanted = dataset.config.get("embedding_model")
-            if wanted and str(EmbedderSpec.parse(wanted)) != self.embedder.model_name:
-                models[dataset.name] = str(EmbedderSpec.parse(wanted))
+            if wanted and (model := str(EmbedderSpec.parse(wanted))) != self.embedder.model_name:
+                models[dataset.name] = model
         default, own = self.active_space(), self.catalog.dataset_spaces()
         targets, waiting = {}, []
         for name, model in models.items():
-            target = self._dataset_target(name, model, own.get(name, default))
+            target = self._target_in(name, self.embedder_of(model), own.get(name, default))
             if prepare and not target.created:
                 try:
                     target = self.prepare_space(target)
@@ -226,23 +231,7 @@ class TenantStores:
                     waiting.append(name)
                     target = own.get(name, default)
             targets[name] = target
-        return SpaceMap(default, self.target_space(), own, targets, tuple(waiting))
-
-    def _dataset_target(self, dataset: str, model: str, reading: VectorSpace) -> VectorSpace:
-        """The space of a dataset's own model: the one it searches, the one being filled,
-        or a new one (keeping the chunks it searches when the model cuts the same)."""
-        embedder = self.embedder_of(model)
-        dim = embedder.dimension
-        if reading.dataset == dataset and reading.holds(model, dim):
-            return reading
-        for space, _ in self.catalog.vector_spaces():
-            if space.dataset == dataset and space.holds(model, dim):
-                return space
-        try:
-            same_cut = self.embedder_of(reading.model).chunking == embedder.chunking
-        except FileNotFoundError:
-            same_cut = False
-        return VectorSpace.of(model, dim, reading.chunked_as if same_cut else "", dataset)
+        return SpaceMap(default, self.target_space(default), own, targets, tuple(waiting))
 
     def model_work(self) -> str | None:
         """What a model change still waits a run for, or None: a space is not searched yet
