@@ -138,6 +138,36 @@ def test_a_dataset_moves_into_a_space_of_its_own_model_and_back(
     assert stores.model_work() is None
 
 
+def test_a_deleted_dataset_s_own_space_is_dropped_by_the_next_run(
+    registry: TenantRegistry, projected_model: Path
+) -> None:
+    """Deleting a dataset (as the Data API does: its entries, then its row) leaves its own
+    space with nothing to search; the next run, which ``model_work`` asks for, drops it."""
+    stores = registry.create(f"dd{uuid.uuid4().hex[:6]}")
+    ids = _two_datasets(stores)
+    run_all(stores)
+    _set_model(stores, "papers", str(projected_model))
+    run_all(stores)
+    own = stores.catalog.dataset_spaces()["papers"]
+    own_file = EmbeddedVectorsBackend.path(stores.root, own)
+    assert own_file.is_file()
+
+    for entry_id in ids["papers"]:
+        delete_entry(stores, entry_id)
+    assert stores.catalog.delete_dataset("papers")
+    assert stores.vectors_in(own).count() == 0
+    assert stores.model_work() == "papers: all-MiniLM-L6-v2/384"
+    run_all(stores)
+    assert stores.catalog.dataset_spaces() == {}
+    assert [s for s, _ in stores.catalog.vector_spaces()] == [stores.active_space()]
+    assert not own_file.exists()
+    assert stores.model_work() is None
+    assert [s.dataset for s in stores.search_spaces()] == [None]
+    hits = {r.entry_id for q in QUERIES for r in rank_chunks(stores, q, mode="hybrid")}
+    assert hits and hits <= set(ids["manuals"])
+    assert not _failed_checks(stores), _failed_checks(stores)
+
+
 def test_a_dataset_on_another_engine_of_the_same_model_is_ranked_by_its_cosines(
     registry: TenantRegistry,
 ) -> None:
