@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-from resources.embedder import Embedder
+from resources.embedder import Embedder, resolve_model_path
 from resources.embedding_backends import (
     STATIC_DIMENSIONS,
     EmbedderSpec,
     EmbedderSpecError,
+    OnnxBackend,
     derived_file,
+    prepare,
 )
 from tests.conftest import MODELS_DIR, REPO
 
@@ -60,6 +63,37 @@ def test_the_onnx_export_gives_the_torch_vectors(torch_vectors: np.ndarray) -> N
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+def test_every_onnx_session_of_a_process_runs_on_one_thread_pool(
+    torch_vectors: np.ndarray,
+) -> None:
+    """Two engines used in turn (a search over two spaces) share the process's pool rather
+    than each keeping threads of its own spinning; where ONNX Runtime refuses the shared
+    pool, each session gets its own threads and the same vectors."""
+    model_dir = resolve_model_path("all-MiniLM-L6-v2")
+    paths = [prepare(model_dir, variant, MODELS_DIR) for variant in ("onnx", "onnx-int8")]
+    float32, int8 = (OnnxBackend(path, model_dir, 256, threads=2) for path in paths)
+    for engine in (float32, int8):
+        options = engine.session.get_session_options()
+        assert not options.use_per_session_threads
+    assert np.abs(float32.encode(TEXTS) - torch_vectors).max() < 1e-4
+    refused = (
+        "import sys; from pathlib import Path\n"
+        "from onnxruntime.capi import _pybind_state\n"
+        "def refuse(*args): raise RuntimeError('too late')\n"
+        "_pybind_state.set_global_thread_pool_sizes = refuse\n"
+        "from resources.embedding_backends import OnnxBackend\n"
+        f"engine = OnnxBackend(Path({str(paths[0])!r}), Path({str(model_dir)!r}), 256, 2)\n"
+        "options = engine.session.get_session_options()\n"
+        "assert options.use_per_session_threads and options.intra_op_num_threads == 2\n"
+        f"sys.stdout.buffer.write(engine.encode({TEXTS!r}).tobytes())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", refused], cwd=REPO, capture_output=True, check=True, timeout=120
+    ).stdout
+    alone = np.frombuffer(out, dtype=np.float32).reshape(torch_vectors.shape)
+    assert np.abs(alone - torch_vectors).max() < 1e-4
+
+
 @pytest.mark.timeout(300)
 def test_int8_vectors_stay_close_to_the_model_s(torch_vectors: np.ndarray, tmp_path: Path) -> None:
     """Made from nothing: the float export first, then its quantization."""
@@ -67,6 +101,9 @@ def test_int8_vectors_stay_close_to_the_model_s(torch_vectors: np.ndarray, tmp_p
     vectors = int8.embed(TEXTS)
     cosine = (vectors * torch_vectors).sum(axis=1)
     assert cosine.min() > 0.95, cosine
+    # fused by ONNX Runtime's optimizer, also in a process whose sessions share one pool
+    export = onnx.load(str(derived_file(tmp_path, int8.model_dir, "onnx")))
+    assert "Attention" in {node.op_type for node in export.graph.node}
     assert derived_file(tmp_path, int8.model_dir, "onnx-int8").stat().st_size < (
         derived_file(tmp_path, int8.model_dir, "onnx").stat().st_size / 3
     )
