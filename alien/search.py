@@ -51,8 +51,22 @@ def reciprocal_rank_fusion(
     return _best_first(scores, entries)
 
 
+#: Decimal places a score is ranked by: closer scores are a tie, ordered by chunk id.
+SCORE_PLACES = 6
+
+
+def rank_key(score: float, chunk_id: str) -> tuple[float, str]:
+    """Best first, ties by chunk id. Scores come from float32 vectors: the same query
+    embedded by two engines of one model (ONNX Runtime and torch, or one CPU and another)
+    differs by about 1e-7, which reordered chunks of (nearly) the same text, e.g. a page
+    header repeated in two documents; a difference under 1e-6 means nothing, so it is
+    ranked as a tie (two such scores either side of a rounding step still rank by score,
+    which is rare: the noise is a tenth of the step)."""
+    return (-round(score, SCORE_PLACES), chunk_id)
+
+
 def _best_first(scores: dict[str, float], entries: dict[str, str]) -> list[RankedChunk]:
-    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    fused = sorted(scores.items(), key=lambda kv: rank_key(kv[1], kv[0]))
     return [RankedChunk(cid, score, entries[cid]) for cid, score in fused]
 
 
@@ -158,10 +172,10 @@ def _vector_ranking(
             ]:
                 raise
     if len(rankings) == 1:
-        return rankings[0]
+        return sorted(rankings[0], key=lambda item: rank_key(item.score, item.chunk_id))
     if len(families) == 1:  # one model's weights (variants): its cosines compare as they are
         merged = sorted((item for ranking in rankings for item in ranking),
-                        key=lambda item: (-item.score, item.chunk_id))  # fmt: skip
+                        key=lambda item: rank_key(item.score, item.chunk_id))  # fmt: skip
         return merged[:depth]
     # Scores of different models are not comparable: each space's are scaled to [0, 1]
     return convex_combination(rankings, [1.0] * len(rankings))[:depth]

@@ -18,7 +18,7 @@ from alien.documents import delete_entry, register_bytes
 from alien.evaluation import load_beir
 from alien.pipeline import EMBEDDINGS, KEYWORDS, VECTORS, run_all
 from alien.repair import repair
-from alien.search import rank_chunks
+from alien.search import rank_chunks, rank_key
 from resources.backends import EmbeddedVectorsBackend
 from resources.stores import TenantRegistry, TenantStores
 from tests.conftest import CRANFIELD
@@ -190,7 +190,7 @@ def test_a_dataset_on_another_engine_of_the_same_model_is_ranked_by_its_cosines(
                 embedder.embed_query([query])[0], 10, dataset=only, exclude_datasets=exclude
             )
         ]
-        best = sorted(each, key=lambda pair: (-pair[0], pair[1]))[:10]
+        best = sorted(each, key=lambda pair: rank_key(*pair))[:10]
         assert [r.chunk_id for r in merged] == [chunk for _, chunk in best]
         assert [r.score for r in merged] == pytest.approx([score for score, _ in best])
         assert merged[0].score < 0.99  # a cosine, not a scaled score
