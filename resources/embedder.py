@@ -360,23 +360,33 @@ class Embedder:
         in other threads interleave with this one. ``on_batch`` is called after each batch
         with the number of texts done so far; it may raise to stop (a cancelled run).
         ``urgent`` puts each batch at the front of the line (a query waiting for an answer).
+
+        A text given more than once (a page header or a licence repeated in many documents)
+        is embedded once: its copies get the same vector, not one each that differs in the
+        last bits with the batch it was padded in.
         """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        slots: dict[str, int] = {}
+        where = np.fromiter((slots.setdefault(t, len(slots)) for t in texts), dtype=np.intp)
+        distinct = list(slots)
+        copies = np.bincount(where, minlength=len(distinct))
+        order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
         out: np.ndarray | None = None
         step = self.engine_batch_size
+        done = 0
         for start in range(0, len(order), step):
             picked = order[start : start + step]
             with self._turns.turn(urgent):
-                vectors = self._embed_batch([texts[i] for i in picked])
+                vectors = self._embed_batch([distinct[i] for i in picked])
             if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+                out = np.empty((len(distinct), vectors.shape[1]), dtype=np.float32)
             out[picked] = vectors
+            done += int(copies[picked].sum())
             if on_batch is not None:
-                on_batch(start + len(picked))
+                on_batch(done)
         assert out is not None
-        return out
+        return out[where]
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         worker = self._worker

@@ -149,6 +149,29 @@ def test_batches_in_any_order_give_the_vectors_of_one_call(in_process: Embedder)
     assert np.allclose(vectors, whole, atol=1e-5)
 
 
+def test_a_text_given_twice_is_embedded_once(in_process: Embedder) -> None:
+    """Copies of one text (a header repeated across documents) get one vector, the very same
+    bits, and the model sees the text once; progress counts every copy."""
+    header = "Debian Live Manual, chapter 4: customizing package installation"
+    texts = [header, "wing flutter at transonic speed", header, "", header, ""]
+    seen: list[list[str]] = []
+    small = Embedder(worker=False, batch_size=2)
+    small._loaded = in_process._model
+
+    def encode(batch: list[str]) -> np.ndarray:
+        seen.append(batch)
+        return in_process._model.encode(batch)
+
+    small._embed_batch = encode  # type: ignore[method-assign]
+    done: list[int] = []
+    vectors = small.embed(texts, on_batch=done.append)
+    assert sorted(t for batch in seen for t in batch) == sorted(set(texts))
+    assert done == [4, 6]  # the header's three copies and the text; then both empty ones
+    assert np.array_equal(vectors[0], vectors[2]) and np.array_equal(vectors[0], vectors[4])
+    assert np.array_equal(vectors[3], vectors[5])
+    assert np.allclose(vectors, in_process._model.encode(texts), atol=1e-5)
+
+
 def test_on_batch_may_stop_the_call(in_process: Embedder) -> None:
     class Stop(Exception):
         pass
