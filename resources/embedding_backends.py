@@ -367,8 +367,6 @@ def _onnx_session(ort: Any, path: Path, threads: int) -> Any:
     it exists ONNX Runtime refuses a session with threads of its own in this process, so
     every session here is made by this function (the exports' fusions make none)."""
     global _shared_pool
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     with _POOL_LOCK:
         if _shared_pool is None:
             try:
@@ -378,16 +376,13 @@ def _onnx_session(ort: Any, path: Path, threads: int) -> Any:
                 _shared_pool = threads
             except Exception:  # an ONNX Runtime without it, or that says it is too late
                 _shared_pool = 0
-        shared = _shared_pool > 0
-    if shared:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if _shared_pool:
         options.use_per_session_threads = False
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

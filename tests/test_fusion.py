@@ -21,10 +21,8 @@ def test_scores_within_noise_rank_by_chunk_id(sign: int) -> None:
     keyword = [RankedChunk(c.chunk_id, 3.0, c.entry_id) for c in vector[1:3]]
     fused = convex_combination([keyword, vector], [0.5, 0.5])
     assert [c.chunk_id for c in fused] == ["a-twin", "b-twin", "c-top", "d-low"]
-    # the scores themselves are kept as computed
-    assert {c.chunk_id: c.score for c in fused}["b-twin"] != {c.chunk_id: c.score for c in fused}[
-        "a-twin"
-    ]
+    scores = {c.chunk_id: c.score for c in fused}
+    assert scores["b-twin"] != scores["a-twin"]  # the scores themselves are kept as computed
 
 
 def test_scores_apart_by_more_than_noise_keep_their_order() -> None:
