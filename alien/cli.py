@@ -865,8 +865,8 @@ def tenant_manifests(
     "--embedder",
     default=None,
     metavar="SPEC",
-    help="Embed with MODEL[@VARIANT] (variants: torch, onnx, onnx-int8, static) instead of "
-    "ALIEN_EMBEDDING_MODEL.",
+    help="Embed with MODEL[@VARIANT] (variants: torch, onnx, onnx-int8, onnx-int8-lean, "
+    "static) instead of ALIEN_EMBEDDING_MODEL.",
 )
 @_json_option
 @click.pass_obj

@@ -76,9 +76,10 @@ class DatasetConfig(StrictModel):
         max_length=500,
         description="MODEL or MODEL@VARIANT of this dataset's vectors: all-MiniLM-L6-v2 (the "
         "packaged model) or a sentence-transformers directory on the service's machines; "
-        "the variant is torch, onnx, onnx-int8 or static. Its vectors get a space of their "
-        "own, searched with the others; a change re-embeds this dataset in that space while "
-        "searches read the old one, then switches. null: the deployment's model",
+        "the variant is torch, onnx, onnx-int8, onnx-int8-lean or static. Its vectors get a "
+        "space of their own, searched with the others; a change re-embeds this dataset in "
+        "that space while searches read the old one, then switches. null: the deployment's "
+        "model",
         examples=["/models/paraphrase-multilingual-MiniLM-L12-v2", "all-MiniLM-L6-v2@onnx-int8"],
     )
 

@@ -247,8 +247,14 @@ class Embedder:
 
     @property
     def _query_spec(self) -> EmbedderSpec:
-        """What embeds queries without torch: the variant itself, or a torch model's export."""
-        return EmbedderSpec(self.spec.model, "onnx") if self.variant == "torch" else self.spec
+        """What embeds queries without torch: the variant itself, a torch model's export, or
+        for lean passages the int8 export reading the whole query (every word of a short
+        query counts: Cranfield's vector nDCG@10 is 0.0017 higher so)."""
+        if self.variant == "torch":
+            return EmbedderSpec(self.spec.model, "onnx")
+        if self.variant == "onnx-int8-lean":
+            return EmbedderSpec(self.spec.model, "onnx-int8")
+        return self.spec
 
     @cached_property
     def _query_file(self) -> Path:

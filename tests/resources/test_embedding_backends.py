@@ -1,6 +1,6 @@
 """The engines that run the packaged model: each gives unit vectors of its dimension; the ONNX
-export gives torch's vectors without torch; int8 and the static table stay close enough to
-rank related text first. Their speed and retrieval quality are measured in
+export gives torch's vectors without torch; int8, lean passages and the static table stay
+close enough to rank related text first. Their speed and retrieval quality are measured in
 ``bench/embedders.py`` and ``alien eval``, not asserted here."""
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def test_a_spec_names_a_model_and_the_variant_that_runs_it(tmp_path: Path) -> No
     with pytest.raises(EmbedderSpecError, match="unknown embedding variant 'fp8'"):
         EmbedderSpec.parse("all-MiniLM-L6-v2@fp8")
     # the engines of the model's own weights are one family (comparable cosines); a static
-    # table, or another model, is not
+    # table, lean passages, or another model, are not
     families = {s: EmbedderSpec.parse(s).family for s in (
         "all-MiniLM-L6-v2", "all-MiniLM-L6-v2@onnx", "all-MiniLM-L6-v2@onnx-int8",
-        "all-MiniLM-L6-v2@static", "/models/other")}  # fmt: skip
-    assert len(set(families.values())) == 3
+        "all-MiniLM-L6-v2@onnx-int8-lean", "all-MiniLM-L6-v2@static", "/models/other")}  # fmt: skip
+    assert len(set(families.values())) == 4
     assert families["all-MiniLM-L6-v2@onnx-int8"] == families["all-MiniLM-L6-v2"]
 
 
@@ -107,6 +107,33 @@ def test_int8_vectors_stay_close_to_the_model_s(torch_vectors: np.ndarray, tmp_p
     assert derived_file(tmp_path, int8.model_dir, "onnx-int8").stat().st_size < (
         derived_file(tmp_path, int8.model_dir, "onnx").stat().st_size / 3
     )
+
+
+def test_lean_passages_are_read_without_function_words_and_punctuation() -> None:
+    """The lean variant runs the int8 export on a passage's content words: its vector is the
+    int8 vector of the passage with its function words and marks left out, word for word.
+    Queries are read whole, by the int8 engine."""
+    lean = Embedder("all-MiniLM-L6-v2@onnx-int8-lean", worker=False, models_dir=MODELS_DIR)
+    int8 = Embedder("all-MiniLM-L6-v2@onnx-int8", worker=False, models_dir=MODELS_DIR)
+    passages = [
+        # "inviscid" is read as "in ##vis ##ci ##d": its "in" is no word of its own, and stays
+        "The inviscid flow, near the wall of an inlet, slows (see Fig. 3).",
+        "Set it to /etc/apt/sources.list -- and then run it!",
+        "of the and",  # nothing but function words: read whole
+        "...",
+    ]
+    content = ["inviscid flow near wall inlet slows see fig 3", "set etc apt sources list run"]
+    content += passages[2:]
+    vectors = lean.embed(passages)
+    assert np.abs(vectors - int8.embed(content)).max() < 1e-5
+    query = "what is the flow near the wall of an inlet"
+    assert np.abs(lean.embed_query([query]) - int8.embed_query([query])).max() < 1e-6
+    assert (lean.embed([query])[0] @ int8.embed_query([query])[0]) < 0.999
+    assert lean.dimension == 384
+    # and the lean vectors still rank related text first
+    ranked = lean.embed(TEXTS) @ lean.embed_query(["how thick is the boundary layer on a plate"])[0]
+    assert ranked.argmax() == 0, ranked
+    assert ranked[0] > ranked[4] + 0.1
 
 
 def test_the_static_table_ranks_related_text_first() -> None:
