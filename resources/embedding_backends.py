@@ -12,11 +12,11 @@ all-MiniLM-L6-v2 or a local sentence-transformers directory; the variant says wh
 ``onnx-int8``
     that export with its weights quantized to int8 (dynamic quantization, per channel).
 ``onnx-int8-lean``
-    the int8 export reading only a passage's content: function words and punctuation marks
-    are left out of the passages it embeds (queries are embedded whole, by ``onnx-int8``).
-    About half the tokens of technical text and two fifths of prose, so that much less work,
-    and further from the model's vectors than ``onnx-int8`` (a space, and a family, of its
-    own).
+    the int8 export reading only a passage's content: English function words (negations and
+    particles such as "not", "off", "above" stay) and punctuation marks (those of a number
+    stay) are left out of the passages it embeds (``LeanReading``); queries are embedded
+    whole, by ``onnx-int8``. Less work by the tokens left out, and further from the model's
+    vectors than ``onnx-int8`` (a space, and a family, of its own).
 ``static``
     a static embedding table distilled from the model, as model2vec does: every token of the
     vocabulary embedded once by the model, reduced by PCA and weighted by its estimated rarity;
@@ -400,8 +400,8 @@ def _onnx_session(ort: Any, path: Path, threads: int) -> Any:
 
 class OnnxBackend:
     """An ONNX export of the model's pipeline on ONNX Runtime; the model's tokenizer, cut to
-    its window, in front of it. No torch. ``skip`` names tokens left out of every text (lean
-    passages), unless a text has nothing else."""
+    its window, in front of it. No torch. With ``lean``, texts are read without the tokens
+    it leaves out (passages: queries go to an engine without it)."""
 
     def __init__(
         self,
@@ -409,25 +409,24 @@ class OnnxBackend:
         model_dir: Path,
         max_length: int,
         threads: int,
-        skip: frozenset[int] = frozenset(),
+        lean: LeanReading | None = None,
     ) -> None:
         import onnxruntime as ort
 
         self.session = _onnx_session(ort, onnx_path, max(1, threads))
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.tokenizer = _tokenizer(model_dir, max_length)
-        self.skip = skip
+        self.lean = lean
         self.large_batches = False
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One text per run: on the CPU that beats batches (measured here for int8: 62 texts/s
         one at a time, 50 in eights, 47 in 32s), as nothing is padded and a text's
         activations stay in cache."""
+        lean = self.lean
         rows = []
         for encoding in self.tokenizer.encode_batch(texts):
-            ids = encoding.ids
-            if self.skip:
-                ids = self._lean(ids, encoding.word_ids)
+            ids = lean.content(encoding.ids, encoding.word_ids) if lean else encoding.ids
             row = np.asarray([ids], dtype=np.int64)
             columns = {
                 "input_ids": row,
@@ -438,38 +437,69 @@ class OnnxBackend:
             rows.append(self.session.run(None, feed)[0][0])
         return normalized(np.stack(rows)) if rows else np.zeros((0, 0), dtype=np.float32)
 
-    def _lean(self, ids: list[int], words: list[int | None]) -> list[int]:
-        """``ids`` without the skipped tokens that are words by themselves: ``in`` goes, the
-        ``in`` of ``in ##vis ##ci ##d`` stays. A text with nothing else (``...``) stays whole."""
+
+#: Function words a lean passage keeps, though queries drop them from keyword search: they
+#: turn what a sentence says ("do not", "turn off", "above 40", "only root").
+LEAN_KEPT_WORDS = frozenset(
+    "no nor not off on up down over under out before after above below more most few only "
+    "against very same other own".split()
+)
+
+
+@dataclass(frozen=True)
+class LeanReading:
+    """What a lean passage leaves out: each token that is a word by itself (``in`` of
+    ``in ##vis ##ci ##d`` is not) and an English function word or a punctuation mark, but a
+    mark between two numbers (``3.5``, ``192.168.0.1``, ``1-2``) stays. A text of nothing
+    else is read whole. Tokens are judged by the text they decode to, so a byte-level BPE
+    vocabulary's stand-in characters are not taken for marks."""
+
+    words: frozenset[int]  # function words
+    marks: frozenset[int]  # punctuation
+    numbers: frozenset[int]
+
+    @classmethod
+    def of(cls, model_dir: Path) -> LeanReading:
+        from resources.analysis import QUERY_STOPWORDS
+
+        words = QUERY_STOPWORDS - LEAN_KEPT_WORDS
+        tokenizer = _tokenizer(model_dir, None)
+        special = {
+            tokenizer.token_to_id(t.content)
+            for t in tokenizer.get_added_tokens_decoder().values()
+            if t.special
+        }
+        function, marks, numbers = set(), set(), set()
+        for index in range(tokenizer.get_vocab_size()):
+            if index in special:
+                continue
+            text = tokenizer.decode([index]).strip().removeprefix("##").strip("\u2581\u0120 ")
+            if not text:
+                continue
+            if text.isdigit():
+                numbers.add(index)
+            elif text.lower() in words:
+                function.add(index)
+            elif all(unicodedata.category(c)[0] == "P" for c in text):
+                marks.add(index)
+        return cls(frozenset(function), frozenset(marks), frozenset(numbers))
+
+    def content(self, ids: list[int], words: list[int | None]) -> list[int]:
         tokens_of = Counter(w for w in words if w is not None)
-        alone = (i in self.skip and tokens_of[w] == 1 for i, w in zip(ids, words, strict=True))
-        kept = [i for i, drop in zip(ids, alone, strict=True) if not drop]
+        last = len(ids) - 1
+        kept = [
+            token
+            for n, (token, word) in enumerate(zip(ids, words, strict=True))
+            if tokens_of[word] > 1  # a piece of a longer word (None: a special token, kept)
+            or (token not in self.words and token not in self.marks)
+            or (
+                token in self.marks
+                and 0 < n < last
+                and ids[n - 1] in self.numbers
+                and ids[n + 1] in self.numbers
+            )
+        ]
         return kept if len(kept) > sum(w is None for w in words) else ids
-
-
-def function_tokens(model_dir: Path) -> frozenset[int]:
-    """The vocabulary's function words (English) and punctuation marks, by their text
-    without the subword markers (``##``, ``▁``, ``Ġ``); special tokens are not among them.
-    A lean passage leaves such a token out where it is a whole word (see ``OnnxBackend``)."""
-    from resources.analysis import QUERY_STOPWORDS
-
-    tokenizer = _tokenizer(model_dir, None)
-    special = {
-        tokenizer.token_to_id(t.content)
-        for t in tokenizer.get_added_tokens_decoder().values()
-        if t.special
-    }
-    skip = set()
-    for token, index in tokenizer.get_vocab().items():
-        if index in special:
-            continue
-        bare = token.removeprefix("##").lstrip("\u2581\u0120")
-        if not bare:
-            continue
-        marks = all(unicodedata.category(c)[0] in "PS" for c in bare)
-        if marks or bare.lower() in QUERY_STOPWORDS:
-            skip.add(index)
-    return frozenset(skip)
 
 
 class StaticBackend:
@@ -512,5 +542,5 @@ def load_backend(
     path = prepare(model_dir, spec.variant, cache_dir)  # the file, made once
     if spec.variant == "static":
         return StaticBackend(path, model_dir)
-    skip = function_tokens(model_dir) if spec.variant == "onnx-int8-lean" else frozenset()
-    return OnnxBackend(path, model_dir, max_length, cpu_threads(), skip)
+    lean = LeanReading.of(model_dir) if spec.variant == "onnx-int8-lean" else None
+    return OnnxBackend(path, model_dir, max_length, cpu_threads(), lean)

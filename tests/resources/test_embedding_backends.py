@@ -109,26 +109,39 @@ def test_int8_vectors_stay_close_to_the_model_s(torch_vectors: np.ndarray, tmp_p
     )
 
 
-def test_lean_passages_are_read_without_function_words_and_punctuation() -> None:
-    """The lean variant runs the int8 export on a passage's content words: its vector is the
-    int8 vector of the passage with its function words and marks left out, word for word.
-    Queries are read whole, by the int8 engine."""
-    lean = Embedder("all-MiniLM-L6-v2@onnx-int8-lean", worker=False, models_dir=MODELS_DIR)
-    int8 = Embedder("all-MiniLM-L6-v2@onnx-int8", worker=False, models_dir=MODELS_DIR)
+@pytest.mark.timeout(300)
+def test_lean_passages_are_read_without_function_words_and_punctuation(tmp_path: Path) -> None:
+    """The lean variant runs the int8 export on a passage's content: its vector is the int8
+    vector of the passage with its function words and marks left out, word for word.
+    Queries are read whole, by the int8 engine, also before its file exists and with the
+    query engine turned off (the lean engine would read them lean)."""
+    query = "what is the flow near the wall of an inlet"
+    lean = Embedder("all-MiniLM-L6-v2@onnx-int8-lean", worker=False, models_dir=tmp_path)
+    first = lean.embed_query([query])  # nothing made yet: the int8 export is made for it
+    int8 = Embedder("all-MiniLM-L6-v2@onnx-int8", worker=False, models_dir=tmp_path)
+    assert np.abs(first - int8.embed_query([query])).max() < 1e-6
     passages = [
         # "inviscid" is read as "in ##vis ##ci ##d": its "in" is no word of its own, and stays
         "The inviscid flow, near the wall of an inlet, slows (see Fig. 3).",
         "Set it to /etc/apt/sources.list -- and then run it!",
+        # negations and particles stay, as do the marks of a number
+        "Do not turn off the valve above 3.5 bar.",
         "of the and",  # nothing but function words: read whole
         "...",
     ]
-    content = ["inviscid flow near wall inlet slows see fig 3", "set etc apt sources list run"]
-    content += passages[2:]
+    content = [
+        "inviscid flow near wall inlet slows see fig 3",
+        "set etc apt sources list run",
+        "not turn off valve above 3.5 bar",
+        *passages[3:],
+    ]
     vectors = lean.embed(passages)
     assert np.abs(vectors - int8.embed(content)).max() < 1e-5
-    query = "what is the flow near the wall of an inlet"
-    assert np.abs(lean.embed_query([query]) - int8.embed_query([query])).max() < 1e-6
-    assert (lean.embed([query])[0] @ int8.embed_query([query])[0]) < 0.999
+    assert (lean.embed([query])[0] @ first[0]) < 0.999  # a passage is read lean
+    off = Embedder(
+        "all-MiniLM-L6-v2@onnx-int8-lean", worker=False, models_dir=tmp_path, query_engine=False
+    )
+    assert np.abs(off.embed_query([query]) - first).max() < 1e-6
     assert lean.dimension == 384
     # and the lean vectors still rank related text first
     ranked = lean.embed(TEXTS) @ lean.embed_query(["how thick is the boundary layer on a plate"])[0]
