@@ -230,15 +230,12 @@ class Embedder:
         read a query lean."""
         if self._query_engine is not None:
             return self._query_engine
-        needed = self.variant == "onnx-int8-lean"
-        if not self.use_query_engine and not needed:
-            return None
-        if not needed and not self._query_file.is_file():  # a stat a query until it exists
-            return None
+        if not self.spec.lean and (not self.use_query_engine or not self._query_file.is_file()):
+            return None  # (a stat a query until the export exists)
         with self._query_lock:
             if self._query_engine is None:
                 self._query_engine = load_backend(
-                    self._query_spec,
+                    self.spec.query_spec,
                     self.model_dir,
                     device="cpu",
                     batch_size=self.batch_size,
@@ -247,20 +244,10 @@ class Embedder:
                 )
         return self._query_engine
 
-    @property
-    def _query_spec(self) -> EmbedderSpec:
-        """What embeds queries without torch: the variant itself, a torch model's export, or
-        for lean passages the int8 export, reading the whole query (its every word counts)."""
-        if self.variant == "torch":
-            return EmbedderSpec(self.spec.model, "onnx")
-        if self.variant == "onnx-int8-lean":
-            return EmbedderSpec(self.spec.model, "onnx-int8")
-        return self.spec
-
     @cached_property
     def _query_file(self) -> Path:
         """The query engine's file (named by the model's weights: read once, not per query)."""
-        return derived_file(self.models_dir, self.model_dir, self._query_spec.variant)
+        return derived_file(self.models_dir, self.model_dir, self.spec.query_spec.variant)
 
     @property
     def engine_batch_size(self) -> int:

@@ -80,9 +80,24 @@ class EmbedderSpec:
         """Specs of one family give the same vectors up to rounding (the model's own weights,
         run by another engine): their cosine scores can be compared. A static table, and
         lean passages, are families of their own."""
-        if self.variant in ("static", "onnx-int8-lean"):
+        if self.variant == "static" or self.lean:
             return f"{self.model}@{self.variant}"
         return self.model
+
+    @property
+    def lean(self) -> bool:
+        """Passages are read lean (``LeanReading``), queries whole by ``query_spec``."""
+        return self.variant == "onnx-int8-lean"
+
+    @property
+    def query_spec(self) -> EmbedderSpec:
+        """What embeds this space's queries without torch: a torch model's ONNX export, the
+        int8 export for lean passages (reading the whole query), else the variant itself."""
+        if self.variant == "torch":
+            return EmbedderSpec(self.model, "onnx")
+        if self.lean:
+            return EmbedderSpec(self.model, "onnx-int8")
+        return self
 
 
 #: Texts per call to an engine that wants large batches (a GPU), when the setting is lower.
@@ -423,10 +438,11 @@ class OnnxBackend:
         """One text per run: on the CPU that beats batches (measured here for int8: 62 texts/s
         one at a time, 50 in eights, 47 in 32s), as nothing is padded and a text's
         activations stay in cache."""
-        lean = self.lean
         rows = []
         for encoding in self.tokenizer.encode_batch(texts):
-            ids = lean.content(encoding.ids, encoding.word_ids) if lean else encoding.ids
+            ids = encoding.ids
+            if self.lean is not None:
+                ids = self.lean.content(ids, encoding.word_ids)
             row = np.asarray([ids], dtype=np.int64)
             columns = {
                 "input_ids": row,
@@ -490,8 +506,8 @@ class LeanReading:
         kept = [
             token
             for n, (token, word) in enumerate(zip(ids, words, strict=True))
-            if tokens_of[word] > 1  # a piece of a longer word (None: a special token, kept)
-            or (token not in self.words and token not in self.marks)
+            if tokens_of[word] > 1  # a piece of a longer word
+            or (token not in self.words and token not in self.marks)  # special tokens too
             or (
                 token in self.marks
                 and 0 < n < last
@@ -542,5 +558,5 @@ def load_backend(
     path = prepare(model_dir, spec.variant, cache_dir)  # the file, made once
     if spec.variant == "static":
         return StaticBackend(path, model_dir)
-    lean = LeanReading.of(model_dir) if spec.variant == "onnx-int8-lean" else None
+    lean = LeanReading.of(model_dir) if spec.lean else None
     return OnnxBackend(path, model_dir, max_length, cpu_threads(), lean)
