@@ -34,7 +34,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from resources.formats import table_lines
 
@@ -61,9 +61,9 @@ ORDER_SLACK = 0.02
 _LIST_MARKER = re.compile(r"[•◦▪▫‣⁃∙·●○■□►▶✓✔–—*+-]|\(?(\d{1,3}|[a-zA-Z]|[ivxlcIVXLC]{1,6})[.):]")
 
 
-@dataclass(frozen=True)
-class Glyph:
-    """One character of the page's text with its box in PDF points (y grows upwards)."""
+class Glyph(NamedTuple):
+    """One character of the page's text with its box in PDF points (y grows upwards); a
+    tuple, for a page has thousands and each is made and read several times."""
 
     index: int  # position in the page's text
     left: float
@@ -88,21 +88,24 @@ class Run:
 
     @classmethod
     def of(cls, glyphs: list[Glyph]) -> Run:
-        return cls(
-            glyphs,
-            min(g.left for g in glyphs),
-            min(g.bottom for g in glyphs),
-            max(g.right for g in glyphs),
-            max(g.top for g in glyphs),
-            glyphs[0].baseline,
-        )
+        _, left, bottom, right, top, baseline = zip(*glyphs, strict=True)
+        return cls(glyphs, min(left), min(bottom), max(right), max(top), baseline[0])
 
     @property
     def height(self) -> float:
         return self.top - self.bottom
 
     def joined(self, other: Run) -> Run:
-        return Run.of(self.glyphs + other.glyphs)
+        """``Run.of(self.glyphs + other.glyphs)``, from the two boxes (a line's words are
+        joined one by one: rescanning the glyphs would cost the square of its length)."""
+        return Run(
+            self.glyphs + other.glyphs,
+            min(self.left, other.left),
+            min(self.bottom, other.bottom),
+            max(self.right, other.right),
+            max(self.top, other.top),
+            self.baseline,
+        )
 
 
 @dataclass
@@ -127,12 +130,15 @@ def read_glyphs(textpage: Any, text: str) -> list[Glyph]:
     raw = textpage.raw
     box = pdfium_c.FS_RECTF()
     x, y = ctypes.c_double(), ctypes.c_double()
+    # Two calls per character of every page: the pointers are made once, not per call.
+    box_at, x_at, y_at = ctypes.byref(box), ctypes.byref(x), ctypes.byref(y)
+    loose_box, origin = pdfium_c.FPDFText_GetLooseCharBox, pdfium_c.FPDFText_GetCharOrigin
     glyphs = []
     for index, char in enumerate(text):
-        if char.isspace() or not pdfium_c.FPDFText_GetLooseCharBox(raw, index, box):
+        if char.isspace() or not loose_box(raw, index, box_at):
             continue
         if box.right > box.left and box.top > box.bottom:
-            pdfium_c.FPDFText_GetCharOrigin(raw, index, x, y)
+            origin(raw, index, x_at, y_at)
             glyphs.append(Glyph(index, box.left, box.bottom, box.right, box.top, y.value))
     return glyphs
 
