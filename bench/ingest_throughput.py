@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest_throughput.py [--source DIR ...] [--embedder SPEC]
                                                 [--cold-only] [--json]
+    .venv/bin/python bench/ingest_throughput.py --compare SPEC,SPEC [--rounds N]
 
 By default it runs two corpora: every file of ../shared/data/pdfs (443 pages, 3 of them
 scanned and read by OCR), and the text-layer PDFs alone (the "manual density" case).
@@ -20,7 +21,9 @@ scanned and read by OCR), and the text-layer PDFs alone (the "manual density" ca
 
 `--embedder MODEL@VARIANT` runs it all with that embedding variant (its derived files are
 made in a first, untimed ingest of one page); `--cold-only` stops after the cold and no-op
-ingests (what comparing variants end to end needs).
+ingests. `--compare SPEC,SPEC,... [--rounds N]` compares variants end to end: cold ingests
+of the text-layer PDFs (or the first `--source`), each spec in turn, N rounds, with each
+round's speed-up against the first spec (the machine's drift between rounds cancels out).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,13 +192,72 @@ def text_pdfs(tmp: Path) -> Path:
     return folder
 
 
+def compare(source: Path, specs: list[str], rounds: int) -> dict:
+    """Cold ingests of ``source`` with each spec in turn, ``rounds`` times (this machine's
+    speed drifts by a third over minutes: only runs taken in turn compare). Each ingest has a
+    fresh ALIEN_HOME; the variants' derived files are made once, before the first round."""
+    with tempfile.TemporaryDirectory(prefix="alien-bench-") as tmp:
+        os.environ["ALIEN_MODELS_DIR"] = str(Path(tmp) / "models")
+        for n, spec in enumerate(specs):
+            os.environ["ALIEN_EMBEDDING_MODEL"] = spec
+            home = Path(tmp) / f"prepare-{n}"
+            home.mkdir()
+            prepare_variant(home)
+        runs: dict[str, list[dict]] = {spec: [] for spec in specs}
+        for r in range(rounds):
+            for n, spec in enumerate(specs):
+                os.environ["ALIEN_EMBEDDING_MODEL"] = spec
+                report, seconds = ingest(Path(tmp) / f"round-{r}-{n}", source)
+                runs[spec].append(
+                    {
+                        "seconds": seconds,
+                        "pages": report["pages"],
+                        "embedding_step": report["steps"]["embeddings"]["seconds"],
+                    }
+                )
+    base = runs[specs[0]]
+    out = {"source": str(source), "rounds": rounds, "pages": base[0]["pages"], "specs": {}}
+    for spec, taken in runs.items():
+        seconds = [t["seconds"] for t in taken]
+        out["specs"][spec] = {
+            "cold_seconds": [round(s, 2) for s in seconds],
+            "pages_per_second_median": round(taken[0]["pages"] / statistics.median(seconds), 2),
+            "embedding_step_seconds_median": round(
+                statistics.median(t["embedding_step"] for t in taken), 2
+            ),
+            # each round's own ratio: the drift between rounds cancels out
+            "speedup_per_round": [
+                round(b["seconds"] / t["seconds"], 2) for b, t in zip(base, taken, strict=True)
+            ],
+            "speedup_median": round(
+                statistics.median(
+                    b["seconds"] / t["seconds"] for b, t in zip(base, taken, strict=True)
+                ),
+                2,
+            ),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, action="append", default=None)
     parser.add_argument("--embedder", default=None, metavar="SPEC")
     parser.add_argument("--cold-only", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--compare",
+        metavar="SPEC,SPEC",
+        help="cold ingests only, of each spec in turn; speed-ups against the first",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare (default 3)")
     args = parser.parse_args()
+    if args.compare:
+        specs = args.compare.split(",")
+        with tempfile.TemporaryDirectory(prefix="alien-bench-src-") as tmp:
+            source = args.source[0] if args.source else text_pdfs(Path(tmp))
+            print(json.dumps(compare(source, specs, args.rounds), indent=2))
+        return
     if args.embedder:
         os.environ["ALIEN_EMBEDDING_MODEL"] = args.embedder
     with tempfile.TemporaryDirectory(prefix="alien-bench-src-") as tmp:

@@ -110,16 +110,18 @@ def _interrupt_during(step_pattern: str, docs: Path, home: Path, busy: str | Non
 def test_ctrl_c_during_embedding_stops_and_the_next_run_finishes(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    shutil.copy(PDFS / "gri-manual.pdf", docs)  # ~900 chunks: about a minute of embedding
+    # 100 pages, ~300 chunks: about 15 s of embedding on two cores, all of which the next
+    # run finishes (so no more than that)
+    (docs / "gri.pdf").write_bytes(pdf_pages(PDFS / "gri-manual.pdf", list(range(60, 160))))
     _interrupt_during(r"embeddings[^\n/]*? ([1-9]\d*)/(\d{3})", docs, tmp_path / "home")
 
 
 def test_ctrl_c_during_ocr_stops_and_the_next_run_finishes(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    # A scan of 24 pages: Tesseract takes a second or more per page and core.
+    # A scan of 12 pages: Tesseract takes a second or more per page and core.
     scan = PDFS / "camlidl-manual.p8-10.scanned.pdf"
-    (docs / "scan.pdf").write_bytes(pdf_pages(scan, [0, 1, 2] * 8))
+    (docs / "scan.pdf").write_bytes(pdf_pages(scan, [0, 1, 2] * 4))
     _interrupt_during(r"ocr_output[^\n/]*? 0/1", docs, tmp_path / "home", busy="tesseract")
 
 
