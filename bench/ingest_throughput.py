@@ -256,7 +256,20 @@ def main() -> None:
         specs = args.compare.split(",")
         with tempfile.TemporaryDirectory(prefix="alien-bench-src-") as tmp:
             source = args.source[0] if args.source else text_pdfs(Path(tmp))
-            print(json.dumps(compare(source, specs, args.rounds), indent=2))
+            report = compare(source, specs, args.rounds)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return
+        print(f"{report['source']}: {report['pages']} pages, {report['rounds']} rounds in turn")
+        width = max(map(len, specs))
+        print(f"{'spec':<{width}}  pages/s  embedding s  speed-up (median; each round)")
+        for spec, row in report["specs"].items():
+            rounds = ", ".join(f"{x:.2f}" for x in row["speedup_per_round"])
+            print(
+                f"{spec:<{width}}  {row['pages_per_second_median']:7.2f}  "
+                f"{row['embedding_step_seconds_median']:11.2f}  "
+                f"{row['speedup_median']:.2f}x ({rounds})"
+            )
         return
     if args.embedder:
         os.environ["ALIEN_EMBEDDING_MODEL"] = args.embedder
