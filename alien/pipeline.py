@@ -45,6 +45,7 @@ from resources.analysis import (
     dominant_language,
     language_code,
     page_languages,
+    preload_language_model,
 )
 from resources.catalog import (
     DEFAULT_DATASET,
@@ -535,6 +536,8 @@ def run_ocr_output(
         )
         if progress and plan.todo:
             progress(TEXT, 0, len(plan.todo))  # the bar shows while the first one is read
+        if plan.todo:
+            preload_language_model()  # while the first document is read
         ocr_pages = 0
         for n, (eid, input_hash, sha) in enumerate(plan.todo, 1):
             check_cancelled()

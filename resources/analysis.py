@@ -184,6 +184,14 @@ def _langid() -> Any:
     return _identifier
 
 
+def preload_language_model() -> threading.Thread:
+    """Load the language identifier in a background thread (what waits on something else,
+    such as a document being read in a child process, need not pay for it afterwards)."""
+    thread = threading.Thread(target=_langid, name="langid-load", daemon=True)
+    thread.start()
+    return thread
+
+
 def _script_language(text: str) -> str | None:
     """zh, ja or ko when CJK characters carry the text (a character is about a word, so they
     need not outnumber Latin letters); kana is Japanese only, Hangul Korean only."""
