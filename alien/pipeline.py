@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -487,6 +488,72 @@ def _mistral(settings: AlienSettings) -> MistralOcr:
     )
 
 
+_Todo = tuple[str, str, str]  # entry id, input hash, content hash
+_Read = tuple[int, _Todo, Entry, list[PageText] | Exception]
+
+
+def _read_documents(
+    stores: TenantStores,
+    todo: list[_Todo],
+    bounded: BoundedExtractor,
+    by_mistral: Callable[[str, Entry], bool],
+    mistral_pages: Callable[[str, Entry, Path], list[PageText]],
+    languages_of: Callable[[str], str],
+) -> Iterator[_Read]:
+    """Each planned entry with its pages or what went wrong reading it, in plan order (an
+    entry deleted meanwhile left out). Reading runs one document ahead: the child reads
+    the next while the caller records this one (languages, text, catalog)."""
+    ahead: tuple[int, _Todo, Entry, contextlib.ExitStack] | None = None
+
+    def taken() -> _Read:
+        """The document in the child, its pages (or error) taken and its file let go."""
+        assert ahead is not None
+        n, item, entry, files = ahead
+        with files:
+            try:
+                return n, item, entry, bounded.result()
+            except RunCancelled:
+                raise
+            except Exception as err:
+                return n, item, entry, err
+
+    try:
+        for n, item in enumerate(todo, 1):
+            check_cancelled()
+            entry = stores.catalog.get_entry(item[0])
+            if entry is None:
+                continue
+            done = taken() if ahead is not None else None
+            ahead = None
+            files = contextlib.ExitStack()
+            try:
+                path = files.enter_context(stores.objects.local_path(entry.object_key))
+                if by_mistral(item[0], entry):
+                    with files:
+                        outcome: list[PageText] | Exception = mistral_pages(item[0], entry, path)
+                else:
+                    # In a child with bounded memory and time: one document cannot take the
+                    # server down, and one over a cap does not stop the others.
+                    bounded.submit(path, entry.media_type, languages_of(item[0]))
+                    ahead = (n, item, entry, files)
+            except RunCancelled:
+                files.close()
+                raise
+            except Exception as err:
+                files.close()
+                outcome = err
+            if done is not None:
+                yield done
+            if ahead is None:
+                yield n, item, entry, outcome
+        if ahead is not None:
+            yield taken()
+            ahead = None
+    finally:
+        if ahead is not None:  # abandoned (cancelled, or a store failed): the file let go
+            ahead[3].close()
+
+
 def run_ocr_output(
     stores: TenantStores, full_refresh: bool = False, progress: Progress | None = None
 ) -> StepReport:
@@ -539,48 +606,45 @@ def run_ocr_output(
         if plan.todo:
             preload_language_model()  # while the first document is read
         ocr_pages = 0
-        for n, (eid, input_hash, sha) in enumerate(plan.todo, 1):
-            check_cancelled()
-            entry = stores.catalog.get_entry(eid)
-            if entry is None:
-                continue
-            try:
-                with stores.objects.local_path(entry.object_key) as path:
-                    engine, languages = ocr_of(eid)
-                    if engine == "mistral" and entry.media_type in (PDF, *IMAGE_TYPES):
-                        mistral = mistral or _mistral(settings)
-                        from resources.mistral_ocr import page_count
 
-                        pages_here = page_count(path, entry.media_type)
-                        if pages_here > settings.max_pages_per_entry:
-                            raise ExtractionError(
-                                f"PDF has {pages_here:,} pages, over the cap of "
-                                f"{settings.max_pages_per_entry:,} pages per entry "
-                                "(ALIEN_MAX_PAGES_PER_ENTRY)"
-                            )
-                        result = mistral.process(path, entry.media_type)
-                        pages = result.pages
-                        stores.objects.delete_prefix(figures_prefix(eid))
-                        for figure in result.figures:
-                            stores.objects.put_bytes(figure_key(eid, figure.id), figure.data)
-                    else:
-                        # In a child with bounded memory and time: one document cannot take
-                        # the server down, and one over a cap does not stop the others.
-                        pages = bounded.extract(path, entry.media_type, languages)
-            except OcrBudgetExceeded as err:  # left pending: the next run has a new budget
-                stores.catalog.set_status([eid], EntryStatus.PENDING, public_reason(str(err)))
+        def mistral_pages(eid: str, entry: Entry, path: Path) -> list[PageText]:
+            nonlocal mistral
+            mistral = mistral or _mistral(settings)
+            from resources.mistral_ocr import page_count
+
+            pages_here = page_count(path, entry.media_type)
+            if pages_here > settings.max_pages_per_entry:
+                raise ExtractionError(
+                    f"PDF has {pages_here:,} pages, over the cap of "
+                    f"{settings.max_pages_per_entry:,} pages per entry "
+                    "(ALIEN_MAX_PAGES_PER_ENTRY)"
+                )
+            result = mistral.process(path, entry.media_type)
+            stores.objects.delete_prefix(figures_prefix(eid))
+            for figure in result.figures:
+                stores.objects.put_bytes(figure_key(eid, figure.id), figure.data)
+            return result.pages
+
+        def by_mistral(eid: str, entry: Entry) -> bool:
+            return ocr_of(eid)[0] == "mistral" and entry.media_type in (PDF, *IMAGE_TYPES)
+
+        documents = _read_documents(
+            stores, plan.todo, bounded, by_mistral, mistral_pages, lambda e: ocr_of(e)[1]
+        )
+        for n, (eid, input_hash, sha), entry, outcome in documents:
+            if isinstance(outcome, OcrBudgetExceeded):  # pending: the next run has a budget
+                stores.catalog.set_status([eid], EntryStatus.PENDING, public_reason(str(outcome)))
                 report.details["deferred"] = report.details.get("deferred", 0) + 1
                 continue
-            except ExtractionError as err:
-                _fail(stores, TEXT, eid, input_hash, sha, str(err))
+            if isinstance(outcome, ExtractionError):
+                _fail(stores, TEXT, eid, input_hash, sha, str(outcome))
                 report.failed += 1
                 continue
-            except RunCancelled:
-                raise
-            except Exception as err:  # a bug must not block the other entries
-                _fail(stores, TEXT, eid, input_hash, sha, _unexpected(err))
+            if isinstance(outcome, Exception):  # a bug must not block the other entries
+                _fail(stores, TEXT, eid, input_hash, sha, _unexpected(outcome))
                 report.failed += 1
                 continue
+            pages = outcome
             languages = page_languages(
                 [p.text for p in pages], pinned_language(stores, entry.dataset)
             )

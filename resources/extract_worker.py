@@ -67,6 +67,7 @@ class BoundedExtractor:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self.restarts = 0  # children replaced after a cap or a crash
+        self._deadline: float | None = None  # of the document being read, if one is
 
     def __enter__(self) -> BoundedExtractor:
         return self
@@ -79,12 +80,32 @@ class BoundedExtractor:
     ) -> list[PageText]:
         """The document's pages; ``ocr_languages`` overrides the job's OCR languages (a
         dataset's own)."""
+        self.submit(path, media_type, ocr_languages)
+        return self.result()
+
+    def submit(self, path: Path, media_type: str, ocr_languages: str | None = None) -> None:
+        """Start reading a document in the child; ``result`` waits for its pages (the time
+        cap counts from here). The caller can do other work meanwhile, such as recording
+        the previous document; the file must stay in place until ``result`` returns."""
+        if self._deadline is not None:
+            raise RuntimeError("a document is being read: take its result first")
         conn = self._connection()
         try:
             conn.send((str(path), media_type, ocr_languages))
         except OSError:
             raise ExtractionError(self._died()) from None
-        if not self._answered(conn):
+        self._deadline = time.monotonic() + self.seconds
+
+    def result(self) -> list[PageText]:
+        """The pages of the document ``submit`` sent, within its caps."""
+        if self._deadline is None or self._conn is None:
+            raise RuntimeError("no document is being read")
+        conn = self._conn
+        try:
+            answered = self._answered(conn, self._deadline)
+        finally:
+            self._deadline = None
+        if not answered:
             self._kill()
             raise ExtractionError(
                 f"reading the document took longer than the cap of {self.seconds:g} s per "
@@ -103,9 +124,8 @@ class BoundedExtractor:
             raise ExtractionError(self._over_memory())
         raise ExtractionCrash(value)
 
-    def _answered(self, conn: Connection) -> bool:
-        """Wait for the child's answer within the time cap, polling ``interrupt``."""
-        deadline = time.monotonic() + self.seconds
+    def _answered(self, conn: Connection, deadline: float) -> bool:
+        """Wait for the child's answer until ``deadline``, polling ``interrupt``."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -121,6 +141,7 @@ class BoundedExtractor:
 
     def close(self) -> None:
         """End the child (it exits on end of input) and reap it."""
+        self._deadline = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -241,6 +241,31 @@ def test_a_document_over_the_time_cap_fails_and_the_next_is_read() -> None:
 
 
 @needs_tesseract
+def test_a_submitted_document_is_read_while_the_caller_works_within_its_cap() -> None:
+    """``submit`` starts the reading and returns (the pipeline records the previous document
+    meanwhile); the time cap counts from ``submit``, the caller's own time included; one
+    document at a time."""
+    import time
+
+    with _reader(seconds=2.0) as reader:
+        reader.submit(PDFS / "camlidl-manual.pdf", PDF)
+        with pytest.raises(RuntimeError, match="take its result first"):
+            reader.submit(PDFS / "camlidl-manual.pdf", PDF)
+        assert reader.result()[0].text.startswith("Camlidl user")
+        with pytest.raises(RuntimeError, match="no document is being read"):
+            reader.result()
+        reader.submit(PDFS / "camlidl-manual.p8-10.scanned.pdf", PDF)  # OCR: over 2 s
+        time.sleep(2.2)  # the caller's work, past the cap
+        started = time.monotonic()
+        with pytest.raises(ExtractionError, match=r"cap of 2 s per entry"):
+            reader.result()
+        assert time.monotonic() - started < 1.0  # it did not wait a cap of its own
+        assert reader.restarts == 1
+        reader.submit(PDFS / "camlidl-manual.pdf", PDF)
+        assert reader.result()[0].text.startswith("Camlidl user")
+
+
+@needs_tesseract
 def test_a_reader_that_dies_fails_its_document_only() -> None:
     import os
     import signal
