@@ -507,15 +507,18 @@ def _read_documents(
 
     def taken() -> _Read:
         """The document in the child, its pages (or error) taken and its file let go."""
+        nonlocal ahead
         assert ahead is not None
         n, item, entry, files = ahead
-        with files:
-            try:
-                return n, item, entry, bounded.result()
-            except RunCancelled:
-                raise
-            except Exception as err:
-                return n, item, entry, err
+        try:
+            with files:
+                outcome: list[PageText] | Exception = bounded.result()
+        except RunCancelled:
+            raise
+        except Exception as err:
+            outcome = err
+        ahead = None
+        return n, item, entry, outcome
 
     try:
         for n, item in enumerate(todo, 1):
@@ -524,18 +527,25 @@ def _read_documents(
             if entry is None:
                 continue
             done = taken() if ahead is not None else None
-            ahead = None
+            if by_mistral(item[0], entry):  # synchronous, after the one before is recorded
+                if done is not None:
+                    yield done
+                try:
+                    with stores.objects.local_path(entry.object_key) as path:
+                        outcome = mistral_pages(item[0], entry, path)
+                except RunCancelled:
+                    raise
+                except Exception as err:
+                    outcome = err
+                yield n, item, entry, outcome
+                continue
             files = contextlib.ExitStack()
             try:
                 path = files.enter_context(stores.objects.local_path(entry.object_key))
-                if by_mistral(item[0], entry):
-                    with files:
-                        outcome: list[PageText] | Exception = mistral_pages(item[0], entry, path)
-                else:
-                    # In a child with bounded memory and time: one document cannot take the
-                    # server down, and one over a cap does not stop the others.
-                    bounded.submit(path, entry.media_type, languages_of(item[0]))
-                    ahead = (n, item, entry, files)
+                # In a child with bounded memory and time: one document cannot take the
+                # server down, and one over a cap does not stop the others.
+                bounded.submit(path, entry.media_type, languages_of(item[0]))
+                ahead = (n, item, entry, files)
             except RunCancelled:
                 files.close()
                 raise
@@ -543,14 +553,14 @@ def _read_documents(
                 files.close()
                 outcome = err
             if done is not None:
-                yield done
+                yield done  # recorded while the child reads this one
             if ahead is None:
                 yield n, item, entry, outcome
         if ahead is not None:
             yield taken()
-            ahead = None
     finally:
-        if ahead is not None:  # abandoned (cancelled, or a store failed): the file let go
+        if ahead is not None:  # abandoned (cancelled, a store failed): reader, then file
+            bounded.abandon()
             ahead[3].close()
 
 
@@ -628,54 +638,59 @@ def run_ocr_output(
         def by_mistral(eid: str, entry: Entry) -> bool:
             return ocr_of(eid)[0] == "mistral" and entry.media_type in (PDF, *IMAGE_TYPES)
 
-        documents = _read_documents(
-            stores, plan.todo, bounded, by_mistral, mistral_pages, lambda e: ocr_of(e)[1]
+        documents = contextlib.closing(
+            _read_documents(
+                stores, plan.todo, bounded, by_mistral, mistral_pages, lambda e: ocr_of(e)[1]
+            )
         )
-        for n, (eid, input_hash, sha), entry, outcome in documents:
-            if isinstance(outcome, OcrBudgetExceeded):  # pending: the next run has a budget
-                stores.catalog.set_status([eid], EntryStatus.PENDING, public_reason(str(outcome)))
-                report.details["deferred"] = report.details.get("deferred", 0) + 1
-                continue
-            if isinstance(outcome, ExtractionError):
-                _fail(stores, TEXT, eid, input_hash, sha, str(outcome))
-                report.failed += 1
-                continue
-            if isinstance(outcome, Exception):  # a bug must not block the other entries
-                _fail(stores, TEXT, eid, input_hash, sha, _unexpected(outcome))
-                report.failed += 1
-                continue
-            pages = outcome
-            languages = page_languages(
-                [p.text for p in pages], pinned_language(stores, entry.dataset)
-            )
-            body = {
-                "entry_id": eid,
-                "pages": [
-                    {"page": p.page, "text": p.text, "method": p.method, "language": lang}
-                    for p, lang in zip(pages, languages, strict=True)
-                ],
-            }
-            language = dominant_language(languages, [len(p.text) for p in pages])
-            stores.objects.put_bytes(text_key(eid), json.dumps(body).encode())
-            page_ocr = sum(p.method == "ocr" for p in pages)
-            ocr_pages += page_ocr
-            stores.catalog.record_manifest(
-                TEXT,
-                [
-                    ManifestRecord(
-                        eid,
-                        input_hash,
-                        sha,
-                        output_key=text_key(eid),
-                        meta={"pages": len(pages), "ocr_pages": page_ocr, "language": language},
+        with documents as read:  # closed (its document abandoned) before the lock is let go
+            for n, (eid, input_hash, sha), entry, outcome in read:
+                if isinstance(outcome, OcrBudgetExceeded):  # pending: the next run has a budget
+                    stores.catalog.set_status(
+                        [eid], EntryStatus.PENDING, public_reason(str(outcome))
                     )
-                ],
-            )
-            stores.catalog.update_entry(eid, pages=len(pages))
-            report.processed += 1
-            report.pages += len(pages)
-            if progress:
-                progress(TEXT, n, len(plan.todo))
+                    report.details["deferred"] = report.details.get("deferred", 0) + 1
+                    continue
+                if isinstance(outcome, ExtractionError):
+                    _fail(stores, TEXT, eid, input_hash, sha, str(outcome))
+                    report.failed += 1
+                    continue
+                if isinstance(outcome, Exception):  # a bug must not block the other entries
+                    _fail(stores, TEXT, eid, input_hash, sha, _unexpected(outcome))
+                    report.failed += 1
+                    continue
+                pages = outcome
+                languages = page_languages(
+                    [p.text for p in pages], pinned_language(stores, entry.dataset)
+                )
+                body = {
+                    "entry_id": eid,
+                    "pages": [
+                        {"page": p.page, "text": p.text, "method": p.method, "language": lang}
+                        for p, lang in zip(pages, languages, strict=True)
+                    ],
+                }
+                language = dominant_language(languages, [len(p.text) for p in pages])
+                stores.objects.put_bytes(text_key(eid), json.dumps(body).encode())
+                page_ocr = sum(p.method == "ocr" for p in pages)
+                ocr_pages += page_ocr
+                stores.catalog.record_manifest(
+                    TEXT,
+                    [
+                        ManifestRecord(
+                            eid,
+                            input_hash,
+                            sha,
+                            output_key=text_key(eid),
+                            meta={"pages": len(pages), "ocr_pages": page_ocr, "language": language},
+                        )
+                    ],
+                )
+                stores.catalog.update_entry(eid, pages=len(pages))
+                report.processed += 1
+                report.pages += len(pages)
+                if progress:
+                    progress(TEXT, n, len(plan.todo))
         for eid in plan.remove:
             stores.objects.delete(text_key(eid))
         stores.catalog.forget_manifest(TEXT, plan.remove)

@@ -125,13 +125,14 @@ class BoundedExtractor:
         raise ExtractionCrash(value)
 
     def _answered(self, conn: Connection, deadline: float) -> bool:
-        """Wait for the child's answer until ``deadline``, polling ``interrupt``."""
+        """Wait for the child's answer until ``deadline``, polling ``interrupt``. An answer
+        already waiting is taken even past the deadline: the time was the caller's."""
         while True:
             left = deadline - time.monotonic()
+            if conn.poll(max(0.0, min(left, _INTERRUPT_POLL_S))):
+                return True
             if left <= 0:
                 return False
-            if conn.poll(min(left, _INTERRUPT_POLL_S)):
-                return True
             if self.interrupt is not None:
                 try:
                     self.interrupt()
@@ -139,9 +140,17 @@ class BoundedExtractor:
                     self._kill()
                     raise
 
+    def abandon(self) -> None:
+        """Stop reading the submitted document, if one is being read: the child (and the
+        Tesseract processes it started) killed at once, before its file goes away."""
+        if self._deadline is not None:
+            self._deadline = None
+            self._kill()
+
     def close(self) -> None:
-        """End the child (it exits on end of input) and reap it."""
-        self._deadline = None
+        """End the child (it exits on end of input; killed if it is still reading a
+        document) and reap it."""
+        self.abandon()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

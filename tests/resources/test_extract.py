@@ -266,6 +266,40 @@ def test_a_submitted_document_is_read_while_the_caller_works_within_its_cap() ->
 
 
 @needs_tesseract
+def test_closing_the_reader_mid_document_kills_it_and_what_it_started(tmp_path: Path) -> None:
+    """A run cancelled, or failed on a store, while the next document is read: the reader and
+    its Tesseract processes go at once (their file is let go only then)."""
+    import time
+
+    def group(pgid: int) -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(int(proc.name))
+        return found
+
+    from tests.conftest import pdf_pages
+
+    scan = tmp_path / "scan.pdf"  # 12 pages of OCR: longer than closing may wait for
+    scan.write_bytes(pdf_pages(PDFS / "camlidl-manual.p8-10.scanned.pdf", [0, 1, 2] * 4))
+    reader = _reader()
+    reader.submit(scan, PDF)
+    child = reader._proc
+    assert child is not None
+    deadline = time.monotonic() + 30
+    while len(group(child.pid)) < 2:  # the reader and a Tesseract at work
+        assert time.monotonic() < deadline, "no Tesseract started"
+        time.sleep(0.05)
+    reader.close()
+    assert child.poll() is not None
+    assert group(child.pid) == []
+
+
+@needs_tesseract
 def test_a_reader_that_dies_fails_its_document_only() -> None:
     import os
     import signal
