@@ -14,6 +14,7 @@ simply finished by the next run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -25,7 +26,6 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -492,17 +492,28 @@ _Todo = tuple[str, str, str]  # entry id, input hash, content hash
 _Read = tuple[int, _Todo, Entry, list[PageText] | Exception]
 
 
+def _attempt(read: Callable[[], list[PageText]]) -> list[PageText] | Exception:
+    """The pages ``read`` returns, or the error it raised: the entry's own (a cancelled run
+    still stops)."""
+    try:
+        return read()
+    except RunCancelled:
+        raise
+    except Exception as err:
+        return err
+
+
 def _read_documents(
     stores: TenantStores,
     todo: list[_Todo],
     bounded: BoundedExtractor,
-    by_mistral: Callable[[str, Entry], bool],
-    mistral_pages: Callable[[str, Entry, Path], list[PageText]],
-    languages_of: Callable[[str], str],
+    ocr_of: Callable[[str], tuple[str, str]],
+    mistral_pages: Callable[[str, Entry], list[PageText]],
 ) -> Iterator[_Read]:
     """Each planned entry with its pages or what went wrong reading it, in plan order (an
-    entry deleted meanwhile left out). Reading runs one document ahead: the child reads
-    the next while the caller records this one (languages, text, catalog)."""
+    entry deleted meanwhile left out); ``ocr_of`` gives an entry's OCR engine and languages.
+    Reading runs one document ahead: the child reads the next while the caller records this
+    one (languages, text, catalog). Mistral's entries are read here, in turn."""
     ahead: tuple[int, _Todo, Entry, contextlib.ExitStack] | None = None
 
     def taken() -> _Read:
@@ -510,13 +521,12 @@ def _read_documents(
         nonlocal ahead
         assert ahead is not None
         n, item, entry, files = ahead
-        try:
+
+        def result() -> list[PageText]:
             with files:
-                outcome: list[PageText] | Exception = bounded.result()
-        except RunCancelled:
-            raise
-        except Exception as err:
-            outcome = err
+                return bounded.result()
+
+        outcome = _attempt(result)
         ahead = None
         return n, item, entry, outcome
 
@@ -527,35 +537,31 @@ def _read_documents(
             if entry is None:
                 continue
             done = taken() if ahead is not None else None
-            if by_mistral(item[0], entry):  # synchronous, after the one before is recorded
+            engine, languages = ocr_of(item[0])
+            if engine == "mistral" and entry.media_type in (PDF, *IMAGE_TYPES):
                 if done is not None:
-                    yield done
-                try:
-                    with stores.objects.local_path(entry.object_key) as path:
-                        outcome = mistral_pages(item[0], entry, path)
-                except RunCancelled:
-                    raise
-                except Exception as err:
-                    outcome = err
-                yield n, item, entry, outcome
+                    yield done  # recorded before this one is read
+                yield n, item, entry, _attempt(functools.partial(mistral_pages, item[0], entry))
                 continue
             files = contextlib.ExitStack()
             try:
                 path = files.enter_context(stores.objects.local_path(entry.object_key))
                 # In a child with bounded memory and time: one document cannot take the
                 # server down, and one over a cap does not stop the others.
-                bounded.submit(path, entry.media_type, languages_of(item[0]))
+                bounded.submit(path, entry.media_type, languages)
                 ahead = (n, item, entry, files)
             except RunCancelled:
                 files.close()
                 raise
             except Exception as err:
                 files.close()
-                outcome = err
+                failed: _Read | None = (n, item, entry, err)
+            else:
+                failed = None
             if done is not None:
                 yield done  # recorded while the child reads this one
-            if ahead is None:
-                yield n, item, entry, outcome
+            if failed is not None:
+                yield failed
         if ahead is not None:
             yield taken()
     finally:
@@ -617,31 +623,27 @@ def run_ocr_output(
             preload_language_model()  # while the first document is read
         ocr_pages = 0
 
-        def mistral_pages(eid: str, entry: Entry, path: Path) -> list[PageText]:
+        def mistral_pages(eid: str, entry: Entry) -> list[PageText]:
             nonlocal mistral
             mistral = mistral or _mistral(settings)
             from resources.mistral_ocr import page_count
 
-            pages_here = page_count(path, entry.media_type)
-            if pages_here > settings.max_pages_per_entry:
-                raise ExtractionError(
-                    f"PDF has {pages_here:,} pages, over the cap of "
-                    f"{settings.max_pages_per_entry:,} pages per entry "
-                    "(ALIEN_MAX_PAGES_PER_ENTRY)"
-                )
-            result = mistral.process(path, entry.media_type)
+            with stores.objects.local_path(entry.object_key) as path:
+                pages_here = page_count(path, entry.media_type)
+                if pages_here > settings.max_pages_per_entry:
+                    raise ExtractionError(
+                        f"PDF has {pages_here:,} pages, over the cap of "
+                        f"{settings.max_pages_per_entry:,} pages per entry "
+                        "(ALIEN_MAX_PAGES_PER_ENTRY)"
+                    )
+                result = mistral.process(path, entry.media_type)
             stores.objects.delete_prefix(figures_prefix(eid))
             for figure in result.figures:
                 stores.objects.put_bytes(figure_key(eid, figure.id), figure.data)
             return result.pages
 
-        def by_mistral(eid: str, entry: Entry) -> bool:
-            return ocr_of(eid)[0] == "mistral" and entry.media_type in (PDF, *IMAGE_TYPES)
-
         documents = contextlib.closing(
-            _read_documents(
-                stores, plan.todo, bounded, by_mistral, mistral_pages, lambda e: ocr_of(e)[1]
-            )
+            _read_documents(stores, plan.todo, bounded, ocr_of, mistral_pages)
         )
         with documents as read:  # closed (its document abandoned) before the lock is let go
             for n, (eid, input_hash, sha), entry, outcome in read:

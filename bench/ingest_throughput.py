@@ -219,22 +219,16 @@ def compare(source: Path, specs: list[str], rounds: int) -> dict:
     out = {"source": str(source), "rounds": rounds, "pages": base[0]["pages"], "specs": {}}
     for spec, taken in runs.items():
         seconds = [t["seconds"] for t in taken]
+        # each round's own ratio: the drift between rounds cancels out
+        speedups = [b["seconds"] / t["seconds"] for b, t in zip(base, taken, strict=True)]
         out["specs"][spec] = {
             "cold_seconds": [round(s, 2) for s in seconds],
             "pages_per_second_median": round(taken[0]["pages"] / statistics.median(seconds), 2),
             "embedding_step_seconds_median": round(
                 statistics.median(t["embedding_step"] for t in taken), 2
             ),
-            # each round's own ratio: the drift between rounds cancels out
-            "speedup_per_round": [
-                round(b["seconds"] / t["seconds"], 2) for b, t in zip(base, taken, strict=True)
-            ],
-            "speedup_median": round(
-                statistics.median(
-                    b["seconds"] / t["seconds"] for b, t in zip(base, taken, strict=True)
-                ),
-                2,
-            ),
+            "speedup_per_round": [round(x, 2) for x in speedups],
+            "speedup_median": round(statistics.median(speedups), 2),
         }
     return out
 
