@@ -294,8 +294,13 @@ def test_closing_the_reader_mid_document_kills_it_and_what_it_started(tmp_path: 
     while len(group(child.pid)) < 2:  # the reader and a Tesseract at work
         assert time.monotonic() < deadline, "no Tesseract started"
         time.sleep(0.05)
+    closing = time.monotonic()
     reader.close()
+    assert time.monotonic() - closing < 2.0  # killed, not waited for (reap waits 5 s)
     assert child.poll() is not None
+    deadline = time.monotonic() + 1.0  # a SIGKILLed Tesseract takes a moment to go
+    while group(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert group(child.pid) == []
 
 
